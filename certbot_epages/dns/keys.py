@@ -1,0 +1,137 @@
+"""TSIG keys: BIND key files (as ``tsig-keygen`` writes them) and inline secrets.
+
+Secrets never appear in ``repr``, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.exception
+import dns.name
+import dns.tsig
+
+from certbot_epages.errors import ConfigError
+
+# BIND algorithm names -> dnspython's names (dnspython spells hmac-md5 the RFC 2845 way).
+ALGORITHMS: dict[str, dns.name.Name] = {
+    "hmac-md5": dns.tsig.HMAC_MD5,
+    "hmac-sha1": dns.tsig.HMAC_SHA1,
+    "hmac-sha224": dns.tsig.HMAC_SHA224,
+    "hmac-sha256": dns.tsig.HMAC_SHA256,
+    "hmac-sha384": dns.tsig.HMAC_SHA384,
+    "hmac-sha512": dns.tsig.HMAC_SHA512,
+}
+WEAK_ALGORITHMS = frozenset({"hmac-md5", "hmac-sha1"})
+
+_KEY_BLOCK = re.compile(
+    r'key\s+"?(?P<name>[A-Za-z0-9._-]+)"?\s*\{(?P<body>[^{}]*)\}\s*;', re.DOTALL
+)
+_STATEMENT = re.compile(r'(?P<word>algorithm|secret)\s+"?(?P<value>[^";\s]+)"?\s*;')
+# Comments in BIND syntax; quoted strings are matched too, so "//" inside a secret survives.
+_COMMENT_OR_STRING = re.compile(r'"[^"]*"|(#|//)[^\n]*|/\*.*?\*/', re.DOTALL)
+
+
+@dataclass(frozen=True)
+class TsigKey:
+    """A TSIG key: its name as BIND knows it, its algorithm, and the secret (hidden in repr)."""
+
+    name: str
+    algorithm: str
+    secret: bytes = field(repr=False)
+
+    @property
+    def dns_name(self) -> dns.name.Name:
+        """The key name as a DNS name, as it travels in the TSIG record."""
+        return dns.name.from_text(self.name)
+
+    @property
+    def dns_algorithm(self) -> dns.name.Name:
+        """The algorithm as dnspython names it."""
+        return ALGORITHMS[self.algorithm]
+
+    def as_dnspython(self) -> dns.tsig.Key:
+        """The key in the form dnspython's ``Message.use_tsig`` takes."""
+        return dns.tsig.Key(self.dns_name, self.secret, self.dns_algorithm)
+
+
+def make_key(
+    name: str, algorithm: str, secret_b64: str, *, allow_weak: bool, where: str
+) -> TsigKey:
+    """Build a key from its parts; ``where`` names the source for error messages."""
+    algo = algorithm.strip().lower()
+    if algo not in ALGORITHMS:
+        raise ConfigError(
+            f"{where}: unknown TSIG algorithm {algorithm!r}; use one of "
+            f"{', '.join(sorted(ALGORITHMS))} (hmac-sha512 recommended)"
+        )
+    if algo in WEAK_ALGORITHMS and not allow_weak:
+        raise ConfigError(
+            f"{where}: TSIG key {name!r} uses the weak algorithm {algo}; create a new key with "
+            f"'tsig-keygen -a hmac-sha512 {name}', or set dns.allow_weak_algorithms: true"
+        )
+    try:
+        secret = base64.b64decode(secret_b64.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(
+            f"{where}: the secret of TSIG key {name!r} is not valid base64"
+        ) from None
+    if not secret:
+        raise ConfigError(f"{where}: the secret of TSIG key {name!r} is empty")
+    try:
+        dns.name.from_text(name)
+    except dns.exception.DNSException:
+        raise ConfigError(f"{where}: {name!r} is not a valid TSIG key name") from None
+    return TsigKey(name=name, algorithm=algo, secret=secret)
+
+
+def check_private(path: Path, what: str) -> None:
+    """Refuse a secret-bearing file that group or others can read or write."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read {what}: {e.strerror}") from None
+    if stat.S_IMODE(mode) & 0o077:
+        raise ConfigError(
+            f"{path}: {what} is accessible by group or others (mode "
+            f"{stat.S_IMODE(mode):04o}); fix with: chmod 600 {path}"
+        )
+
+
+def load_key_file(path: Path, name: str, *, allow_weak: bool) -> TsigKey:
+    """Read key ``name`` from a BIND key file (``tsig-keygen`` output; ``nsupdate -k`` reads it)."""
+    check_private(path, "the TSIG key file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the TSIG key file: {e}") from None
+    text = _COMMENT_OR_STRING.sub(lambda m: m[0] if m[0].startswith('"') else " ", text)
+    found = []
+    for block in _KEY_BLOCK.finditer(text):
+        found.append(block["name"])
+        if block["name"].rstrip(".").lower() != name.rstrip(".").lower():
+            continue
+        values = {m["word"]: m["value"] for m in _STATEMENT.finditer(block["body"])}
+        missing = [w for w in ("algorithm", "secret") if w not in values]
+        if missing:
+            raise ConfigError(f"{path}: key {name!r} has no {' and no '.join(missing)} statement")
+        return make_key(
+            block["name"], values["algorithm"], values["secret"],
+            allow_weak=allow_weak, where=str(path),
+        )
+    seen = f"; it holds {', '.join(repr(n) for n in found)}" if found else "; it holds no key block"
+    raise ConfigError(
+        f"{path}: no key named {name!r}{seen}. The key name in epages.yaml must match the "
+        f"name BIND knows (the quoted name after 'key')"
+    )
+
+
+def owner_only(path: Path) -> None:
+    """Restrict a file we wrote that holds a secret to its owner."""
+    os.chmod(path, 0o600)
