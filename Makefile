@@ -47,7 +47,6 @@ integration: deps install
 
 lint: install
 	$(VENV)/bin/ruff check certbot_epages tests
-	$(VENV)/bin/ruff format --check certbot_epages tests || true
 	$(VENV)/bin/mypy
 
 demo: deps install

@@ -16,6 +16,8 @@ import dns.flags
 import dns.message
 import dns.query
 import dns.rdatatype
+import yaml
+from cryptography import x509
 
 from certbot_epages.sandbox.platform import Sandbox
 
@@ -48,12 +50,19 @@ def txt_at(server: str, name: str, port: int = 53) -> set[str]:
 
 
 def certbot(
-    sandbox: Sandbox, *args: str, env: dict[str, str] | None = None, check: bool = True
+    sandbox: Sandbox,
+    *args: str,
+    env: dict[str, str] | None = None,
+    unset: tuple[str, ...] = (),
+    check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run certbot against the sandbox; on failure with ``check``, fail showing its output."""
+    environment = {**os.environ, **sandbox.env(), **(env or {})}
+    for name in unset:
+        environment.pop(name, None)
     done = subprocess.run(
         sandbox.certbot_argv(*args),
-        env={**os.environ, **sandbox.env(), **(env or {})},
+        env=environment,
         capture_output=True,
         text=True,
         timeout=300,
@@ -73,3 +82,33 @@ def sandbox_dir() -> Iterator[Path]:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def write_config(sandbox: Sandbox, path: Path, **dns_changes: object) -> Path:
+    """A copy of the sandbox's epages.yaml with ``dns`` keys replaced (zone keys via ``zones``)."""
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["dns"].update(dns_changes)
+    path.write_text(yaml.safe_dump(data))
+    path.chmod(0o600)
+    return path
+
+
+def soa_serial(server: str, zone: str) -> int:
+    """The zone's SOA serial as ``server`` has it."""
+    reply = dns.query.udp(dns.message.make_query(zone, dns.rdatatype.SOA), server, timeout=2)
+    return int(reply.answer[0][0].serial)
+
+
+def leaf_certificate(path: Path) -> x509.Certificate:
+    """The first certificate of a PEM chain file."""
+    return x509.load_pem_x509_certificates(path.read_bytes())[0]
+
+
+def verify_chain(sandbox: Sandbox, fullchain: Path) -> list[str]:
+    """Check every link up to pebble's root; return the leaf's DNS names."""
+    chain = x509.load_pem_x509_certificates(fullchain.read_bytes())
+    root = x509.load_pem_x509_certificate(sandbox.pebble_roots().encode())
+    for child, parent in zip(chain, [*chain[1:], root], strict=True):
+        child.verify_directly_issued_by(parent)
+    san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return sorted(san.get_values_for_type(x509.DNSName))

@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import dns.exception
 import dns.name
@@ -111,6 +111,9 @@ class DnsClient:
         return self._resolver
 
     def _lookup_cname(self, name: dns.name.Name) -> dns.name.Name | None:
+        zone = chain.choose_zone(name, list(self._zones))
+        if zone is not None:
+            return self._lookup_cname_at_primary(name, self._zones[zone])
         try:
             answer = self.resolver.resolve(name, dns.rdatatype.CNAME)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
@@ -123,6 +126,36 @@ class DnsClient:
             if isinstance(rdata, dns.rdtypes.ANY.CNAME.CNAME):
                 return rdata.target
         return None
+
+    def _lookup_cname_at_primary(
+        self, name: dns.name.Name, zone: ManagedZone
+    ) -> dns.name.Name | None:
+        """Names in a managed zone are asked of its primary, authoritatively.
+
+        A recursive resolver would cache the NXDOMAIN of a not-yet-written challenge name, and
+        where the CA shares that resolver (as in the sandbox) it would then miss the new TXT.
+        """
+        failures = []
+        for server in zone.primaries:
+            try:
+                response = propagation.ask(server, name, dns.rdatatype.CNAME, self._timeout)
+            except propagation.QueryFailed as e:
+                failures.append(f"{server}: {e}")
+                continue
+            rcode = response.rcode()
+            if rcode == dns.rcode.NXDOMAIN:
+                return None
+            if rcode != dns.rcode.NOERROR:
+                failures.append(f"{server}: answered {dns.rcode.to_text(rcode)}")
+                continue
+            for rrset in response.answer:
+                if rrset.name == name and rrset.rdtype == dns.rdatatype.CNAME:
+                    return cast(dns.rdtypes.ANY.CNAME.CNAME, rrset[0]).target
+            return None
+        raise DNSError(
+            f"cannot look up the CNAME of {name} at the primaries of zone {zone.name}: "
+            + "; ".join(failures)
+        )
 
     def locate(self, domain: str) -> Location:
         """Follow the CNAME chain of ``domain``'s validation name into a managed zone."""

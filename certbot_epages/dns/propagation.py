@@ -104,7 +104,14 @@ def query_txt(server: HostPort, name: dns.name.Name, timeout: float) -> set[str]
     an empty set. Timeouts, network errors, SERVFAIL, REFUSED and non-authoritative answers
     raise QueryFailed, whose message says why.
     """
-    query = dns.message.make_query(name, dns.rdatatype.TXT, use_edns=0, payload=1232)
+    return txt_values(ask(server, name, dns.rdatatype.TXT, timeout), name)
+
+
+def ask(
+    server: HostPort, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, timeout: float
+) -> dns.message.Message:
+    """One query straight to ``server`` with recursion off; network trouble is QueryFailed."""
+    query = dns.message.make_query(name, rdtype, use_edns=0, payload=1232)
     query.flags &= ~dns.flags.RD
     try:
         response, _ = dns.query.udp_with_fallback(
@@ -116,7 +123,7 @@ def query_txt(server: HostPort, name: dns.name.Name, timeout: float) -> set[str]
         raise QueryFailed(e.strerror or str(e) or type(e).__name__) from None
     except dns.exception.DNSException as e:
         raise QueryFailed(f"bad answer: {type(e).__name__}: {e}") from None
-    return txt_values(response, name)
+    return response
 
 
 def txt_values(response: dns.message.Message, name: dns.name.Name) -> set[str]:

@@ -33,6 +33,7 @@ def register(sub: Any) -> None:
         ("up", _up, "start a sandbox and print how to use it"),
         ("down", _down, "stop every process of a sandbox and remove its addresses"),
         ("env", _env, "print shell exports for running certbot against a sandbox"),
+        ("lag", _lag, "hold the secondary's zone transfers back by SECONDS (0 lifts it)"),
         ("demo", _demo, "start a sandbox, issue certificates with certbot, show what ran where"),
     ):
         action = actions.add_parser(name, help=help_text, description=help_text)
@@ -40,6 +41,9 @@ def register(sub: Any) -> None:
             "--dir", type=Path, default=None,
             help=f"the sandbox directory (default: $CERTBOT_EPAGES_SANDBOX or {DEFAULT_DIR})",
         )
+        if name == "lag":
+            action.add_argument("seconds", type=float,
+                                help="how long each transfer request waits (0: no lag)")
         if name == "demo":
             action.add_argument("--keep", action="store_true",
                                 help="leave the sandbox running afterwards")
@@ -64,6 +68,13 @@ def _env(args: argparse.Namespace) -> int:
     sandbox = Sandbox.open(args.dir or default_dir())
     for key, value in sandbox.env().items():
         print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def _lag(args: argparse.Namespace) -> int:
+    sandbox = Sandbox.open(args.dir or default_dir())
+    sandbox.hold_transfers(args.seconds)
+    print(f"secondary transfers now wait {args.seconds:g} s")
     return 0
 
 

@@ -10,6 +10,7 @@ server                address     role
 BIND primary          127.A.B.1   every zone; RFC 2136 updates of TXT by TSIG key
 BIND secondary        127.A.B.2   the challenge zone, by NOTIFY + zone transfer
 BIND resolver         127.A.B.3   the CA's resolver (pebble), cache capped at 1 s
+transfer relay        127.A.B.5   secondary -> primary transfers; can hold them back
 pebble                127.A.B.4   ACME on :14000, management on :15000
 nginx lb1, lb2        .11, .12    terminate TLS; proxy HTTP-01 to the challenge service
 challenge service     127.A.B.20  nginx serving the HTTP-01 webroot
@@ -91,6 +92,11 @@ class Addresses:
         return f"{self.base}.4"
 
     @property
+    def relay(self) -> str:
+        """The transfer relay between secondary and primary (see :mod:`.relay`)."""
+        return f"{self.base}.5"
+
+    @property
     def lb1(self) -> str:  # noqa: D102
         return f"{self.base}.11"
 
@@ -109,13 +115,14 @@ class Addresses:
 
     def as_dict(self) -> dict[str, str]:
         """Every role's address, for templates and the state file."""
-        roles = ("primary", "secondary", "resolver", "pebble", "lb1", "lb2", "challenge")
+        roles = ("primary", "secondary", "resolver", "pebble", "relay", "lb1", "lb2", "challenge")
         return {role: getattr(self, role) for role in roles}
 
     def listeners(self) -> list[tuple[str, int, int]]:
         """(address, port, socket type) of every listener the sandbox opens."""
         tcp, udp = socket.SOCK_STREAM, socket.SOCK_DGRAM
-        out: list[tuple[str, int, int]] = [(a, 53, t) for a in self.named for t in (tcp, udp)]
+        dns_servers = (*self.named, self.relay)
+        out: list[tuple[str, int, int]] = [(a, 53, t) for a in dns_servers for t in (tcp, udp)]
         out += [(self.pebble, ACME_PORT, tcp), (self.pebble, MANAGEMENT_PORT, tcp)]
         out += [(a, p, tcp) for a in (self.lb1, self.lb2) for p in (80, 443, 22)]
         out += [(self.challenge, 80, tcp), (self.challenge, 22, tcp)]
@@ -179,6 +186,7 @@ class Sandbox:
         self.webroot = d / "challenge" / "webroot"
         self.ssh_key = d / "ssh" / "deploy_key"
         self.known_hosts = d / "ssh" / "known_hosts"
+        self.transfer_delay_file = d / "dns" / "transfer-delay"
         self.lbs = tuple(
             LoadBalancer(name, addr, str(d / name), str(d / name / "epages"))
             for name, addr in (("lb1", self.ip.lb1), ("lb2", self.ip.lb2))
@@ -218,6 +226,12 @@ class Sandbox:
             "-o", "StrictHostKeyChecking=yes",
             "-o", "BatchMode=yes",
         ]
+
+    def hold_transfers(self, seconds: float) -> None:
+        """Make the secondary lag: every transfer request waits ``seconds`` (0 lifts it)."""
+        tmp = self.transfer_delay_file.with_suffix(".tmp")
+        tmp.write_text(f"{seconds:g}\n")
+        tmp.replace(self.transfer_delay_file)
 
     def pebble_roots(self) -> str:
         """PEM of pebble's current issuing root (it changes at every pebble start)."""
@@ -372,7 +386,11 @@ class Sandbox:
                 [f"ns1.{z.platform}"],
                 [*a("@"), *a("www"),
                  f"_acme-challenge IN CNAME _acme-challenge.{z.customer}.{z.challenge}.",
-                 f"_acme-challenge.www IN CNAME _acme-challenge.www.{z.customer}.{z.challenge}."],
+                 f"_acme-challenge.www IN CNAME _acme-challenge.www.{z.customer}.{z.challenge}.",
+                 # Broken delegations, for the error paths: a loop, and a zone we do not manage.
+                 f"_acme-challenge.loop IN CNAME _acme-challenge.loop2.{z.customer}.",
+                 f"_acme-challenge.loop2 IN CNAME _acme-challenge.loop.{z.customer}.",
+                 f"_acme-challenge.foreign IN CNAME _acme-challenge.foreign.{z.platform}."],
             ),
             z.direct: ([f"ns1.{z.platform}"], [*a("@"), *a("www")]),
         }
@@ -418,6 +436,9 @@ class Sandbox:
         commands: list[tuple[str, list[str], dict[str, str] | None]] = [
             *((f"named-{s}", [named, "-g", "-n", "1", "-c", str(d / "dns" / s / "named.conf")],
                None) for s in ("primary", "secondary", "resolver")),
+            ("transfer-relay", [sys.executable, "-m", "certbot_epages.sandbox.relay",
+                                "--listen", f"{self.ip.relay}:53", "--to", f"{self.ip.primary}:53",
+                                "--delay-file", str(self.transfer_delay_file)], None),
             ("pebble", ["pebble", "-config", str(d / "pki" / "pebble.json"),
                         "-dnsserver", f"{self.ip.resolver}:53"], pebble_env),
             *((f"nginx-{lb.name}", [nginx, "-p", f"{lb.prefix}/", "-c",
@@ -442,6 +463,8 @@ class Sandbox:
              lambda: _authoritative(ip.primary, z.platform), "named-primary"),
             ("the secondary to load " + z.challenge,
              lambda: _authoritative(ip.secondary, z.challenge), "named-secondary"),
+            ("the transfer relay", lambda: _authoritative(ip.relay, z.challenge),
+             "transfer-relay"),
             ("the resolver to answer for " + z.customer,
              lambda: _resolves(ip.resolver, z.customer), "named-resolver"),
             ("pebble's ACME directory",

@@ -1,0 +1,176 @@
+"""certbot with the epages-dns authenticator against the sandbox: real BIND, real pebble."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from epages_testlib import (
+    certbot,
+    leaf_certificate,
+    poll,
+    soa_serial,
+    txt_at,
+    verify_chain,
+    write_config,
+)
+
+from certbot_epages.sandbox.platform import KEY_NAME, Sandbox
+
+pytestmark = pytest.mark.integration
+
+PLACEHOLDER = ".empty"
+
+
+def _challenge_txt(sandbox: Sandbox, domain: str) -> dict[str, set[str]]:
+    name = f"_acme-challenge.{domain}.{sandbox.zones.challenge}."
+    return {
+        "primary": txt_at(sandbox.ip.primary, name),
+        "secondary": txt_at(sandbox.ip.secondary, name),
+    }
+
+
+def _settled_clean(sandbox: Sandbox, domain: str) -> None:
+    """Both servers end with no challenge value left (the placeholder only)."""
+    poll(f"no challenge TXT left for {domain} on primary and secondary",
+         lambda: True if all(v <= {PLACEHOLDER} for v in _challenge_txt(sandbox, domain).values())
+         else None)
+
+
+def test_apex_and_wildcard_through_the_cname_then_renew_from_stored_config(
+    sandbox: Sandbox,
+) -> None:
+    domain = sandbox.zones.customer
+    certbot(sandbox, "certonly", "--authenticator", "epages-dns", "--cert-name", "cname",
+            "-d", domain, "-d", f"*.{domain}")
+    live = sandbox.certbot_config_dir / "live" / "cname"
+    assert verify_chain(sandbox, live / "fullchain.pem") == [f"*.{domain}", domain]
+    _settled_clean(sandbox, domain)
+    assert _challenge_txt(sandbox, domain)["primary"] == {PLACEHOLDER}
+
+    renewal = (sandbox.certbot_config_dir / "renewal" / "cname.conf").read_text()
+    assert "authenticator = epages-dns" in renewal
+    assert f"epages_dns_config = {sandbox.config_path}" in renewal
+
+    first = leaf_certificate(live / "cert.pem").serial_number
+    # A timer has no CERTBOT_EPAGES_CONFIG: the renewal configuration must suffice.
+    certbot(sandbox, "renew", "--cert-name", "cname", "--force-renewal",
+            "--no-random-sleep-on-renew", unset=("CERTBOT_EPAGES_CONFIG",))
+    assert leaf_certificate(live / "cert.pem").serial_number != first
+    _settled_clean(sandbox, domain)
+
+
+def test_the_cas_resolver_lands_on_the_lagging_secondary(sandbox: Sandbox) -> None:
+    """Without this, the lag test below would prove nothing."""
+    import dns.query
+    import dns.rcode
+    import dns.update
+
+    from certbot_epages.dns.keys import load_key_file
+
+    key = load_key_file(sandbox.key_file, KEY_NAME, allow_weak=False)
+    name = f"lagprobe.{sandbox.zones.challenge}."
+    sandbox.hold_transfers(2)
+    try:
+        update = dns.update.UpdateMessage(sandbox.zones.challenge)
+        update.use_tsig(key.as_dnspython())
+        update.add(name, 60, "TXT", '"fresh"')
+        assert dns.query.tcp(update, sandbox.ip.primary, timeout=5).rcode() == dns.rcode.NOERROR
+        assert "fresh" in txt_at(sandbox.ip.primary, name)
+        # The primary has it, the CA's resolver does not yet: it asks the secondary.
+        import dns.message
+        import dns.rdatatype
+
+        reply = dns.query.udp(dns.message.make_query(name, dns.rdatatype.TXT),
+                              sandbox.ip.resolver, timeout=2)
+        assert not reply.answer
+    finally:
+        sandbox.hold_transfers(0)
+    poll("the secondary to catch up", lambda: True if "fresh" in txt_at(
+        sandbox.ip.secondary, name) else None, timeout=20)
+
+
+def test_issuance_waits_for_a_lagging_secondary(sandbox: Sandbox) -> None:
+    domain = f"www.{sandbox.zones.customer}"
+    sandbox.hold_transfers(2)
+    try:
+        done = certbot(sandbox, "certonly", "--authenticator", "epages-dns",
+                       "--cert-name", "lagging", "-d", domain)
+    finally:
+        sandbox.hold_transfers(0)
+    assert "Some challenges have failed" not in done.stdout + done.stderr
+    live = sandbox.certbot_config_dir / "live" / "lagging"
+    assert verify_chain(sandbox, live / "fullchain.pem") == [domain]
+    _settled_clean(sandbox, domain)
+
+
+def test_propagation_timeout_fails_naming_the_server_and_leaves_dns_clean(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    domain = sandbox.zones.customer
+    config = write_config(sandbox, tmp_path / "epages.yaml", propagation_timeout=1)
+    sandbox.hold_transfers(4)
+    try:
+        done = certbot(sandbox, "certonly", "--authenticator", "epages-dns",
+                       "--epages-dns-config", str(config), "--cert-name", "timeout",
+                       "-d", domain, check=False)
+    finally:
+        sandbox.hold_transfers(0)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert f"{sandbox.ip.secondary}:53" in output and "lacks" in output
+    assert _challenge_txt(sandbox, domain)["primary"] == {PLACEHOLDER}
+    _settled_clean(sandbox, domain)
+
+
+def test_wrong_secret_is_a_clean_error_and_the_zone_is_unchanged(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    key = tmp_path / "wrong.key"
+    key.write_text(f'key "{KEY_NAME}" {{ algorithm hmac-sha512; secret "{"A" * 86}=="; }};\n')
+    key.chmod(0o600)
+    config = write_config(sandbox, tmp_path / "epages.yaml",
+                          tsig_keys={KEY_NAME: {"file": str(key)}})
+    before = soa_serial(sandbox.ip.primary, sandbox.zones.challenge)
+    done = certbot(sandbox, "certonly", "--authenticator", "epages-dns",
+                   "--epages-dns-config", str(config), "-d", sandbox.zones.customer,
+                   "--cert-name", "wrong-secret", check=False)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "secret does not match" in output
+    assert "A" * 20 not in output
+    assert soa_serial(sandbox.ip.primary, sandbox.zones.challenge) == before
+
+
+@pytest.mark.parametrize(
+    ("label", "expected"),
+    [
+        ("loop", "_acme-challenge.loop.shop.test. -> _acme-challenge.loop2.shop.test."),
+        ("foreign", "_acme-challenge.foreign.shop.test. CNAME "
+                    "_acme-challenge.foreign.shop.test.dyn.platform.test."),
+    ],
+)
+def test_broken_delegation_fails_before_any_update(
+    sandbox: Sandbox, label: str, expected: str
+) -> None:
+    before = soa_serial(sandbox.ip.primary, sandbox.zones.challenge)
+    done = certbot(sandbox, "certonly", "--authenticator", "epages-dns",
+                   "-d", f"{label}.{sandbox.zones.customer}", "--cert-name", label, check=False)
+    assert done.returncode != 0
+    assert expected in done.stdout + done.stderr
+    assert soa_serial(sandbox.ip.primary, sandbox.zones.challenge) == before
+
+
+def test_first_primary_down_fails_over_to_the_second(sandbox: Sandbox, tmp_path: Path) -> None:
+    import yaml
+
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    for zone in data["dns"]["zones"]:
+        zone["primaries"] = [f"{sandbox.ip.base}.9:53", f"{sandbox.ip.primary}:53"]
+    config = write_config(sandbox, tmp_path / "epages.yaml", zones=data["dns"]["zones"])
+    domain = sandbox.zones.direct
+    certbot(sandbox, "certonly", "--authenticator", "epages-dns", "--epages-dns-config",
+            str(config), "--cert-name", "failover", "-d", domain)
+    live = sandbox.certbot_config_dir / "live" / "failover"
+    assert verify_chain(sandbox, live / "fullchain.pem") == [domain]
+    assert txt_at(sandbox.ip.primary, f"_acme-challenge.{domain}.") == {PLACEHOLDER}
