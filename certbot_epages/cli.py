@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from certbot_epages import __version__
-from certbot_epages.errors import EpagesError
+from certbot_epages import __version__, config
+from certbot_epages.errors import ConfigError, EpagesError
 from certbot_epages.sandbox import commands as sandbox_commands
 
 
@@ -20,9 +23,72 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is done, to stderr")
+    parser.add_argument(
+        "--config", metavar="PATH", default=None,
+        help=f"epages.yaml (default: ${config.ENV_VAR}, else {config.DEFAULT_PATH})",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = sub.add_parser(
+        "check", help="check that domains are ready for DNS-01 through the managed zones",
+        description="Per domain: the CNAME chain, the managed zone, which primary accepts a "
+        "signed probe update (added, awaited on every authoritative server, deleted again) and "
+        "what each authoritative server answers. Exits 1 if any domain is not ready.",
+    )
+    check.add_argument("domains", nargs="+", metavar="DOMAIN")
+    check.add_argument("--json", action="store_true", help="print JSON for machines")
+    check.set_defaults(func=_check)
+    snippet = sub.add_parser(
+        "http01-snippet",
+        help="print the certbot account's thumbprint and the stateless HTTP-01 nginx snippet",
+        description="For http01.mode: stateless. The load balancers answer every HTTP-01 token "
+        "with <token>.<thumbprint> from this snippet alone, so no challenge files or challenge "
+        "service are needed. It is valid for one ACME account: re-render it if the account "
+        "changes.",
+    )
+    snippet.add_argument("--config-dir", type=Path, default=Path("/etc/letsencrypt"),
+                         help="certbot's configuration directory (default: /etc/letsencrypt)")
+    snippet.add_argument("--server", default=None,
+                         help="the ACME directory URL certbot uses (default: Let's Encrypt)")
+    snippet.add_argument("--account", default=None,
+                         help="the certbot account id, if there are several")
+    snippet.set_defaults(func=_http01_snippet)
     sandbox_commands.register(sub)
     return parser
+
+
+def _http01_snippet(args: argparse.Namespace) -> int:
+    from certbot_epages import http01
+
+    server = args.server or http01.default_server()
+    accounts = http01.account_thumbprints(args.config_dir, server)
+    if args.account is not None:
+        accounts = {k: v for k, v in accounts.items() if k == args.account}
+    if len(accounts) != 1:
+        known = ", ".join(sorted(http01.account_thumbprints(args.config_dir, server))) or "none"
+        raise EpagesError(
+            f"expected exactly one certbot account for {server} in {args.config_dir}, found: "
+            f"{known}; choose one with --account"
+        )
+    (account, thumbprint), = accounts.items()
+    print(f"# certbot account {account} at {server}")
+    print(f"# thumbprint {thumbprint}")
+    print(http01.stateless_snippet(thumbprint), end="")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from certbot_epages.dns import check, client
+
+    settings = config.load(args.config)
+    if settings.dns is None:
+        raise ConfigError(f"{settings.source}: no 'dns' section; check needs dns.zones")
+    dns_client = client.from_config(settings.dns)
+    reports = [check.check_domain(dns_client, domain) for domain in args.domains]
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in reports], indent=2))
+    else:
+        print("\n".join(check.render(r) for r in reports))
+    return 0 if all(r.ready for r in reports) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -166,6 +166,10 @@ class DnsClient:
         )
         return location
 
+    def manages(self, zone: dns.name.Name) -> bool:
+        """Whether ``zone`` is one of the managed zones."""
+        return zone.canonicalize() in self._zones
+
     def _zone(self, name: dns.name.Name) -> ManagedZone:
         try:
             return self._zones[name.canonicalize()]
@@ -192,8 +196,12 @@ class DnsClient:
         )
         return server
 
-    def add(self, records: Records) -> None:
-        """Add every value in one signed UPDATE per zone, deleting the placeholder there."""
+    def add(self, records: Records) -> dict[dns.name.Name, HostPort]:
+        """Add every value in one signed UPDATE per zone, deleting the placeholder there.
+
+        Returns, per zone, the primary that accepted the update.
+        """
+        accepted: dict[dns.name.Name, HostPort] = {}
         for zone_name, names in group_by_zone(records).items():
             zone = self._zone(zone_name)
             drop = (self._placeholder,) if self._placeholder is not None else ()
@@ -205,13 +213,14 @@ class DnsClient:
                 )
                 for name, values in names.items()
             ]
-            self._send(zone, changes)
+            accepted[zone_name] = self._send(zone, changes)
+        return accepted
 
     def wait(self, records: Records) -> None:
         """Return once every authoritative server of each zone returns every value."""
         deadline = time.monotonic() + self._propagation_timeout
         for zone_name, names in group_by_zone(records).items():
-            labels = self._servers(self._zone(zone_name))
+            labels = self.servers(zone_name)
             expected = {name: set(values) for name, values in names.items()}
             logger.info(
                 "waiting for %d value(s) in zone %s on %s",
@@ -228,7 +237,9 @@ class DnsClient:
             except PropagationError as e:
                 raise PropagationError(f"zone {zone_name}: {e}") from None
 
-    def _servers(self, zone: ManagedZone) -> dict[HostPort, str]:
+    def servers(self, zone_name: dns.name.Name) -> dict[HostPort, str]:
+        """The zone's authoritative servers (configured, or from its NS records) and NS names."""
+        zone = self._zone(zone_name)
         if zone.nameservers is not None:
             return {server: "" for server in zone.nameservers}
         if zone.name not in self._nameservers:

@@ -233,6 +233,24 @@ class Sandbox:
         tmp.write_text(f"{seconds:g}\n")
         tmp.replace(self.transfer_delay_file)
 
+    def set_http01_snippet(self, snippet: str) -> None:
+        """Replace the load balancers' HTTP-01 snippet (e.g. with the stateless one), reload."""
+        for lb in self.lbs:
+            self._render_lb(lb, snippet)
+            _run(self.nginx_argv(lb, "-t"))
+            _run(self.nginx_argv(lb, "-s", "reload"))
+
+    def nginx_argv(self, lb: LoadBalancer, *args: str) -> list[str]:
+        """An nginx command line for one load balancer's prefix and config."""
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        return [nginx, "-p", f"{lb.prefix}/", "-c", f"{lb.prefix}/nginx.conf",
+                "-e", f"{lb.prefix}/logs/error.log", *args]
+
+    def stop_service(self, name: str) -> None:
+        """Stop one of the sandbox's processes by name (e.g. ``nginx-challenge``)."""
+        state = State.load(self.directory)
+        processes.stop([p for p in state.processes if p.name == name])
+
     def pebble_roots(self) -> str:
         """PEM of pebble's current issuing root (it changes at every pebble start)."""
         return _https_get(f"{self.management_url}/roots/0", self.ca_bundle).decode()
@@ -334,9 +352,7 @@ class Sandbox:
             crt, key = ca.issue(f"{lb.name}-default", [f"default.{lb.name}.sandbox", lb.address])
             shutil.move(crt, prefix / "default.crt")
             shutil.move(key, prefix / "default.key")
-            self._render("lb-nginx.conf.j2", prefix / "nginx.conf", name=lb.name,
-                         prefix=lb.prefix, root=lb.root, address=lb.address,
-                         challenge_proxy=proxy)
+            self._render_lb(lb, proxy)
         service = nginx.get_template("nginx/challenge-service.conf.j2").render(
             listen=f"{self.ip.challenge}:80", webroot=str(self.webroot)
         )
@@ -359,6 +375,11 @@ class Sandbox:
             "register-unsafely-without-email = true\n"
             "non-interactive = true\n"
         )
+
+    def _render_lb(self, lb: LoadBalancer, http01_snippet: str) -> None:
+        self._render("lb-nginx.conf.j2", Path(lb.prefix) / "nginx.conf", name=lb.name,
+                     prefix=lb.prefix, root=lb.root, address=lb.address,
+                     challenge_proxy=http01_snippet)
 
     def _write_key(self) -> None:
         secret = base64.b64encode(secrets.token_bytes(64)).decode()
@@ -441,9 +462,8 @@ class Sandbox:
                                 "--delay-file", str(self.transfer_delay_file)], None),
             ("pebble", ["pebble", "-config", str(d / "pki" / "pebble.json"),
                         "-dnsserver", f"{self.ip.resolver}:53"], pebble_env),
-            *((f"nginx-{lb.name}", [nginx, "-p", f"{lb.prefix}/", "-c",
-                                    f"{lb.prefix}/nginx.conf", "-e", f"{lb.prefix}/logs/error.log",
-                                    "-g", "daemon off;"], None) for lb in self.lbs),
+            *((f"nginx-{lb.name}", [*self.nginx_argv(lb), "-g", "daemon off;"], None)
+              for lb in self.lbs),
             ("nginx-challenge", [nginx, "-p", f"{d / 'challenge'}/", "-c",
                                  str(d / "challenge" / "nginx.conf"), "-e",
                                  str(d / "challenge" / "logs" / "error.log"),

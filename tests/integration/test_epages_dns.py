@@ -48,6 +48,10 @@ def test_apex_and_wildcard_through_the_cname_then_renew_from_stored_config(
     _settled_clean(sandbox, domain)
     assert _challenge_txt(sandbox, domain)["primary"] == {PLACEHOLDER}
 
+    secret = sandbox.key_file.read_text().split('secret "')[1].split('"')[0]
+    logs = sandbox.directory / "certbot" / "logs"
+    assert all(secret not in log.read_text() for log in logs.glob("letsencrypt.log*"))
+
     renewal = (sandbox.certbot_config_dir / "renewal" / "cname.conf").read_text()
     assert "authenticator = epages-dns" in renewal
     assert f"epages_dns_config = {sandbox.config_path}" in renewal
@@ -174,3 +178,27 @@ def test_first_primary_down_fails_over_to_the_second(sandbox: Sandbox, tmp_path:
     live = sandbox.certbot_config_dir / "live" / "failover"
     assert verify_chain(sandbox, live / "fullchain.pem") == [domain]
     assert txt_at(sandbox.ip.primary, f"_acme-challenge.{domain}.") == {PLACEHOLDER}
+
+
+def test_check_reports_ready_and_broken_domains_and_leaves_no_probe(sandbox: Sandbox) -> None:
+    import json
+    import subprocess
+    import sys
+
+    customer = sandbox.zones.customer
+    done = subprocess.run(
+        [sys.executable, "-m", "certbot_epages.cli", "--config", str(sandbox.config_path),
+         "check", "--json", customer, f"foreign.{customer}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    good, broken = json.loads(done.stdout)
+    assert good["ready"] and good["zone"] == f"{sandbox.zones.challenge}."
+    assert good["primary"] == f"{sandbox.ip.primary}:53"
+    assert {s["address"] for s in good["servers"]} == {
+        f"{sandbox.ip.primary}:53", f"{sandbox.ip.secondary}:53"}
+    assert all(any(v.startswith("certbot-epages-check-") for v in s["values"])
+               for s in good["servers"])
+    assert not broken["ready"]
+    assert f"_acme-challenge.foreign.{customer}. CNAME" in broken["error"]
+    _settled_clean(sandbox, customer)

@@ -1,0 +1,1 @@
+"""Deploying certificates and nginx site configs to the load balancers."""

@@ -1,0 +1,237 @@
+r"""Rendering the nginx ``server {}`` config of one shop from its template.
+
+Shop templates are ``nginx/<name>.conf.j2``: first in the operator's template directory
+(``deploy.templates`` in epages.yaml), then the packaged ones (``custom-domain``,
+``platform-wildcard``).  An operator's template of the same name replaces the packaged one;
+the challenge snippets (``acme-challenge-*``, ``challenge-service``) are not shop templates.
+
+Templates are Jinja2 with undefined variables as errors and no HTML escaping.  The context:
+
+=======================  ===================================================================
+``domain``               the shop's domain (lowercase A-labels; may be ``*.example.com``)
+``aliases``              list of the further names
+``server_names``         ``domain`` followed by ``aliases``; use ``server_names | join(' ')``
+``ssl_certificate``      path on the load balancer of the certificate chain (fullchain.pem)
+``ssl_certificate_key``  path on the load balancer of the private key (privkey.pem)
+``vars``                 the entry's variables (``vars.upstream``; use ``vars["name"]`` for a
+                         name that is also a dict method, such as ``items`` or ``keys``)
+``lb``                   the load balancer: ``lb.name``, ``lb.root`` (its deploy root)
+``listen_address``       the address to listen on, ``""`` for all: write
+                         ``listen {{ listen_address ~ ':' if listen_address else '' }}443 ssl;``
+``challenge_service``    ``host:port`` of the HTTP-01 challenge service, for
+                         ``{% include "acme-challenge-proxy.conf.j2" %}``
+``shop``                 the whole entry as plain data (:meth:`Shop.as_dict`)
+=======================  ===================================================================
+
+The inventory is untrusted, so a variable's value may not contain anything that ends an nginx
+directive or block (see :func:`certbot_epages.inventory.validate_var`).  A template that
+quotes a variable properly can allow more by declaring it safe in a comment line::
+
+    {# epages: safe_vars = csp_header, banner #}
+
+Safe variables may contain spaces and ``; { } " ' \ $ #`` but never control characters or line
+breaks; the template is then responsible for quoting them.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import traceback
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from certbot_epages.errors import EpagesError
+from certbot_epages.inventory import (
+    TEMPLATE_NAME_RE,
+    VAR_NAME_RE,
+    Shop,
+    validate_domain,
+    validate_var,
+)
+from certbot_epages.resources import jinja_env, templates_dir
+
+SUFFIX = ".conf.j2"
+SNIPPETS = frozenset({"acme-challenge-proxy", "acme-challenge-stateless", "challenge-service"})
+WILDCARD_FILENAME = "_wildcard_"
+
+_SAFE_VARS_RE = re.compile(r"\{#-?\s*epages:\s*safe_vars\s*=([^\n#]*?)-?#\}")
+
+
+class RenderError(EpagesError):
+    """A shop's site config could not be rendered: unknown template, template error, bad data."""
+
+
+class TemplateSet:
+    """The shop templates: the operator's ``<directory>/nginx`` first, then the packaged ones."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        search: list[Path] = []
+        if directory is not None:
+            own = Path(directory) / "nginx"
+            if not own.is_dir():
+                raise RenderError(
+                    f"{directory}: the template directory has no nginx/ subdirectory "
+                    f"(expected shop templates as {own}/<name>{SUFFIX})"
+                )
+            search.append(own)
+        search.append(templates_dir() / "nginx")
+        self.directory = directory
+        self.search_path: tuple[Path, ...] = tuple(search)
+        self.env = jinja_env()
+        self.env.loader = jinja2.FileSystemLoader([str(p) for p in self.search_path])
+
+    def names(self) -> tuple[str, ...]:
+        """The names of the available shop templates, sorted."""
+        found: set[str] = set()
+        for folder in self.search_path:
+            for path in folder.glob(f"*{SUFFIX}"):
+                name = path.name[: -len(SUFFIX)]
+                if (
+                    TEMPLATE_NAME_RE.fullmatch(name)
+                    and name not in SNIPPETS
+                    and not name.startswith("acme-challenge-")
+                ):
+                    found.add(name)
+        return tuple(sorted(found))
+
+    def path(self, name: str) -> Path:
+        """The file the shop template ``name`` is read from (the operator's, if it has one)."""
+        self._check_name(name)
+        for folder in self.search_path:
+            candidate = folder / f"{name}{SUFFIX}"
+            if candidate.is_file():
+                return candidate
+        raise RenderError(f"template {name!r} not found in {self._where()}")
+
+    def source(self, name: str) -> str:
+        """The text of the shop template ``name``."""
+        path = self.path(name)
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise RenderError(f"{path}: cannot read the template: {e}") from None
+
+    def safe_vars(self, name: str) -> frozenset[str]:
+        """The variables template ``name`` declares safe (``{# epages: safe_vars = a, b #}``)."""
+        path = self.path(name)
+        declared: set[str] = set()
+        for match in _SAFE_VARS_RE.finditer(self.source(name)):
+            for item in match.group(1).split(","):
+                var = item.strip()
+                if not var:
+                    continue
+                if not VAR_NAME_RE.fullmatch(var):
+                    raise RenderError(
+                        f"{path}: safe_vars declares {var!r}, which is not a variable name "
+                        "(^[a-z_][a-z0-9_]*$)"
+                    )
+                declared.add(var)
+        return frozenset(declared)
+
+    def all_safe_vars(self) -> dict[str, frozenset[str]]:
+        """``safe_vars`` of every shop template, by name (for ``load_inventory(safe_vars=)``)."""
+        return {name: self.safe_vars(name) for name in self.names()}
+
+    def _check_name(self, name: str) -> None:
+        if name not in self.names():
+            known = ", ".join(self.names()) or "none"
+            raise RenderError(
+                f"unknown shop template {name!r} in {self._where()}; available: {known}"
+            )
+
+    def _where(self) -> str:
+        return ", ".join(str(p) for p in self.search_path)
+
+
+def lb_cert_dir(lb_root: str, cert_name: str) -> str:
+    """The directory of certificate ``cert_name`` below a load balancer's deploy root."""
+    return posixpath.join(lb_root, "current", "certs", cert_name)
+
+
+def render_site(
+    templates: TemplateSet,
+    shop: Shop,
+    *,
+    lb_name: str,
+    lb_root: str,
+    cert_dir: str,
+    challenge_service: str,
+    listen_address: str = "",
+) -> str:
+    """Render the nginx config of ``shop`` for one load balancer.
+
+    ``cert_dir`` is the directory on the load balancer holding ``fullchain.pem`` and
+    ``privkey.pem`` (see :func:`lb_cert_dir`).  The shop is checked again (names normalised,
+    variables as in the inventory) so a hand-built :class:`Shop` cannot inject directives.
+    Raises :class:`RenderError` naming the template and the shop.
+    """
+    path = templates.path(shop.template)
+    what = f"{path}: cannot render the site of {shop.domain!r}"
+    safe = templates.safe_vars(shop.template)
+    try:
+        for name in shop.server_names:
+            if validate_domain(name) != name:
+                raise ValueError(f"{name!r} is not normalised (expected {validate_domain(name)})")
+        variables = {
+            key: validate_var(key, value, safe=key in safe) for key, value in shop.vars.items()
+        }
+        for key, value in (
+            ("lb_name", lb_name),
+            ("lb_root", lb_root),
+            ("cert_dir", cert_dir),
+            ("challenge_service", challenge_service),
+        ):
+            validate_var(key, value)
+        if listen_address:
+            validate_var("listen_address", listen_address)
+    except ValueError as e:
+        raise RenderError(f"{what}: {e}") from None
+
+    context: dict[str, Any] = {
+        "domain": shop.domain,
+        "aliases": list(shop.aliases),
+        "server_names": list(shop.server_names),
+        "ssl_certificate": posixpath.join(cert_dir, "fullchain.pem"),
+        "ssl_certificate_key": posixpath.join(cert_dir, "privkey.pem"),
+        "vars": variables,
+        "lb": {"name": lb_name, "root": lb_root},
+        "listen_address": listen_address,
+        "challenge_service": challenge_service,
+        "shop": shop.as_dict(),
+    }
+    try:
+        return templates.env.get_template(path.name).render(context)
+    except jinja2.TemplateSyntaxError as e:
+        where = f"{e.filename or path}:{e.lineno}"
+        raise RenderError(f"{where}: template syntax error: {e.message}") from None
+    except jinja2.TemplateNotFound as e:
+        raise RenderError(f"{what}: included template {e.name!r} not found") from None
+    except jinja2.UndefinedError as e:
+        raise RenderError(
+            f"{_location(e, path)}: cannot render the site of {shop.domain!r}: "
+            f"undefined variable: {e.message}"
+        ) from None
+    except jinja2.TemplateError as e:
+        raise RenderError(f"{_location(e, path)}: {what}: {e}") from None
+
+
+def site_filename(shop: Shop) -> str:
+    """The file name of the shop's site config: ``<domain>.conf``, ``*`` as ``_wildcard_``."""
+    try:
+        normal = validate_domain(shop.domain)
+    except ValueError as e:
+        raise RenderError(f"no site file name for the shop: {e}") from None
+    if normal != shop.domain:
+        raise RenderError(f"no site file name for {shop.domain!r}: the domain is not normalised")
+    return normal.replace("*", WILDCARD_FILENAME) + ".conf"
+
+
+def _location(error: BaseException, path: Path) -> str:
+    """``template:line`` of the innermost template frame in ``error``'s traceback."""
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if frame.filename.endswith(SUFFIX):
+            return f"{frame.filename}:{frame.lineno}"
+    return str(path)

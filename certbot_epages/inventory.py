@@ -1,0 +1,465 @@
+r"""The shop inventory: which domains the platform serves, read from the shop software.
+
+The inventory is UNTRUSTED input: shop owners choose their domains, and whatever lands in it
+ends up in nginx configs on every load balancer.  It is a YAML or JSON list of entries (or a
+mapping ``{"shops": [...]}``), read from a file or fetched from an http(s) URL::
+
+    - domain: shop.example.com
+      aliases: [www.shop.example.com]
+      template: custom-domain            # <templates>/nginx/custom-domain.conf.j2
+      vars: {upstream: "10.0.0.5:8080"}
+      status: active                     # active | suspended | deleted (default active)
+
+Every entry is checked on its own: a bad entry becomes a :class:`Problem` and is skipped while
+the others load, so one shop cannot stop certificates for all of them.  A file that cannot be
+read or parsed at all raises :class:`InventoryError`.
+
+What an entry may contain:
+
+* ``domain`` and ``aliases``: host names by :func:`validate_domain` (normalised to lowercase
+  A-labels); a name may be claimed by one entry only, a later claim is a problem.
+* ``template``: the name of an available shop template (``^[a-z0-9][a-z0-9_-]*$``).
+* ``vars``: names ``^[a-z_][a-z0-9_]*$``, values strings, integers or booleans.  A string must
+  not be able to break out of an nginx directive: no ``; { } " ' \ $ #``, no whitespace, no
+  control characters, not empty -- unless the template declares that variable safe (see
+  :mod:`certbot_epages.deploy.render`), and even then no control characters or line breaks.
+* ``status``: ``active``, ``suspended`` or ``deleted``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from certbot_epages.errors import EpagesError
+
+VarValue = str | int | bool
+
+STATUSES = ("active", "suspended", "deleted")
+ENTRY_KEYS = ("domain", "aliases", "template", "vars", "status")
+TEMPLATE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
+VAR_NAME_RE = re.compile(r"[a-z_][a-z0-9_]*")
+UNSAFE_CHARS = frozenset(";{}\"'\\$#")
+MAX_VAR_LENGTH = 4096
+MAX_URL_BYTES = 64 * 1024 * 1024
+DEFAULT_TIMEOUT = 30.0
+
+_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+class InventoryError(EpagesError):
+    """The inventory as a whole could not be read: unreachable, unreadable or not a list."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Shop:
+    """One checked inventory entry: a shop's names, its template and the template's vars."""
+
+    domain: str
+    aliases: tuple[str, ...]
+    template: str
+    vars: Mapping[str, VarValue] = field(default_factory=lambda: MappingProxyType({}))
+    status: str = "active"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aliases", tuple(self.aliases))
+        object.__setattr__(self, "vars", MappingProxyType(dict(self.vars)))
+
+    @property
+    def server_names(self) -> tuple[str, ...]:
+        """The domain followed by the aliases: every name the shop answers to."""
+        return (self.domain, *self.aliases)
+
+    @property
+    def is_active(self) -> bool:
+        """True if the shop is to be served (not suspended or deleted)."""
+        return self.status == "active"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry as plain data (dicts, lists, scalars) for templates."""
+        return {
+            "domain": self.domain,
+            "aliases": list(self.aliases),
+            "server_names": list(self.server_names),
+            "template": self.template,
+            "vars": dict(self.vars),
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An inventory entry that was skipped, and why.
+
+    ``index`` is the entry's position in the list (from 0); ``domain`` is the entry's domain
+    as given, made printable, or None when it had none.
+    """
+
+    index: int
+    domain: str | None
+    message: str
+
+    def __str__(self) -> str:
+        name = f" ({self.domain})" if self.domain is not None else ""
+        return f"inventory entry {self.index}{name}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The loaded inventory: the entries that passed every check, and the ones that did not."""
+
+    shops: tuple[Shop, ...]
+    problems: tuple[Problem, ...]
+
+    def active(self) -> tuple[Shop, ...]:
+        """The shops with status ``active``."""
+        return tuple(shop for shop in self.shops if shop.is_active)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def validate_domain(name: str, *, allow_wildcard: bool = True) -> str:
+    """Return ``name`` normalised (lowercase A-labels, no trailing dot) or raise ValueError.
+
+    Accepted are host names of letters, digits and hyphens (internationalised names are
+    converted to punycode), labels of 1 to 63 characters not starting or ending with a hyphen,
+    at most 253 characters, at least two labels, and a top-level label that is not all digits.
+    With ``allow_wildcard`` the leftmost label may be ``*`` (``*.example.com``), with at least
+    two labels below it.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"a domain must be a string, got {type(name).__name__}")
+    shown = printable(name)
+    if not name:
+        raise ValueError("the domain is empty")
+    if any(c.isspace() or not c.isprintable() for c in name):
+        raise ValueError(f"{shown}: a domain must not contain whitespace or control characters")
+    text = name[:-1] if name.endswith(".") else name
+    wildcard = text.startswith("*.")
+    if wildcard:
+        if not allow_wildcard:
+            raise ValueError(f"{shown}: a wildcard is not allowed here")
+        text = text[2:]
+    if "*" in text:
+        raise ValueError(f"{shown}: '*' is only allowed as the whole leftmost label ('*.')")
+    if not text.isascii():
+        try:
+            text = text.encode("idna").decode("ascii")
+        except UnicodeError as e:
+            raise ValueError(f"{shown}: not a valid internationalised domain name: {e}") from None
+    text = text.lower()
+    labels = text.split(".")
+    for label in labels:
+        if not label:
+            raise ValueError(f"{shown}: empty label (leading dot or '..')")
+        if len(label) > 63:
+            raise ValueError(f"{shown}: label {printable(label)} is longer than 63 characters")
+        if not _LABEL_RE.fullmatch(label):
+            raise ValueError(
+                f"{shown}: label {printable(label)} must consist of letters, digits and "
+                "hyphens, and must not start or end with a hyphen"
+            )
+        if label.startswith("xn--"):
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                raise ValueError(
+                    f"{shown}: label {printable(label)} is not valid punycode"
+                ) from None
+    if len(labels) < 2:
+        raise ValueError(f"{shown}: a domain needs at least two labels (like example.com)")
+    if labels[-1].isdigit():
+        raise ValueError(f"{shown}: the top-level label must not be all digits (no IP addresses)")
+    result = f"*.{text}" if wildcard else text
+    if len(result) > 253:
+        raise ValueError(f"{shown}: longer than 253 characters")
+    return result
+
+
+def validate_var(name: str, value: object, *, safe: bool = False) -> VarValue:
+    r"""Return the template variable's value if it may go into an nginx config, else ValueError.
+
+    ``name`` must match ``^[a-z_][a-z0-9_]*$``; the value must be a string, an integer or a
+    boolean.  Strings must be non-empty, without whitespace, control characters or any of
+    ``; { } " ' \ $ #``.  A ``safe`` variable (declared so by its template) may contain those
+    and be empty, but still no control characters or line breaks.
+    """
+    if not isinstance(name, str) or not VAR_NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"variable name {printable(str(name))} must match ^[a-z_][a-z0-9_]*$"
+        )
+    if isinstance(value, (bool, int)):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(
+            f"variable {name!r} must be a string, integer or boolean, "
+            f"got {type(value).__name__}"
+        )
+    if len(value) > MAX_VAR_LENGTH:
+        raise ValueError(f"variable {name!r} is longer than {MAX_VAR_LENGTH} characters")
+    if safe:
+        if any(not c.isprintable() and c != " " for c in value):
+            raise ValueError(
+                f"variable {name!r} must not contain control characters or line breaks: "
+                f"{printable(value)}"
+            )
+        return value
+    if not value:
+        raise ValueError(f"variable {name!r} must not be empty")
+    bad = sorted({c for c in value if c in UNSAFE_CHARS or c.isspace() or not c.isprintable()})
+    if bad:
+        shown = " ".join(printable(c) for c in bad)
+        raise ValueError(
+            f"variable {name!r} contains characters that are not allowed in an nginx "
+            f"directive ({shown}): {printable(value)}; a template may declare the variable "
+            "safe with {# epages: safe_vars = " + name + " #}"
+        )
+    return value
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """``text`` quoted, with control characters escaped and cut to about ``limit`` characters."""
+    shown = repr(text[:limit])
+    return shown + "..." if len(text) > limit else shown
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_inventory(
+    source: str | Path,
+    *,
+    templates: Collection[str],
+    safe_vars: Mapping[str, Collection[str]] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Inventory:
+    """Read the inventory from a file (YAML or JSON) or an http(s) URL (JSON) and check it.
+
+    ``templates`` are the names of the available shop templates; ``safe_vars`` maps a template
+    name to the variables it declares safe.  A string ``source`` starting with ``http://`` or
+    ``https://`` is fetched with ``timeout`` seconds; anything else is a file path.  Raises
+    :class:`InventoryError` naming the source when it cannot be read or is not a list of
+    entries; bad entries are reported in :attr:`Inventory.problems`.
+    """
+    if isinstance(source, str) and source.lower().startswith(("http://", "https://")):
+        where = _redact(source)
+        data = _fetch(source, where, timeout)
+    else:
+        path = Path(source)
+        where = str(path)
+        data = _read_file(path)
+    return parse_inventory(data, templates=templates, safe_vars=safe_vars, source=where)
+
+
+def parse_inventory(
+    data: object,
+    *,
+    templates: Collection[str],
+    safe_vars: Mapping[str, Collection[str]] | None = None,
+    source: str = "inventory",
+) -> Inventory:
+    """Check already-parsed inventory ``data``; ``source`` is named in an InventoryError."""
+    if isinstance(data, dict):
+        unknown = sorted(str(k) for k in data if k != "shops")
+        if unknown:
+            raise InventoryError(
+                f"{source}: unknown top-level key(s) {', '.join(unknown)}; expected a list of "
+                "shops or a mapping with the single key 'shops'"
+            )
+        if "shops" not in data:
+            raise InventoryError(f"{source}: the mapping has no 'shops' list")
+        data = data["shops"]
+    if not isinstance(data, list):
+        got = "an empty document" if data is None else type(data).__name__
+        raise InventoryError(f"{source}: expected a list of shops, got {got}")
+    safe = safe_vars or {}
+    shops: list[Shop] = []
+    problems: list[Problem] = []
+    claimed: dict[str, int] = {}
+    for index, entry in enumerate(data):
+        given = _given_domain(entry)
+        try:
+            shop = _parse_entry(entry, templates, safe)
+        except ValueError as e:
+            problems.append(Problem(index, given, str(e)))
+            continue
+        taken = [(name, claimed[name]) for name in shop.server_names if name in claimed]
+        if taken:
+            what = "; ".join(f"{name} is already claimed by entry {other}" for name, other in taken)
+            problems.append(Problem(index, given, what))
+            continue
+        for name in shop.server_names:
+            claimed[name] = index
+        shops.append(shop)
+    return Inventory(shops=tuple(shops), problems=tuple(problems))
+
+
+def _given_domain(entry: object) -> str | None:
+    if isinstance(entry, dict):
+        domain = entry.get("domain")
+        if isinstance(domain, str):
+            shown = repr(domain[:80])[1:-1] or "''"
+            return shown + "..." if len(domain) > 80 else shown
+    return None
+
+
+def _parse_entry(
+    entry: object, templates: Collection[str], safe_vars: Mapping[str, Collection[str]]
+) -> Shop:
+    if not isinstance(entry, dict):
+        raise ValueError(f"an entry must be a mapping, got {type(entry).__name__}")
+    unknown = [k for k in entry if k not in ENTRY_KEYS]
+    if unknown:
+        names = ", ".join(printable(str(k)) for k in unknown)
+        raise ValueError(f"unknown key(s) {names}; allowed: {', '.join(ENTRY_KEYS)}")
+
+    if "domain" not in entry:
+        raise ValueError("missing required key 'domain'")
+    domain = _domain(entry["domain"], "domain")
+
+    raw_aliases = entry.get("aliases")
+    if raw_aliases is None:
+        raw_aliases = []
+    if not isinstance(raw_aliases, list):
+        raise ValueError(f"'aliases' must be a list, got {type(raw_aliases).__name__}")
+    aliases: list[str] = []
+    for i, raw in enumerate(raw_aliases):
+        alias = _domain(raw, f"aliases[{i}]")
+        if alias == domain or alias in aliases:
+            raise ValueError(f"aliases[{i}]: {alias} is listed twice")
+        aliases.append(alias)
+
+    if "template" not in entry:
+        raise ValueError("missing required key 'template'")
+    template = entry["template"]
+    if not isinstance(template, str) or not TEMPLATE_NAME_RE.fullmatch(template):
+        shown = printable(template) if isinstance(template, str) else type(template).__name__
+        raise ValueError(f"template {shown} must match ^[a-z0-9][a-z0-9_-]*$")
+    if template not in templates:
+        known = ", ".join(sorted(templates)) or "none"
+        raise ValueError(f"unknown template {template!r}; available: {known}")
+
+    raw_vars = entry.get("vars")
+    if raw_vars is None:
+        raw_vars = {}
+    if not isinstance(raw_vars, dict):
+        raise ValueError(f"'vars' must be a mapping, got {type(raw_vars).__name__}")
+    declared_safe = safe_vars.get(template, ())
+    variables: dict[str, VarValue] = {}
+    for key, value in raw_vars.items():
+        variables[key] = validate_var(key, value, safe=key in declared_safe)
+
+    status = entry.get("status", "active")
+    if status not in STATUSES:
+        shown = printable(status) if isinstance(status, str) else type(status).__name__
+        raise ValueError(f"status {shown} must be one of: {', '.join(STATUSES)}")
+
+    return Shop(
+        domain=domain,
+        aliases=tuple(aliases),
+        template=template,
+        vars=variables,
+        status=status,
+    )
+
+
+def _domain(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, got {type(value).__name__}")
+    try:
+        return validate_domain(value)
+    except ValueError as e:
+        raise ValueError(f"{key}: {e}") from None
+
+
+def _read_file(path: Path) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InventoryError(f"{path}: inventory file not found") from None
+    except OSError as e:
+        raise InventoryError(f"{path}: cannot read the inventory: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise InventoryError(f"{path}: the inventory is not UTF-8 text") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        where = ""
+        if e.problem_mark is not None:
+            where = f" at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}"
+        what = "; ".join(str(p) for p in (e.context, e.problem) if p)
+        raise InventoryError(
+            f"{path}: the inventory is not valid YAML/JSON{where}: {what or 'syntax error'}"
+        ) from None
+    except yaml.YAMLError as e:
+        raise InventoryError(f"{path}: the inventory is not valid YAML/JSON: {e}") from None
+    except RecursionError:
+        raise InventoryError(f"{path}: the inventory is nested too deeply") from None
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only (urllib would also follow them to ftp)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.HTTPError(
+                req.full_url, code, f"redirect to a non-http(s) URL refused: {msg}", headers, fp
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch(url: str, where: str, timeout: float) -> object:
+    opener = urllib.request.build_opener(_HttpOnlyRedirects())
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            body = response.read(MAX_URL_BYTES + 1)
+    except urllib.error.HTTPError as e:
+        raise InventoryError(
+            f"{where}: fetching the inventory failed: HTTP {e.code} {e.reason}"
+        ) from None
+    except urllib.error.URLError as e:
+        raise InventoryError(f"{where}: cannot fetch the inventory: {e.reason}") from None
+    except (OSError, ValueError) as e:  # timeouts, resets, malformed URLs
+        raise InventoryError(f"{where}: cannot fetch the inventory: {e}") from None
+    if len(body) > MAX_URL_BYTES:
+        raise InventoryError(f"{where}: the inventory is larger than {MAX_URL_BYTES} bytes")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InventoryError(f"{where}: the inventory is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise InventoryError(f"{where}: the inventory is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InventoryError(f"{where}: the inventory is nested too deeply") from None
+
+
+def _redact(url: str) -> str:
+    """``url`` without a password in it, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))

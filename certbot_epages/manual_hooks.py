@@ -1,0 +1,294 @@
+"""``--manual-auth-hook`` and ``--manual-cleanup-hook`` for ``certbot --manual``.
+
+certbot runs the auth hook once per challenge with ``CERTBOT_DOMAIN``, ``CERTBOT_VALIDATION``,
+``CERTBOT_REMAINING_CHALLENGES`` and ``CERTBOT_ALL_DOMAINS`` (plus ``CERTBOT_TOKEN`` for HTTP-01),
+and the cleanup hook with the same variables plus ``CERTBOT_AUTH_OUTPUT`` (what the auth hook
+printed). All of it is untrusted and checked before it reaches DNS, a path or a command.
+
+DNS-01 uses the same client as the ``epages-dns`` plugin. Every auth call publishes its value at
+once, but only the run's last call waits for propagation, and it waits for every value of the
+run: apex + wildcard cost one wait, not two. Values still to be awaited are kept in a small
+spool file between calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.exception
+import dns.name
+
+from certbot_epages import config as epages_config
+from certbot_epages import http01
+from certbot_epages.dns import client as dns_client
+from certbot_epages.dns.chain import Location
+from certbot_epages.errors import ConfigError, EpagesError
+from certbot_epages.inventory import validate_domain
+
+VALIDATION_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
+PENDING_MAX_AGE = 3600.0  # seconds; older entries belong to a run that died
+
+
+class HookInputError(EpagesError):
+    """A certbot environment variable is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One challenge as certbot describes it to a manual hook, validated."""
+
+    domain: str
+    validation: str
+    token: str | None  # set for HTTP-01
+    remaining: int
+    all_domains: tuple[str, ...]
+    auth_output: str
+
+
+def read_environment(env: Mapping[str, str]) -> Challenge:
+    """Check certbot's variables; the error names the variable at fault."""
+
+    def required(name: str) -> str:
+        value = env.get(name)
+        if not value:
+            raise HookInputError(f"{name} is not set; run this as certbot's manual hook")
+        return value
+
+    def domain(name: str, value: str) -> str:
+        try:
+            return validate_domain(value)
+        except ValueError as e:
+            raise HookInputError(f"{name}: {value!r} is not a valid domain name: {e}") from None
+
+    token = env.get("CERTBOT_TOKEN") or None
+    if token is not None:
+        try:
+            http01.check_token(token)
+        except ValueError as e:
+            raise HookInputError(f"CERTBOT_TOKEN: {e}") from None
+    validation = required("CERTBOT_VALIDATION")
+    if token is None and not VALIDATION_RE.fullmatch(validation):
+        raise HookInputError("CERTBOT_VALIDATION: a DNS-01 value is base64url (A-Z a-z 0-9 - _)")
+    if token is not None and not (
+        http01.KEY_AUTHORIZATION_RE.fullmatch(validation) and validation.startswith(f"{token}.")
+    ):
+        raise HookInputError(
+            "CERTBOT_VALIDATION: an HTTP-01 value is '<CERTBOT_TOKEN>.<account thumbprint>'"
+        )
+    remaining_text = env.get("CERTBOT_REMAINING_CHALLENGES", "0")
+    if not remaining_text.isdigit():
+        raise HookInputError("CERTBOT_REMAINING_CHALLENGES: expected a whole number")
+    base = domain("CERTBOT_DOMAIN", required("CERTBOT_DOMAIN"))
+    all_text = env.get("CERTBOT_ALL_DOMAINS") or base
+    all_domains = tuple(domain("CERTBOT_ALL_DOMAINS", d) for d in all_text.split(","))
+    return Challenge(
+        domain=base,
+        validation=validation,
+        token=token,
+        remaining=int(remaining_text),
+        all_domains=all_domains,
+        auth_output=env.get("CERTBOT_AUTH_OUTPUT", ""),
+    )
+
+
+# ------------------------------------------------------------------------------ pending waits
+
+
+def _spool_dir() -> Path:
+    base = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
+    spool = base / f"certbot-epages-{os.getuid()}"
+    spool.mkdir(mode=0o700, exist_ok=True)
+    if spool.stat().st_uid != os.getuid() or spool.stat().st_mode & 0o077:
+        raise EpagesError(f"{spool}: must be a directory of user {os.getuid()} with mode 0700")
+    return spool
+
+
+@contextlib.contextmanager
+def _pending(all_domains: Sequence[str]) -> Iterator[list[dict[str, str | float]]]:
+    """The run's not-yet-awaited DNS-01 records, locked for the block, saved after it."""
+    run = hashlib.sha256(",".join(sorted(all_domains)).encode()).hexdigest()[:20]
+    path = _spool_dir() / f"dns01-{run}.json"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            entries = json.loads(f.read() or "[]")
+        except json.JSONDecodeError:
+            entries = []
+        now = time.time()
+        entries = [e for e in entries if now - float(e.get("time", 0)) < PENDING_MAX_AGE]
+        yield entries
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(entries))
+        if not entries:
+            path.unlink(missing_ok=True)
+
+
+def _entry(location: Location, value: str) -> dict[str, str | float]:
+    return {
+        "domain": location.domain,
+        "zone": str(location.zone),
+        "record": str(location.record),
+        "value": value,
+        "time": time.time(),
+    }
+
+
+def _location(client: dns_client.DnsClient, entry: Mapping[str, object]) -> tuple[Location, str]:
+    """Rebuild a record from spool or auth output, refusing anything outside managed zones."""
+    try:
+        zone = dns.name.from_text(str(entry["zone"]))
+        record = dns.name.from_text(str(entry["record"]))
+        value = str(entry["value"])
+    except (KeyError, dns.exception.DNSException) as e:
+        raise HookInputError(f"malformed record description: {e}") from None
+    if not client.manages(zone) or not record.is_subdomain(zone):
+        raise HookInputError(f"{record} is not in a managed zone")
+    if not VALIDATION_RE.fullmatch(value):
+        raise HookInputError("malformed TXT value")
+    return Location(str(entry.get("domain", "")), (record,), zone, record), value
+
+
+# ------------------------------------------------------------------------------ DNS-01
+
+
+def _dns_client(settings: epages_config.Config) -> dns_client.DnsClient:
+    if settings.dns is None:
+        raise ConfigError(f"{settings.source}: no 'dns' section; DNS-01 needs dns.zones")
+    return dns_client.from_config(settings.dns)
+
+
+def _dns_auth(settings: epages_config.Config, challenge: Challenge) -> str:
+    client = _dns_client(settings)
+    location = client.locate(challenge.domain)
+    output = json.dumps({"challenge": "dns-01", **_entry(location, challenge.validation)})
+    # Print before anything can fail: the cleanup hook deletes exactly this value.
+    print(output, flush=True)
+    with _pending(challenge.all_domains) as pending:
+        client.add([(location, challenge.validation)])
+        pending.append(_entry(location, challenge.validation))
+        if challenge.remaining > 0:
+            return output
+        records = [_location(client, e) for e in pending]
+        pending.clear()
+    client.wait(records)
+    return output
+
+
+def _dns_cleanup(settings: epages_config.Config, challenge: Challenge) -> None:
+    client = _dns_client(settings)
+    try:
+        described = json.loads(challenge.auth_output)
+        record = _location(client, described)
+        if record[1] != challenge.validation:
+            raise HookInputError("CERTBOT_AUTH_OUTPUT: its value is not CERTBOT_VALIDATION")
+    except (json.JSONDecodeError, HookInputError, TypeError):
+        # No usable auth output (the auth hook failed early): find the record again.
+        record = (client.locate(challenge.domain), challenge.validation)
+    with _pending(challenge.all_domains) as pending:
+        pending[:] = [e for e in pending if e.get("value") != challenge.validation]
+    client.remove([record])
+
+
+# ------------------------------------------------------------------------------ HTTP-01
+
+
+def _http_settings(settings: epages_config.Config) -> epages_config.Http01Config:
+    if settings.http01 is None:
+        raise ConfigError(f"{settings.source}: no 'http01' section; HTTP-01 needs http01.targets")
+    return settings.http01
+
+
+def _http_auth(settings: epages_config.Config, challenge: Challenge) -> str:
+    http = _http_settings(settings)
+    token = str(challenge.token)
+    written: list[str] = []
+    if http.mode == "files":
+        try:
+            written = http01.publish(http, token, challenge.validation)
+            http01.self_check(http, challenge.domain, token, challenge.validation)
+        except EpagesError:
+            http01.unpublish(http, token)  # nothing half-applied
+            raise
+    else:
+        http01.self_check(http, challenge.domain, token, challenge.validation)
+    if challenge.remaining == 0:
+        _flush_dns_waits(settings, challenge)
+    return json.dumps({"challenge": "http-01", "token": token, "targets": written})
+
+
+def _flush_dns_waits(settings: epages_config.Config, challenge: Challenge) -> None:
+    """With mixed challenge types the last call may be HTTP-01: it awaits the DNS-01 values."""
+    if settings.dns is None:
+        return
+    with _pending(challenge.all_domains) as pending:
+        if not pending:
+            return
+        client = _dns_client(settings)
+        records = [_location(client, e) for e in pending]
+        pending.clear()
+    client.wait(records)
+
+
+def _http_cleanup(settings: epages_config.Config, challenge: Challenge) -> None:
+    http = _http_settings(settings)
+    if http.mode != "files":
+        return
+    failures = http01.unpublish(http, str(challenge.token))
+    if failures:
+        raise http01.Http01Error("could not remove the challenge file from " + "; ".join(failures))
+
+
+# ------------------------------------------------------------------------------ entry points
+
+
+def _run(name: str, action: str, argv: Sequence[str] | None) -> int:
+    if argv:
+        print(f"{name}: takes no arguments; certbot passes everything in CERTBOT_* variables",
+              file=sys.stderr)
+        return 2
+    try:
+        challenge = read_environment(os.environ)
+        settings = epages_config.load()
+        if action == "auth":
+            if challenge.token is None:
+                _dns_auth(settings, challenge)
+            else:
+                print(_http_auth(settings, challenge), flush=True)
+        elif challenge.token is None:
+            _dns_cleanup(settings, challenge)
+        else:
+            _http_cleanup(settings, challenge)
+    except EpagesError as e:
+        message = " ".join(str(e).split())
+        print(f"{name}: {challenge_label()}{message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def challenge_label() -> str:
+    """``domain: `` prefix for error lines, when the domain variable is at least printable."""
+    domain = os.environ.get("CERTBOT_DOMAIN", "")
+    return f"{domain}: " if domain.isprintable() and 0 < len(domain) < 256 else ""
+
+
+def auth_main(argv: Sequence[str] | None = None) -> int:
+    """``certbot-epages-auth-hook``: publish one challenge (DNS-01 or HTTP-01)."""
+    return _run("certbot-epages-auth-hook", "auth", sys.argv[1:] if argv is None else argv)
+
+
+def cleanup_main(argv: Sequence[str] | None = None) -> int:
+    """``certbot-epages-cleanup-hook``: remove exactly what the auth hook published."""
+    return _run("certbot-epages-cleanup-hook", "cleanup", sys.argv[1:] if argv is None else argv)

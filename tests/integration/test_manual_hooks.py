@@ -1,0 +1,209 @@
+"""The manual hooks with real certbot --manual, BIND, pebble, sshd/rsync and the load balancers."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from epages_testlib import certbot, poll, sandbox_dir, soa_serial, txt_at, verify_chain
+
+from certbot_epages.sandbox.platform import Sandbox
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+AUTH_HOOK = str(BIN / "manual-auth-hook")
+CLEANUP_HOOK = str(BIN / "manual-cleanup-hook")
+PLACEHOLDER = ".empty"
+
+
+def _hook_args(challenge: str) -> list[str]:
+    return ["certonly", "--manual", "--preferred-challenges", challenge,
+            "--manual-auth-hook", AUTH_HOOK, "--manual-cleanup-hook", CLEANUP_HOOK]
+
+
+def _http_config(sandbox: Sandbox, path: Path, **http01: object) -> Path:
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["http01"].update(http01)
+    path.write_text(yaml.safe_dump(data))
+    path.chmod(0o600)
+    return path
+
+
+def _run_hook(hook: str, sandbox: Sandbox, env: dict[str, str],
+              config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CERTBOT_")}
+    environment.update(sandbox.env())
+    if config is not None:
+        environment["CERTBOT_EPAGES_CONFIG"] = str(config)
+    environment.update(env)
+    return subprocess.run([hook], env=environment, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def _challenge_files(sandbox: Sandbox) -> list[str]:
+    return sorted(p.name for p in (sandbox.webroot / ".well-known" / "acme-challenge").iterdir())
+
+
+def test_dns01_apex_and_wildcard_through_the_cname(sandbox: Sandbox) -> None:
+    domain = sandbox.zones.customer
+    certbot(sandbox, *_hook_args("dns"), "--cert-name", "manual-dns",
+            "-d", domain, "-d", f"*.{domain}")
+    live = sandbox.certbot_config_dir / "live" / "manual-dns"
+    assert verify_chain(sandbox, live / "fullchain.pem") == [f"*.{domain}", domain]
+    name = f"_acme-challenge.{domain}.{sandbox.zones.challenge}."
+    poll("DNS clean on both servers", lambda: True if txt_at(sandbox.ip.primary, name) ==
+         txt_at(sandbox.ip.secondary, name) == {PLACEHOLDER} else None)
+
+
+def test_only_the_last_dns01_call_waits_and_it_waits_for_every_value(sandbox: Sandbox) -> None:
+    domain = f"www.{sandbox.zones.customer}"
+    name = f"_acme-challenge.{domain}.{sandbox.zones.challenge}."
+    common = {"CERTBOT_DOMAIN": domain, "CERTBOT_ALL_DOMAINS": f"{domain},*.{domain}"}
+    first = {**common, "CERTBOT_VALIDATION": "a" * 43, "CERTBOT_REMAINING_CHALLENGES": "1"}
+    last = {**common, "CERTBOT_VALIDATION": "b" * 43, "CERTBOT_REMAINING_CHALLENGES": "0"}
+    sandbox.hold_transfers(3)
+    try:
+        done = _run_hook(AUTH_HOOK, sandbox, first)
+        assert done.returncode == 0, done.stderr
+        # Published at once, not awaited: the held-back secondary does not have it yet.
+        assert "a" * 43 in txt_at(sandbox.ip.primary, name)
+        assert "a" * 43 not in txt_at(sandbox.ip.secondary, name)
+        outputs = [done.stdout.strip()]
+        done = _run_hook(AUTH_HOOK, sandbox, last)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.strip())
+        # The last call returned only once the secondary served both values.
+        assert {"a" * 43, "b" * 43} <= txt_at(sandbox.ip.secondary, name)
+    finally:
+        sandbox.hold_transfers(0)
+    for env, output in zip((first, last), outputs, strict=True):
+        assert json.loads(output)["record"] == name
+        done = _run_hook(CLEANUP_HOOK, sandbox, {**env, "CERTBOT_AUTH_OUTPUT": output})
+        assert done.returncode == 0, done.stderr
+    assert txt_at(sandbox.ip.primary, name) == {PLACEHOLDER}
+
+
+def test_http01_through_a_challenge_host_reached_by_rsync_over_ssh(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    config = _http_config(
+        sandbox, tmp_path / "epages.yaml",
+        targets=[f"root@{sandbox.ip.challenge}:{sandbox.webroot}"],
+        ssh_options=sandbox.ssh_options(),
+    )
+    before = _challenge_files(sandbox)
+    domains = [sandbox.zones.direct, f"www.{sandbox.zones.direct}"]
+    certbot(sandbox, *_hook_args("http"), "--cert-name", "manual-http",
+            *(a for d in domains for a in ("-d", d)),
+            env={"CERTBOT_EPAGES_CONFIG": str(config)})
+    live = sandbox.certbot_config_dir / "live" / "manual-http"
+    assert verify_chain(sandbox, live / "fullchain.pem") == sorted(domains)
+    assert _challenge_files(sandbox) == before
+    # The self-check and pebble fetched through both load balancers.
+    for lb in sandbox.lbs:
+        log = (Path(lb.prefix) / "logs" / "access.log").read_text()
+        assert "/.well-known/acme-challenge/" in log
+
+
+@pytest.fixture
+def broken_lb() -> Iterator[str]:
+    """An HTTP server that answers 404 for everything: a load balancer without the proxy."""
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self.send_response(404)
+            self.end_headers()
+            self.wfile.write(b"no such page")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_self_check_names_the_load_balancer_that_does_not_proxy(
+    sandbox: Sandbox, tmp_path: Path, broken_lb: str
+) -> None:
+    config = _http_config(sandbox, tmp_path / "epages.yaml", timeout=1,
+                          self_check=[f"{sandbox.ip.lb1}:80", broken_lb])
+    token = "T0ken_-" + "x" * 36
+    before = _challenge_files(sandbox)
+    done = _run_hook(AUTH_HOOK, sandbox, {
+        "CERTBOT_DOMAIN": sandbox.zones.direct, "CERTBOT_TOKEN": token,
+        "CERTBOT_VALIDATION": f"{token}.thumb", "CERTBOT_REMAINING_CHALLENGES": "0",
+    }, config)
+    assert done.returncode == 1
+    assert broken_lb in done.stderr and "HTTP 404" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert _challenge_files(sandbox) == before
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"CERTBOT_VALIDATION": "x" * 43}, "CERTBOT_DOMAIN"),
+        ({"CERTBOT_DOMAIN": "direct.test"}, "CERTBOT_VALIDATION"),
+        ({"CERTBOT_DOMAIN": "direct.test; rm -rf /", "CERTBOT_VALIDATION": "x" * 43},
+         "CERTBOT_DOMAIN"),
+        ({"CERTBOT_DOMAIN": "direct.test", "CERTBOT_VALIDATION": "x y"}, "CERTBOT_VALIDATION"),
+        ({"CERTBOT_DOMAIN": "direct.test", "CERTBOT_TOKEN": "../../x",
+          "CERTBOT_VALIDATION": "../../x.thumb"}, "CERTBOT_TOKEN"),
+        ({"CERTBOT_DOMAIN": "direct.test", "CERTBOT_VALIDATION": "x" * 43,
+          "CERTBOT_REMAINING_CHALLENGES": "-1"}, "CERTBOT_REMAINING_CHALLENGES"),
+    ],
+)
+def test_bad_environment_is_refused_with_nothing_written(
+    sandbox: Sandbox, env: dict[str, str], variable: str
+) -> None:
+    files = _challenge_files(sandbox)
+    serials = [soa_serial(sandbox.ip.primary, z) for z in (sandbox.zones.direct,
+                                                           sandbox.zones.challenge)]
+    for hook in (AUTH_HOOK, CLEANUP_HOOK):
+        done = _run_hook(hook, sandbox, env)
+        assert done.returncode == 1
+        assert variable in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert _challenge_files(sandbox) == files
+    assert not (sandbox.webroot.parent / "x").exists()
+    assert serials == [soa_serial(sandbox.ip.primary, z) for z in (sandbox.zones.direct,
+                                                                   sandbox.zones.challenge)]
+
+
+def test_stateless_mode_issues_with_no_challenge_service() -> None:
+    with sandbox_dir() as directory:
+        sandbox = Sandbox.up(directory)
+        try:
+            certbot(sandbox, "register")
+            done = subprocess.run(
+                [str(BIN / "certbot-epages"), "http01-snippet", "--config-dir",
+                 str(sandbox.certbot_config_dir), "--server", sandbox.acme_url],
+                capture_output=True, text=True, timeout=30, check=True,
+            )
+            assert "return 200" in done.stdout
+            sandbox.set_http01_snippet(done.stdout)
+            sandbox.stop_service("nginx-challenge")
+            config = _http_config(sandbox, directory / "stateless.yaml", mode="stateless",
+                                  targets=[])
+            domain = sandbox.zones.direct
+            certbot(sandbox, *_hook_args("http"), "--cert-name", "stateless", "-d", domain,
+                    env={"CERTBOT_EPAGES_CONFIG": str(config)})
+            live = sandbox.certbot_config_dir / "live" / "stateless"
+            assert verify_chain(sandbox, live / "fullchain.pem") == [domain]
+            assert "nginx-challenge" not in sandbox.running()
+        finally:
+            sandbox.down()
