@@ -37,6 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("domains", nargs="+", metavar="DOMAIN")
     check.add_argument("--json", action="store_true", help="print JSON for machines")
     check.set_defaults(func=_check)
+    deploy = sub.add_parser(
+        "deploy", help="render nginx configs and push them with certificates to the LBs",
+        description="Build one release for every load balancer, test it there, and switch "
+        "all of them to it, or none (see the README's deploy section).",
+    )
+    what = deploy.add_mutually_exclusive_group(required=True)
+    what.add_argument("--pending", action="store_true",
+                      help="ship the lineages recorded by 'deploy-hook --defer' (for --post-hook)")
+    what.add_argument("--all", action="store_true", dest="everything",
+                      help="render the whole inventory (first deploy, template changes)")
+    what.add_argument("--lineage", action="append", default=[], metavar="NAME",
+                      help="ship the shops of this certbot lineage (repeatable)")
+    deploy.set_defaults(func=_deploy)
     snippet = sub.add_parser(
         "http01-snippet",
         help="print the certbot account's thumbprint and the stateless HTTP-01 nginx snippet",
@@ -54,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     snippet.set_defaults(func=_http01_snippet)
     sandbox_commands.register(sub)
     return parser
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from certbot_epages.deploy import hook
+
+    settings = config.load(args.config)
+    report = hook.deploy_command(settings, pending=args.pending, everything=args.everything,
+                                 names=args.lineage)
+    print(report.summary() if report else "nothing pending")
+    return 0
 
 
 def _http01_snippet(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from certbot_epages.netaddr import HostPort
 DEFAULT_PATH = Path("/etc/letsencrypt/epages.yaml")
 ENV_VAR = "CERTBOT_EPAGES_CONFIG"
 DEFAULT_SPOOL = Path("/var/lib/certbot-epages/spool")
+DEFAULT_CERTBOT_DIR = Path("/etc/letsencrypt")
 
 Http01Mode = Literal["files", "stateless"]
 
@@ -117,6 +118,7 @@ class LoadBalancerConfig:
     test: tuple[str, ...]
     reload: tuple[str, ...]
     probe: HostPort | None
+    listen: str = ""  # the address shop servers listen on; "" for all
 
     @property
     def is_local(self) -> bool:
@@ -132,6 +134,10 @@ class DeployConfig:
     load_balancers: tuple[LoadBalancerConfig, ...]
     keep_releases: int
     spool: Path
+    certbot_dir: Path = Path("/etc/letsencrypt")  # certbot's config dir: live/<lineage>/
+    challenge_service: HostPort | None = None  # HTTP-01 proxy target in shop configs
+    account_thumbprint: str | None = None  # for http01.mode stateless
+    probe_timeout: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -660,7 +666,10 @@ _LB_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 def _parse_deploy(node: _Node) -> DeployConfig:
-    f = node.mapping(("templates", "load_balancers", "keep_releases", "spool"))
+    f = node.mapping((
+        "templates", "load_balancers", "keep_releases", "spool", "certbot_dir",
+        "challenge_service", "account_thumbprint", "probe_timeout",
+    ))
     templates = f.opt("templates", nullable=True)
     lbs: list[LoadBalancerConfig] = []
     for item in f.req("load_balancers").items(non_empty=True):
@@ -670,16 +679,33 @@ def _parse_deploy(node: _Node) -> DeployConfig:
         lbs.append(lb)
     keep = f.opt("keep_releases")
     spool = f.opt("spool")
+    certbot_dir = f.opt("certbot_dir")
+    challenge = f.opt("challenge_service", nullable=True)
+    thumbprint_node = f.opt("account_thumbprint", nullable=True)
+    thumbprint = None
+    if thumbprint_node is not None:
+        thumbprint = thumbprint_node.text()
+        if not re.fullmatch(r"[A-Za-z0-9_-]{20,100}", thumbprint):
+            thumbprint_node.expected(
+                "the base64url thumbprint that 'certbot-epages http01-snippet' prints"
+            )
+    probe_timeout = f.opt("probe_timeout")
     return DeployConfig(
         templates=None if templates is None else templates.local_path(),
         load_balancers=tuple(lbs),
         keep_releases=5 if keep is None else keep.integer(1),
         spool=DEFAULT_SPOOL if spool is None else spool.local_path(),
+        certbot_dir=DEFAULT_CERTBOT_DIR if certbot_dir is None else certbot_dir.local_path(),
+        challenge_service=None if challenge is None else challenge.hostport(80),
+        account_thumbprint=thumbprint,
+        probe_timeout=15.0 if probe_timeout is None else probe_timeout.positive_number(),
     )
 
 
 def _parse_load_balancer(node: _Node) -> LoadBalancerConfig:
-    f = node.mapping(("name", "ssh", "ssh_options", "root", "test", "reload", "probe"))
+    f = node.mapping(
+        ("name", "ssh", "ssh_options", "root", "test", "reload", "probe", "listen")
+    )
     name_node = f.req("name")
     name = name_node.text()
     if not _LB_NAME.fullmatch(name):
@@ -691,6 +717,16 @@ def _parse_load_balancer(node: _Node) -> LoadBalancerConfig:
     test = f.opt("test")
     reload = f.opt("reload")
     probe = f.opt("probe", nullable=True)
+    listen_node = f.opt("listen", nullable=True)
+    listen = ""
+    if listen_node is not None:
+        listen = listen_node.text()
+        try:
+            ipaddress.ip_address(listen)
+        except ValueError:
+            listen_node.expected("an IP address for the shop servers' listen directives")
+        if ":" in listen:
+            listen = f"[{listen}]"
     return LoadBalancerConfig(
         name=name,
         ssh=ssh,
@@ -699,6 +735,7 @@ def _parse_load_balancer(node: _Node) -> LoadBalancerConfig:
         test=("nginx", "-t") if test is None else _argv(test),
         reload=("nginx", "-s", "reload") if reload is None else _argv(reload),
         probe=None if probe is None else probe.hostport(443),
+        listen=listen,
     )
 
 

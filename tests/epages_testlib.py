@@ -18,7 +18,11 @@ import dns.query
 import dns.rdatatype
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
+from certbot_epages.deploy.probe import served_fingerprint
+from certbot_epages.netaddr import HostPort
+from certbot_epages.sandbox.pki import SandboxCA
 from certbot_epages.sandbox.platform import Sandbox
 
 T = TypeVar("T")
@@ -112,3 +116,45 @@ def verify_chain(sandbox: Sandbox, fullchain: Path) -> list[str]:
         child.verify_directly_issued_by(parent)
     san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return sorted(san.get_values_for_type(x509.DNSName))
+
+
+def make_lineage(certbot_dir: Path, name: str, names: list[str], ca: SandboxCA) -> str:
+    """A certbot-like lineage ``live/<name>/`` signed by ``ca``; returns its sha256 fingerprint."""
+    live = certbot_dir / "live" / name
+    live.mkdir(parents=True, exist_ok=True)
+    crt, key = ca.issue(f"lineage-{name.replace('*', '_')}", names)
+    data = crt.read_bytes()
+    (live / "cert.pem").write_bytes(data)
+    (live / "fullchain.pem").write_bytes(data + ca.cert_path.read_bytes())
+    (live / "privkey.pem").write_bytes(key.read_bytes())
+    (live / "privkey.pem").chmod(0o600)
+    return x509.load_pem_x509_certificate(data).fingerprint(hashes.SHA256()).hex()
+
+
+def deploy_config(sandbox: Sandbox, path: Path, *, inventory: Path | None = None,
+                  **deploy: object) -> Path:
+    """A copy of the sandbox's epages.yaml with ``deploy`` keys (and the inventory) replaced."""
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["deploy"].update(deploy)
+    if inventory is not None:
+        data["inventory"] = str(inventory)
+    path.write_text(yaml.safe_dump(data))
+    path.chmod(0o600)
+    return path
+
+
+def write_inventory(path: Path, shops: list[dict[str, object]]) -> Path:
+    """Write an inventory file as the shop software would export it."""
+    path.write_text(yaml.safe_dump(shops))
+    return path
+
+
+def served(sandbox: Sandbox, name: str) -> dict[str, str]:
+    """The sha256 fingerprint each load balancer serves for ``name`` (or the error)."""
+    out = {}
+    for lb in sandbox.lbs:
+        try:
+            out[lb.name] = served_fingerprint(HostPort(lb.address, 443), name)
+        except OSError as e:
+            out[lb.name] = f"error: {e}"
+    return out

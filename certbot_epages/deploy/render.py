@@ -18,8 +18,9 @@ Templates are Jinja2 with undefined variables as errors and no HTML escaping.  T
 ``lb``                   the load balancer: ``lb.name``, ``lb.root`` (its deploy root)
 ``listen_address``       the address to listen on, ``""`` for all: write
                          ``listen {{ listen_address ~ ':' if listen_address else '' }}443 ssl;``
-``challenge_service``    ``host:port`` of the HTTP-01 challenge service, for
-                         ``{% include "acme-challenge-proxy.conf.j2" %}``
+``acme_challenge``       the HTTP-01 location for port-80 servers: the proxy to the
+                         challenge service, or the stateless answer (``http01.mode``)
+``challenge_service``    ``host:port`` of the HTTP-01 challenge service
 ``shop``                 the whole entry as plain data (:meth:`Shop.as_dict`)
 =======================  ===================================================================
 
@@ -160,6 +161,7 @@ def render_site(
     cert_dir: str,
     challenge_service: str,
     listen_address: str = "",
+    acme_challenge: str | None = None,
 ) -> str:
     """Render the nginx config of ``shop`` for one load balancer.
 
@@ -182,11 +184,12 @@ def render_site(
             ("lb_name", lb_name),
             ("lb_root", lb_root),
             ("cert_dir", cert_dir),
-            ("challenge_service", challenge_service),
         ):
             validate_var(key, value)
-        if listen_address:
-            validate_var("listen_address", listen_address)
+        for key, value in (("challenge_service", challenge_service),
+                           ("listen_address", listen_address)):
+            if value:
+                validate_var(key, value)
     except ValueError as e:
         raise RenderError(f"{what}: {e}") from None
 
@@ -202,6 +205,11 @@ def render_site(
         "challenge_service": challenge_service,
         "shop": shop.as_dict(),
     }
+    if acme_challenge is None:
+        acme_challenge = templates.env.get_template("acme-challenge-proxy" + SUFFIX).render(
+            challenge_service=challenge_service
+        )
+    context["acme_challenge"] = acme_challenge
     try:
         return templates.env.get_template(path.name).render(context)
     except jinja2.TemplateSyntaxError as e:

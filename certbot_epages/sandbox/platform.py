@@ -125,7 +125,7 @@ class Addresses:
         out: list[tuple[str, int, int]] = [(a, 53, t) for a in dns_servers for t in (tcp, udp)]
         out += [(self.pebble, ACME_PORT, tcp), (self.pebble, MANAGEMENT_PORT, tcp)]
         out += [(a, p, tcp) for a in (self.lb1, self.lb2) for p in (80, 443, 22)]
-        out += [(self.challenge, 80, tcp), (self.challenge, 22, tcp)]
+        out += [(self.challenge, p, tcp) for p in (80, 8080, 22)]
         return out
 
 
@@ -187,6 +187,8 @@ class Sandbox:
         self.ssh_key = d / "ssh" / "deploy_key"
         self.known_hosts = d / "ssh" / "known_hosts"
         self.transfer_delay_file = d / "dns" / "transfer-delay"
+        self.inventory_path = d / "inventory.yaml"
+        self.backend = f"{self.ip.challenge}:8080"
         self.lbs = tuple(
             LoadBalancer(name, addr, str(d / name), str(d / name / "epages"))
             for name, addr in (("lb1", self.ip.lb1), ("lb2", self.ip.lb2))
@@ -316,6 +318,7 @@ class Sandbox:
             "lbs": [asdict(lb) for lb in self.lbs],
             "ssh_key": str(self.ssh_key),
             "known_hosts": str(self.known_hosts),
+            "backend": self.backend,
         }
 
     def _render(self, template: str, target: Path, **extra: object) -> None:
@@ -360,7 +363,8 @@ class Sandbox:
         (challenge / "logs").mkdir(parents=True, exist_ok=True)
         (self.webroot / ".well-known" / "acme-challenge").mkdir(parents=True, exist_ok=True)
         self._render("challenge-nginx.conf.j2", challenge / "nginx.conf",
-                     prefix=str(challenge), challenge_service=service)
+                     prefix=str(challenge), challenge_service=service, backend=self.backend)
+        self._render("inventory.yaml.j2", self.inventory_path)
 
         self._write_ssh()
         self._render("epages.yaml.j2", self.config_path)

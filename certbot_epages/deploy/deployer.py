@@ -1,0 +1,362 @@
+"""A deploy run: render, build a release per load balancer, go live everywhere or nowhere.
+
+Phase 1, on every load balancer: rsync the release next to the live one (unchanged files
+hard-linked) and run its ``test`` command against it. If any load balancer fails, the
+candidates are removed again and nothing goes live anywhere. Phase 2, on each: switch
+``current`` (rename of a symlink), ``reload``, and probe every changed name with a TLS
+handshake; a load balancer whose reload or probe fails is switched back and reloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from certbot_epages import http01
+from certbot_epages.config import Config, DeployConfig, LoadBalancerConfig
+from certbot_epages.deploy import lineages, probe, push, release
+from certbot_epages.deploy.lineages import Lineage
+from certbot_epages.deploy.render import TemplateSet, lb_cert_dir, render_site, site_filename
+from certbot_epages.errors import ConfigError, EpagesError
+from certbot_epages.inventory import Inventory, Shop, load_inventory
+from certbot_epages.resources import jinja_env
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+LOCK_TIMEOUT = 600.0
+
+
+class DeployError(EpagesError):
+    """The release did not go live (everywhere, or on the load balancers named)."""
+
+
+@dataclass
+class LbOutcome:
+    """What happened on one load balancer."""
+
+    name: str
+    release: str
+    live: str | None = None  # the release that served before
+    changed: int = 0
+    bytes_sent: int = 0
+    probed: int = 0
+    went_live: bool = False
+    error: str | None = None
+
+
+@dataclass
+class Report:
+    """The whole run: per load balancer, and the inventory entries that were skipped."""
+
+    shops: int = 0
+    skipped: list[str] = field(default_factory=list)
+    lbs: list[LbOutcome] = field(default_factory=list)
+    unchanged: bool = False  # nothing differed from the live releases: nothing was pushed
+
+    def summary(self) -> str:
+        """A few lines for people."""
+        if self.unchanged:
+            lines = [f"{self.shops} shop(s) checked: the live releases are up to date"]
+        else:
+            lines = [f"deployed {self.shops} shop(s)"]
+        for lb in self.lbs:
+            state = "live" if lb.went_live else f"NOT live: {lb.error}"
+            lines.append(f"  {lb.name}: release {lb.release} {state} ({lb.changed} file(s) "
+                         f"changed, {lb.bytes_sent} bytes sent, {lb.probed} name(s) probed)")
+        lines.extend(f"  skipped: {s}" for s in self.skipped)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A shop and the lineage whose certificate it is served with."""
+
+    shop: Shop
+    lineage: Lineage
+
+
+class Deployer:
+    """Deploys to every load balancer of ``settings.deploy``."""
+
+    def __init__(self, settings: Config, *, say: Callable[[str], None] = print) -> None:
+        if settings.deploy is None:
+            raise ConfigError(f"{settings.source}: no 'deploy' section")
+        if settings.inventory is None:
+            raise ConfigError(f"{settings.source}: 'inventory' is not set; deploys need it")
+        self.settings = settings
+        self.deploy: DeployConfig = settings.deploy
+        self.say = say
+        self.templates = TemplateSet(self.deploy.templates)
+        self.spool = self.deploy.spool
+        self.acme_snippet = self._acme_snippet()
+
+    # --- entry points ----------------------------------------------------------------------
+
+    def lineages(self, renewed: Sequence[Lineage]) -> Report:
+        """Ship the shops served by these (renewed) lineages; everything else stays as it is."""
+        with self._locked():
+            inventory = self._inventory()
+            entries: list[Entry] = []
+            report = Report(skipped=[str(p) for p in inventory.problems])
+            for lineage in renewed:
+                shops = lineages.shops_of(lineage, inventory.active())
+                if not shops:
+                    report.skipped.append(
+                        f"lineage {lineage.name}: no active shop in the inventory uses it"
+                    )
+                entries += [Entry(shop, lineage) for shop in shops]
+            return self._run(entries, inventory, full=False, report=report)
+
+    def everything(self) -> Report:
+        """Render the whole inventory: first deploys, template changes, removed shops."""
+        with self._locked():
+            inventory = self._inventory()
+            report = Report(skipped=[str(p) for p in inventory.problems])
+            known = lineages.scan(self.deploy.certbot_dir)
+            entries = []
+            for shop in inventory.active():
+                lineage = lineages.covering(shop, known)
+                if lineage is None:
+                    report.skipped.append(
+                        f"{shop.domain}: no certificate in {self.deploy.certbot_dir}/live covers "
+                        f"{', '.join(shop.server_names)}; issue one first"
+                    )
+                    continue
+                entries.append(Entry(shop, lineage))
+            return self._run(entries, inventory, full=True, report=report)
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def _run(self, entries: list[Entry], inventory: Inventory, *, full: bool,
+             report: Report) -> Report:
+        report.shops = len(entries)
+        inactive = {site_filename(s) for s in inventory.shops if not s.is_active}
+        control = self.spool / "ssh"
+        control.mkdir(mode=0o700, parents=True, exist_ok=True)
+        targets = [push.Target(lb, control) for lb in self.deploy.load_balancers]
+        built = {
+            lb.name: self._build(lb, entries, inactive, full)
+            for lb in self.deploy.load_balancers
+        }
+        if all(not b.changed and not b.removed for b in built.values()) and all(
+            _local_live(self.spool / "lbs" / name) is not None for name in built
+        ):
+            for rel in built.values():
+                shutil.rmtree(rel.path, ignore_errors=True)
+            report.unchanged = True
+            return report
+        try:
+            outcomes = self._phase1(targets, built, report)
+            self._phase2(targets, built, outcomes, entries)
+        finally:
+            for target in targets:
+                target.close()
+        failed = [o for o in report.lbs if not o.went_live]
+        if failed:
+            raise DeployError(
+                "; ".join(f"{o.name}: {o.error}" for o in failed)
+                + (" (the other load balancers are live with the new release)"
+                   if len(failed) < len(report.lbs) else "")
+            )
+        return report
+
+    def _build(self, lb: LoadBalancerConfig, entries: list[Entry], inactive: set[str],
+               full: bool) -> release.Built:
+        base = self.spool / "lbs" / lb.name
+        releases = base / "releases"
+        releases.mkdir(parents=True, exist_ok=True)
+        live = _local_live(base)
+        previous_manifest = _manifest(live) if live else {}
+        manifest = {} if full else {k: v for k, v in previous_manifest.items() if k not in inactive}
+        files: dict[str, release.FileSpec] = {}
+        for entry in entries:
+            name = site_filename(entry.shop)
+            text = render_site(
+                self.templates, entry.shop, lb_name=lb.name, lb_root=lb.root,
+                cert_dir=lb_cert_dir(lb.root, entry.lineage.name),
+                challenge_service=str(self.deploy.challenge_service or ""),
+                acme_challenge=self.acme_snippet, listen_address=lb.listen,
+            )
+            files[f"sites/{name}"] = release.FileSpec(data=text.encode())
+            manifest[name] = {"domain": entry.shop.domain, "lineage": entry.lineage.name,
+                              "fingerprint": entry.lineage.fingerprint,
+                              "names": list(entry.shop.server_names)}
+        for entry in {e.lineage.name: e for e in entries}.values():
+            certs = f"certs/{entry.lineage.name}"
+            files[f"{certs}/fullchain.pem"] = release.FileSpec(source=entry.lineage.fullchain)
+            files[f"{certs}/privkey.pem"] = release.FileSpec(source=entry.lineage.privkey,
+                                                             mode=0o600)
+        used = {m["lineage"] for m in manifest.values()}
+        old_files = release.files_of(live) if live else set()
+        drop = {f"sites/{n}" for n in inactive} | {
+            f for f in old_files if f.startswith("certs/") and f.split("/")[1] not in used
+        }
+        files[MANIFEST] = release.FileSpec(data=json.dumps(manifest, indent=1,
+                                                           sort_keys=True).encode())
+        return release.build(releases, live, files, keep_previous_files=not full, drop=drop)
+
+    def _phase1(self, targets: list[push.Target], built: dict[str, release.Built],
+                report: Report) -> dict[str, LbOutcome]:
+        def stage(target: push.Target) -> LbOutcome:
+            rel = built[target.name]
+            outcome = LbOutcome(target.name, rel.id, changed=len(rel.changed))
+            try:
+                live = target.run(push.script_prepare(target.lb.root))
+                if live.status != 0:
+                    raise push.PushError(f"cannot prepare {target.lb.root}: {live.output.strip()}")
+                current = live.output.strip().rsplit("/", 1)[-1] or None
+                outcome.live = current if current and release.is_release_id(current) else None
+                outcome.bytes_sent = target.rsync(rel.path, rel.id, outcome.live)
+                test = target.run(push.script_test(target.lb.root, rel.id, outcome.live,
+                                                   target.lb.test))
+                if test.status != 0:
+                    outcome.error = (f"'{' '.join(target.lb.test)}' failed on the candidate: "
+                                     f"{test.output.strip()}")
+            except push.PushError as e:
+                outcome.error = str(e)
+            return outcome
+
+        with ThreadPoolExecutor(max_workers=len(targets) or 1) as pool:
+            outcomes = {o.name: o for o in pool.map(stage, targets)}
+        report.lbs = list(outcomes.values())
+        if any(o.error for o in outcomes.values()):
+            for target in targets:
+                with contextlib.suppress(push.PushError):
+                    target.run(push.script_discard(target.lb.root, built[target.name].id))
+            for rel in built.values():
+                shutil.rmtree(rel.path, ignore_errors=True)
+            for o in outcomes.values():
+                o.error = o.error or "not switched: another load balancer failed phase 1"
+            raise DeployError(
+                "nothing went live anywhere: "
+                + "; ".join(f"{o.name}: {o.error}" for o in outcomes.values()
+                            if o.error and not o.error.startswith("not switched"))
+            )
+        return outcomes
+
+    def _phase2(self, targets: list[push.Target], built: dict[str, release.Built],
+                outcomes: dict[str, LbOutcome], entries: list[Entry]) -> None:
+        def go_live(target: push.Target) -> None:
+            outcome, rel = outcomes[target.name], built[target.name]
+            lb = target.lb
+            expected = _expected(rel, entries)
+            try:
+                done = target.run(push.script_go_live(lb.root, rel.id, lb.reload))
+                problem = None
+                if done.status != 0:
+                    problem = f"'{' '.join(lb.reload)}' failed: {done.output.strip()}"
+                elif lb.probe is not None and expected:
+                    wrong = probe.wait_served(lb.probe, expected, self.deploy.probe_timeout)
+                    outcome.probed = len(expected)
+                    if wrong:
+                        problem = "probe of " + "; ".join(f"{n}: {why}" for n, why in wrong.items())
+                if problem is not None:
+                    back = target.run(push.script_roll_back(lb.root, outcome.live, lb.reload))
+                    rolled = "switched back" if back.status == 0 else (
+                        f"switching back failed too: {back.output.strip()}")
+                    outcome.error = f"{problem} ({rolled} to {outcome.live or 'no release'})"
+                    return
+                outcome.went_live = True
+                base = self.spool / "lbs" / lb.name
+                _set_local_live(base, rel.id)
+                protect = [rel.id, *([outcome.live] if outcome.live else [])]
+                target.run(push.script_prune(lb.root, self.deploy.keep_releases, protect))
+                release.prune(base / "releases", self.deploy.keep_releases, set(protect))
+            except push.PushError as e:
+                outcome.error = str(e)
+
+        with ThreadPoolExecutor(max_workers=len(targets) or 1) as pool:
+            list(pool.map(go_live, targets))
+
+    # --- pieces ------------------------------------------------------------------------------
+
+    def _inventory(self) -> Inventory:
+        source = self.settings.inventory
+        assert source is not None
+        return load_inventory(source, templates=self.templates.names(),
+                              safe_vars=self.templates.all_safe_vars())
+
+    def _acme_snippet(self) -> str:
+        http = self.settings.http01
+        if http is not None and http.mode == "stateless":
+            if not self.deploy.account_thumbprint:
+                raise ConfigError(
+                    f"{self.settings.source}: http01.mode is stateless, so deploy."
+                    "account_thumbprint must be set ('certbot-epages http01-snippet' prints it)"
+                )
+            return http01.stateless_snippet(self.deploy.account_thumbprint)
+        if self.deploy.challenge_service is None:
+            return "# no HTTP-01 challenge service configured (deploy.challenge_service)\n"
+        return jinja_env().get_template("nginx/acme-challenge-proxy.conf.j2").render(
+            challenge_service=str(self.deploy.challenge_service)
+        )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.spool / "deploy.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            announced = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise DeployError(
+                            f"another deploy has held {self.spool / 'deploy.lock'} for over "
+                            f"{LOCK_TIMEOUT:g}s"
+                        ) from None
+                    if not announced:
+                        self.say("waiting for another deploy to finish")
+                        announced = True
+                    time.sleep(0.1)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _expected(rel: release.Built, entries: list[Entry]) -> dict[str, str]:
+    """Names to probe after going live: every name of a shop whose site or certificate changed."""
+    changed_certs = {p.split("/")[1] for p in rel.changed if p.startswith("certs/")}
+    changed_sites = {p.split("/", 1)[1] for p in rel.changed if p.startswith("sites/")}
+    out = {}
+    for entry in entries:
+        if site_filename(entry.shop) in changed_sites or entry.lineage.name in changed_certs:
+            for name in entry.shop.server_names:
+                out[name] = entry.lineage.fingerprint
+    return out
+
+
+def _local_live(base: Path) -> Path | None:
+    link = base / "live"
+    if not link.is_symlink():
+        return None
+    target = base / "releases" / os.readlink(link).rsplit("/", 1)[-1]
+    return target if target.is_dir() else None
+
+
+def _set_local_live(base: Path, release_id: str) -> None:
+    tmp = base / ".live.new"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(f"releases/{release_id}")
+    tmp.replace(base / "live")
+
+
+def _manifest(path: Path) -> dict[str, dict[str, object]]:
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
