@@ -81,7 +81,7 @@ class Authenticator(dns_common.DNSAuthenticator):
         """Publish every challenge of this run at once, then wait until all servers serve it."""
         self._setup_credentials()
         self._attempt_cleanup = True
-        self._publish([(a.domain, a.validation(a.account_key)) for a in achalls])
+        self._publish([(a.identifier.value, a.validation(a.account_key)) for a in achalls])
         extra = int(self.conf("propagation-seconds") or 0)
         if extra > 0:
             logger.info("Waiting %d more seconds, as --%s-propagation-seconds asks", extra,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from certbot_epages import __version__, config
 from certbot_epages.errors import ConfigError, EpagesError
+from certbot_epages.inventory import validate_domain
 from certbot_epages.sandbox import commands as sandbox_commands
 
 
@@ -105,8 +106,14 @@ def _check(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     if settings.dns is None:
         raise ConfigError(f"{settings.source}: no 'dns' section; check needs dns.zones")
+    domains = []
+    for domain in args.domains:
+        try:
+            domains.append(validate_domain(domain))
+        except ValueError as e:
+            raise EpagesError(f"{domain!r} is not a domain name: {e}") from None
     dns_client = client.from_config(settings.dns)
-    reports = [check.check_domain(dns_client, domain) for domain in args.domains]
+    reports = [check.check_domain(dns_client, domain) for domain in domains]
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in reports], indent=2))
     else:

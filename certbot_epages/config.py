@@ -451,6 +451,13 @@ def _parse_dns(node: _Node) -> DnsConfig:
 
     resolvers_node = f.opt("resolvers", nullable=True)
     resolvers = None if resolvers_node is None else resolvers_node.hostports(53, non_empty=True)
+    for index, resolver in enumerate(resolvers or ()):
+        try:
+            ipaddress.ip_address(resolver.host)
+        except ValueError:
+            resolvers_node.child(index, resolver.host).expected(  # type: ignore[union-attr]
+                "an IP address (a resolver cannot be found by name without a resolver)"
+            )
 
     delegation_node = f.opt("delegation")
     if delegation_node is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import re
 import shlex
 import subprocess
@@ -56,48 +57,90 @@ def _run(argv: Sequence[str], what: str, timeout: float = 60) -> None:
                           f"{detail[-1] if detail else 'no output'}")
 
 
-def _ssh_command(options: Sequence[str]) -> str:
-    # rsync splits its -e value itself, honouring quotes.
-    return shlex.join(["ssh", *options])
+# Never wait for a password or host-key prompt; ssh keeps the first value given for an option,
+# so the operator's ssh_options still win.
+SSH_DEFAULTS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10")
+
+
+def _ssh(options: Sequence[str]) -> list[str]:
+    return ["ssh", *options, *SSH_DEFAULTS]
 
 
 def publish(settings: Http01Config, token: str, key_authorization: str) -> list[str]:
-    """Write the challenge file on every target; return the targets written."""
+    """Write the challenge file on every target; return the targets written.
+
+    If one target fails, the file is removed again from those already written.
+    """
     check_token(token)
     written: list[str] = []
-    for target in settings.targets:
-        where = f"{target}/{CHALLENGE_DIR}/{token}"
-        if target.is_remote:
-            with tempfile.TemporaryDirectory(prefix="certbot-epages-") as tmp:
-                staged = Path(tmp) / CHALLENGE_DIR
-                staged.mkdir(parents=True)
-                (staged / token).write_text(key_authorization)
-                for d in (Path(tmp), Path(tmp) / ".well-known", staged):
-                    d.chmod(0o755)
-                (staged / token).chmod(0o644)
-                _run(["rsync", "-r", "--perms", "--chmod=D755,F644", "-e",
-                      _ssh_command(settings.ssh_options), f"{tmp}/", f"{target}/"],
-                     f"copy the challenge file to {where}")
-        else:
-            directory = Path(target.path) / CHALLENGE_DIR
-            try:
-                directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-                tmp_file = directory / f".{token}.tmp"
-                tmp_file.write_text(key_authorization)
-                tmp_file.chmod(0o644)
-                tmp_file.replace(directory / token)
-            except OSError as e:
-                raise Http01Error(f"cannot write {where}: {e.strerror}") from None
-        written.append(str(target))
-        logger.info("wrote %s", where)
+    try:
+        for target in settings.targets:
+            _publish_one(settings, target, token, key_authorization)
+            written.append(str(target))
+    except BaseException as e:
+        failures = unpublish(settings, token, written)
+        if failures and isinstance(e, Http01Error):
+            raise Http01Error(f"{e}; removing it again failed too: {'; '.join(failures)}") from e
+        raise
     return written
 
 
-def unpublish(settings: Http01Config, token: str) -> list[str]:
-    """Remove exactly this token's file from every target; errors for the ones that failed."""
+def _publish_one(settings: Http01Config, target: Http01Target, token: str, content: str) -> None:
+    where = f"{target}/{CHALLENGE_DIR}/{token}"
+    try:
+        if target.is_remote:
+            with tempfile.TemporaryDirectory(prefix="certbot-epages-") as tmp:
+                staged = Path(tmp) / token
+                staged.write_text(content)
+                staged.chmod(0o644)
+                # Only the token file travels: the webroot's own directories keep their modes
+                # and owners (a deploy user may own nothing but acme-challenge/). -s keeps the
+                # remote shell away from the path.
+                _run(["rsync", "-s", "--mkpath", "--perms", "--chmod=F644", "-e",
+                      shlex.join(_ssh(settings.ssh_options)), "--", str(staged),
+                      f"{target}/{CHALLENGE_DIR}/{token}"],
+                     f"copy the challenge file to {where}")
+        else:
+            _write_local(Path(target.path), token, content)
+    except OSError as e:
+        raise Http01Error(f"cannot write {where}: {e.strerror or e}") from None
+    logger.info("wrote %s", where)
+
+
+def _write_local(webroot: Path, token: str, content: str) -> None:
+    """Write the token file without following links someone else may have planted."""
+    directory = webroot
+    for part in CHALLENGE_DIR.split("/"):
+        directory = directory / part
+        try:
+            directory.mkdir(mode=0o755)
+        except FileExistsError:
+            pass
+        if directory.is_symlink() or not directory.is_dir():
+            raise Http01Error(f"{directory} is not a plain directory (a symlink?); refusing")
+    fd, tmp = tempfile.mkstemp(prefix=f".{token}.", dir=directory)  # O_EXCL: never a link
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, directory / token)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def unpublish(
+    settings: Http01Config, token: str, targets: Sequence[str] | None = None
+) -> list[str]:
+    """Remove exactly this token's file from every target (or those named in ``targets``).
+
+    Returns the failures, one line per target; a file already gone is no failure.
+    """
     check_token(token)
     failures = []
     for target in settings.targets:
+        if targets is not None and str(target) not in targets:
+            continue
         path = f"{target.path}/{CHALLENGE_DIR}/{token}"
         try:
             if target.is_remote:
@@ -112,11 +155,11 @@ def unpublish(settings: Http01Config, token: str) -> list[str]:
 def _remove_remote(settings: Http01Config, target: Http01Target, path: str) -> None:
     host = f"{target.user}@{target.host}" if target.user else str(target.host)
     # ssh hands the remote shell one string: quote it; token and path were validated already.
-    _run(["ssh", *settings.ssh_options, host, shlex.join(["rm", "-f", "--", path])],
+    _run([*_ssh(settings.ssh_options), "--", host, shlex.join(["rm", "-f", "--", path])],
          f"remove {target}{path[len(target.path):]}")
 
 
-def fetch(lb: HostPort, domain: str, token: str, timeout: float = 3.0) -> tuple[int, str]:
+def fetch(lb: HostPort, domain: str, token: str, timeout: float) -> tuple[int, str]:
     """GET the challenge URL from one load balancer with ``domain`` as Host."""
     conn = http.client.HTTPConnection(lb.host, lb.port, timeout=timeout)
     try:
@@ -137,9 +180,12 @@ def self_check(
     while pending:
         for lb in list(pending):
             try:
-                status, body = fetch(lb, domain, token)
+                status, body = fetch(lb, domain, token, max(deadline - time.monotonic(), 0.5))
             except OSError as e:
                 last[lb] = f"no answer ({e.strerror or e})"
+                continue
+            except http.client.HTTPException as e:
+                last[lb] = f"no valid HTTP ({type(e).__name__})"
                 continue
             if status == 200 and body.strip() == key_authorization:
                 pending.remove(lb)
@@ -170,6 +216,7 @@ def stateless_snippet(thumbprint: str) -> str:
 def account_thumbprints(config_dir: Path, server: str) -> dict[str, str]:
     """Thumbprints (RFC 7638, base64url) of the certbot accounts for ``server``, by account id."""
     from josepy import b64, jwk
+    from josepy import errors as josepy_errors
 
     parts = urlsplit(server)
     accounts = config_dir / "accounts" / f"{parts.netloc}{parts.path}"
@@ -185,7 +232,10 @@ def account_thumbprints(config_dir: Path, server: str) -> dict[str, str]:
         key_file = entry / "private_key.json"
         if not key_file.is_file():
             continue
-        key = jwk.JWK.json_loads(key_file.read_text())
+        try:
+            key = jwk.JWK.json_loads(key_file.read_text())
+        except (OSError, ValueError, josepy_errors.Error) as e:
+            raise Http01Error(f"{key_file}: not a readable account key: {e}") from None
         found[entry.name] = b64.b64encode(key.public_key().thumbprint()).decode()
     return found
 

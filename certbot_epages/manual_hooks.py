@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sys
 import tempfile
 import time
@@ -87,7 +88,7 @@ def read_environment(env: Mapping[str, str]) -> Challenge:
             "CERTBOT_VALIDATION: an HTTP-01 value is '<CERTBOT_TOKEN>.<account thumbprint>'"
         )
     remaining_text = env.get("CERTBOT_REMAINING_CHALLENGES", "0")
-    if not remaining_text.isdigit():
+    if not re.fullmatch(r"[0-9]{1,6}", remaining_text):
         raise HookInputError("CERTBOT_REMAINING_CHALLENGES: expected a whole number")
     base = domain("CERTBOT_DOMAIN", required("CERTBOT_DOMAIN"))
     all_text = env.get("CERTBOT_ALL_DOMAINS") or base
@@ -106,20 +107,60 @@ def read_environment(env: Mapping[str, str]) -> Challenge:
 
 
 def _spool_dir() -> Path:
-    base = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
-    spool = base / f"certbot-epages-{os.getuid()}"
-    spool.mkdir(mode=0o700, exist_ok=True)
-    if spool.stat().st_uid != os.getuid() or spool.stat().st_mode & 0o077:
-        raise EpagesError(f"{spool}: must be a directory of user {os.getuid()} with mode 0700")
+    """A directory only this user can enter: $XDG_RUNTIME_DIR, /run, or the temp dir."""
+    uid = os.getuid()
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_absolute():
+        base = Path(runtime)
+    elif os.access("/run", os.W_OK):
+        base = Path("/run")
+    else:
+        base = Path(tempfile.gettempdir())
+    spool = base / f"certbot-epages-{uid}"
+    try:
+        spool.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise EpagesError(f"cannot create {spool}: {e.strerror}") from None
+    st = os.lstat(spool)  # not stat(): a planted symlink must not pass
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        raise EpagesError(
+            f"{spool}: must be a directory (not a link) of user {uid} with mode 0700; remove it"
+        )
     return spool
+
+
+def _certbot_pid() -> int:
+    """The PID of the certbot process that runs this hook (our nearest 'certbot' ancestor).
+
+    It keys the spool, so two certbot runs for the same names never share pending values.
+    """
+    pid = os.getppid()
+    for _ in range(8):
+        try:
+            stat_line = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            break
+        if any(Path(arg.decode("utf-8", "replace")).name == "certbot" for arg in cmdline[:2]):
+            return pid
+        pid = int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
+        if pid <= 1:
+            break
+    return os.getppid()
 
 
 @contextlib.contextmanager
 def _pending(all_domains: Sequence[str]) -> Iterator[list[dict[str, str | float]]]:
     """The run's not-yet-awaited DNS-01 records, locked for the block, saved after it."""
-    run = hashlib.sha256(",".join(sorted(all_domains)).encode()).hexdigest()[:20]
+    key = f"{_certbot_pid()}:{','.join(sorted(all_domains))}"
+    run = hashlib.sha256(key.encode()).hexdigest()[:20]
     path = _spool_dir() / f"dns01-{run}.json"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise EpagesError(f"cannot open {path}: {e.strerror}") from None
     with os.fdopen(fd, "r+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -132,8 +173,18 @@ def _pending(all_domains: Sequence[str]) -> Iterator[list[dict[str, str | float]
         f.seek(0)
         f.truncate()
         f.write(json.dumps(entries))
-        if not entries:
-            path.unlink(missing_ok=True)
+        # The file is left in place, even when empty: unlinking a file that another hook is
+        # waiting to lock would let that hook write into a file nobody reads again.
+    _sweep(path.parent)
+
+
+def _sweep(spool: Path) -> None:
+    """Remove spool files of runs that ended more than PENDING_MAX_AGE ago."""
+    cutoff = time.time() - PENDING_MAX_AGE
+    for old in spool.glob("dns01-*.json"):
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
 
 
 def _entry(location: Location, value: str) -> dict[str, str | float]:
@@ -192,9 +243,9 @@ def _dns_cleanup(settings: epages_config.Config, challenge: Challenge) -> None:
     try:
         described = json.loads(challenge.auth_output)
         record = _location(client, described)
-        if record[1] != challenge.validation:
-            raise HookInputError("CERTBOT_AUTH_OUTPUT: its value is not CERTBOT_VALIDATION")
-    except (json.JSONDecodeError, HookInputError, TypeError):
+        if record[1] != challenge.validation or described.get("domain") != challenge.domain:
+            raise HookInputError("CERTBOT_AUTH_OUTPUT does not describe this challenge")
+    except (json.JSONDecodeError, HookInputError, TypeError, AttributeError):
         # No usable auth output (the auth hook failed early): find the record again.
         record = (client.locate(challenge.domain), challenge.validation)
     with _pending(challenge.all_domains) as pending:
@@ -216,11 +267,15 @@ def _http_auth(settings: epages_config.Config, challenge: Challenge) -> str:
     token = str(challenge.token)
     written: list[str] = []
     if http.mode == "files":
+        written = http01.publish(http, token, challenge.validation)
         try:
-            written = http01.publish(http, token, challenge.validation)
             http01.self_check(http, challenge.domain, token, challenge.validation)
-        except EpagesError:
-            http01.unpublish(http, token)  # nothing half-applied
+        except BaseException as e:
+            failures = http01.unpublish(http, token, written)  # nothing half-applied
+            if failures and isinstance(e, EpagesError):
+                raise http01.Http01Error(
+                    f"{e}; removing the challenge file failed: {'; '.join(failures)}"
+                ) from e
             raise
     else:
         http01.self_check(http, challenge.domain, token, challenge.validation)
@@ -274,6 +329,9 @@ def _run(name: str, action: str, argv: Sequence[str] | None) -> int:
     except EpagesError as e:
         message = " ".join(str(e).split())
         print(f"{name}: {challenge_label()}{message}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - certbot shows hook stderr: one line, not a traceback
+        print(f"{name}: {challenge_label()}unexpected {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -39,6 +39,9 @@ class Target:
         self.timeout = timeout
         self._ssh = [
             "ssh", *lb.ssh_options,
+            # After the operator's options: ssh keeps the first value given for an option.
+            "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=10",
             "-o", "ControlMaster=auto",
             "-o", f"ControlPath={control_dir}/%C",
             "-o", "ControlPersist=60",
@@ -73,7 +76,7 @@ class Target:
         """Copy a local release to ``<root>/releases/<id>/``; returns the bytes sent."""
         dest_dir = f"{self.lb.root}/releases/{release_id}/"
         dest = dest_dir if self.lb.is_local else f"{self.lb.ssh}:{dest_dir}"
-        argv = ["rsync", "-a", "--delete", "--mkpath", "--stats"]
+        argv = ["rsync", "-a", "-s", "--delete", "--mkpath", "--stats"]
         if link_dest:
             argv.append(f"--link-dest=../{link_dest}")  # relative to the destination
         if not self.lb.is_local:

@@ -147,4 +147,27 @@ def locate(
             f"{domain}: {found} (managed zones: {managed}). {action} in the DNS of "
             f"{base_name(domain)}: {start} CNAME {target}"
         )
+    _check_record(domain, chain, zone, delegation_template)
     return Location(domain=domain, chain=chain, zone=zone, record=record)
+
+
+def _check_record(
+    domain: str, chain: tuple[dns.name.Name, ...], zone: dns.name.Name, template: str
+) -> None:
+    """The customer controls the CNAME, so it must not steer our signed writes onto any name.
+
+    The record written is an ``_acme-challenge`` name (or the delegation target we told the
+    customer to use), never the zone apex: a CNAME to ``_dmarc.<zone>`` or to the apex would
+    otherwise let a customer add TXT records, and placeholder deletions, where they do harm.
+    """
+    record = chain[-1]
+    allowed = record != zone and (
+        record.labels[0].lower() == b"_acme-challenge"
+        or record == delegation_target(domain, template)
+    )
+    if not allowed:
+        raise DelegationError(
+            f"{domain}: the CNAME chain {format_chain(chain)} ends at {record}, which is not an "
+            f"_acme-challenge name; point {chain[0]} at "
+            f"{delegation_target(domain, template)} instead"
+        )

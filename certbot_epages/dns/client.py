@@ -24,7 +24,7 @@ import dns.resolver
 from certbot_epages.dns import chain, propagation, update
 from certbot_epages.dns.chain import Location
 from certbot_epages.dns.keys import TsigKey
-from certbot_epages.errors import DNSError, PropagationError
+from certbot_epages.errors import DNSError, PropagationError, UpdateError
 from certbot_epages.netaddr import HostPort
 
 if TYPE_CHECKING:
@@ -254,27 +254,40 @@ class DnsClient:
         A value already gone is fine. The placeholder is added, at the primary that took the
         deletion, only where no TXT is left (checked atomically by an update prerequisite).
         """
+        failures: list[str] = []
         for zone_name, names in group_by_zone(records).items():
-            zone = self._zone(zone_name)
-            changes = [
-                update.Change(record=name, delete=tuple(values)) for name, values in names.items()
-            ]
-            server = self._send(zone, changes)
+            # Every zone and name gets its chance: one failure must not strand the others.
+            try:
+                zone = self._zone(zone_name)
+                changes = [
+                    update.Change(record=name, delete=tuple(values))
+                    for name, values in names.items()
+                ]
+                server = self._send(zone, changes)
+            except DNSError as e:
+                failures.append(str(e))
+                continue
             if self._placeholder is None:
                 continue
             for name in names:
-                message = update.build_placeholder(
-                    zone.name, name, self._placeholder, self._ttl, zone.key
-                )
-                update.send_update(
-                    message, zone.name, (server,), zone.key, timeout=self._timeout,
-                    transport=self._transport,
-                    tolerate=frozenset({dns.rcode.YXRRSET, dns.rcode.NXRRSET}),
-                )
+                try:
+                    message = update.build_placeholder(
+                        zone.name, name, self._placeholder, self._ttl, zone.key
+                    )
+                    update.send_update(
+                        message, zone.name, (server,), zone.key, timeout=self._timeout,
+                        transport=self._transport,
+                        tolerate=frozenset({dns.rcode.YXRRSET, dns.rcode.NXRRSET}),
+                    )
+                except DNSError as e:
+                    failures.append(f"placeholder at {name}: {e}")
+                    continue
                 logger.info(
                     "UPDATE zone %s at %s: placeholder at %s unless other TXT remain",
                     zone.name, server, name,
                 )
+        if failures:
+            raise UpdateError("; ".join(failures))
 
 
 def from_config(settings: DnsConfig) -> DnsClient:

@@ -97,20 +97,29 @@ def check_private(path: Path, what: str) -> None:
         mode = path.stat().st_mode
     except OSError as e:
         raise ConfigError(f"{path}: cannot read {what}: {e.strerror}") from None
+    _check_mode(path, mode, what)
+
+
+def _check_mode(path: Path, mode: int, what: str) -> None:
     if stat.S_IMODE(mode) & 0o077:
         raise ConfigError(
             f"{path}: {what} is accessible by group or others (mode "
-            f"{stat.S_IMODE(mode):04o}); fix with: chmod 600 {path}"
+            f"{stat.S_IMODE(mode):04o}); fix with: chmod 600 {path} (if named must read it "
+            "too, give certbot-epages a copy of its own)"
         )
 
 
 def load_key_file(path: Path, name: str, *, allow_weak: bool) -> TsigKey:
     """Read key ``name`` from a BIND key file (``tsig-keygen`` output; ``nsupdate -k`` reads it)."""
-    check_private(path, "the TSIG key file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the TSIG key file: {e}") from None
+        # Check the mode of what was opened, not of whatever the path names a moment earlier.
+        with open(path, "rb") as f:
+            _check_mode(path, os.fstat(f.fileno()).st_mode, "the TSIG key file")
+            text = f.read().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the TSIG key file: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the TSIG key file is not UTF-8 text") from None
     text = _COMMENT_OR_STRING.sub(lambda m: m[0] if m[0].startswith('"') else " ", text)
     found = []
     for block in _KEY_BLOCK.finditer(text):

@@ -281,6 +281,7 @@ class Sandbox:
                     f"'certbot-epages sandbox down --dir {directory}'"
                 )
         _require_root_tools()
+        _clear_stopped_sandbox(directory)
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o755)  # nginx workers (nobody) must reach the webroot
         _require_traversable(directory)
@@ -543,6 +544,20 @@ def _require_root_tools() -> None:
         raise SandboxError(
             f"missing programs: {', '.join(missing)}; install them with: apt-get install "
             "bind9 bind9-dnsutils pebble nginx rsync openssh-server openssh-client iproute2"
+        )
+
+
+def _clear_stopped_sandbox(directory: Path) -> None:
+    """Make room for a new sandbox: an old, stopped one is removed; anything else is refused."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise SandboxError(f"{directory} exists and is not a directory")
+    if (directory / STATE_FILE).exists():
+        shutil.rmtree(directory)
+    elif any(directory.iterdir()):
+        raise SandboxError(
+            f"{directory} is not empty and holds no sandbox; choose an empty or new --dir"
         )
 
 

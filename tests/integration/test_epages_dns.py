@@ -202,3 +202,32 @@ def test_check_reports_ready_and_broken_domains_and_leaves_no_probe(sandbox: San
     assert not broken["ready"]
     assert f"_acme-challenge.foreign.{customer}. CNAME" in broken["error"]
     _settled_clean(sandbox, customer)
+
+
+def test_values_of_others_stay_and_no_placeholder_joins_them(sandbox: Sandbox) -> None:
+    import dns.query
+    import dns.rcode
+    import dns.update
+
+    from certbot_epages.dns.keys import load_key_file
+
+    key = load_key_file(sandbox.key_file, KEY_NAME, allow_weak=False)
+    domain = f"www.{sandbox.zones.customer}"
+    name = f"_acme-challenge.{domain}.{sandbox.zones.challenge}."
+
+    def change(add: bool) -> None:
+        update = dns.update.UpdateMessage(sandbox.zones.challenge)
+        update.use_tsig(key.as_dnspython())
+        if add:
+            update.add(name, 60, "TXT", '"another-run"')
+        else:
+            update.delete(name, "TXT", '"another-run"')
+        assert dns.query.tcp(update, sandbox.ip.primary, timeout=5).rcode() == dns.rcode.NOERROR
+
+    change(add=True)
+    try:
+        certbot(sandbox, "certonly", "--authenticator", "epages-dns", "--cert-name", "others",
+                "-d", domain)
+        assert txt_at(sandbox.ip.primary, name) == {"another-run"}
+    finally:
+        change(add=False)

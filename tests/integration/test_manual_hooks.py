@@ -50,7 +50,9 @@ def _run_hook(hook: str, sandbox: Sandbox, env: dict[str, str],
 
 
 def _challenge_files(sandbox: Sandbox) -> list[str]:
-    return sorted(p.name for p in (sandbox.webroot / ".well-known" / "acme-challenge").iterdir())
+    """Every path below the webroot's parent: a traversal write anywhere near shows up."""
+    return sorted(str(p.relative_to(sandbox.webroot.parent))
+                  for p in sandbox.webroot.parent.rglob("*"))
 
 
 def test_dns01_apex_and_wildcard_through_the_cname(sandbox: Sandbox) -> None:
@@ -154,6 +156,81 @@ def test_self_check_names_the_load_balancer_that_does_not_proxy(
     assert _challenge_files(sandbox) == before
 
 
+@pytest.fixture
+def garbage_lb() -> Iterator[str]:
+    """A server that answers with something that is not HTTP at all."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"garbage\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_a_non_http_lb_fails_the_self_check_cleanly_and_remote_targets_are_cleaned(
+    sandbox: Sandbox, tmp_path: Path, garbage_lb: str
+) -> None:
+    config = _http_config(
+        sandbox, tmp_path / "epages.yaml", timeout=1, self_check=[garbage_lb],
+        targets=[str(sandbox.webroot),
+                 f"root@{sandbox.ip.challenge}:{sandbox.webroot.parent}/remote"],
+        ssh_options=sandbox.ssh_options(),
+    )
+    token = "G4rbage_" + "y" * 35
+    before = _challenge_files(sandbox)
+    done = _run_hook(AUTH_HOOK, sandbox, {
+        "CERTBOT_DOMAIN": sandbox.zones.direct, "CERTBOT_TOKEN": token,
+        "CERTBOT_VALIDATION": f"{token}.thumb", "CERTBOT_REMAINING_CHALLENGES": "0",
+    }, config)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert garbage_lb in done.stderr and "no valid HTTP" in done.stderr
+    # Both targets were written (the remote one over rsync/ssh), and both are clean again.
+    remote = sandbox.webroot.parent / "remote" / ".well-known" / "acme-challenge"
+    assert remote.is_dir() and not any(remote.iterdir())
+    assert not any(token in p for p in _challenge_files(sandbox))
+    assert set(before) <= set(_challenge_files(sandbox))
+
+
+def test_a_failed_manual_run_leaves_no_challenge_txt(sandbox: Sandbox, tmp_path: Path) -> None:
+    domain = sandbox.zones.customer
+    config = tmp_path / "epages.yaml"
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["dns"]["propagation_timeout"] = 1
+    config.write_text(yaml.safe_dump(data))
+    config.chmod(0o600)
+    sandbox.hold_transfers(4)
+    try:
+        done = certbot(sandbox, *_hook_args("dns"), "--cert-name", "manual-fail",
+                       "-d", domain, "-d", f"*.{domain}", check=False,
+                       env={"CERTBOT_EPAGES_CONFIG": str(config)})
+    finally:
+        sandbox.hold_transfers(0)
+    assert done.returncode != 0
+    name = f"_acme-challenge.{domain}.{sandbox.zones.challenge}."
+    assert txt_at(sandbox.ip.primary, name) == {PLACEHOLDER}
+    poll("the secondary to settle clean", lambda: True if txt_at(sandbox.ip.secondary, name)
+         == {PLACEHOLDER} else None, timeout=20)
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
@@ -179,7 +256,6 @@ def test_bad_environment_is_refused_with_nothing_written(
         assert done.returncode == 1
         assert variable in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert _challenge_files(sandbox) == files
-    assert not (sandbox.webroot.parent / "x").exists()
     assert serials == [soa_serial(sandbox.ip.primary, z) for z in (sandbox.zones.direct,
                                                                    sandbox.zones.challenge)]
 

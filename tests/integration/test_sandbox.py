@@ -21,7 +21,7 @@ from certbot_epages import config
 from certbot_epages.dns.keys import load_key_file
 from certbot_epages.errors import SandboxError
 from certbot_epages.sandbox import processes
-from certbot_epages.sandbox.platform import KEY_NAME, Sandbox
+from certbot_epages.sandbox.platform import KEY_NAME, STATE_FILE, Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +136,18 @@ def test_cli_env_prints_exports(sandbox: Sandbox) -> None:
     )
     assert f"export REQUESTS_CA_BUNDLE={sandbox.ca_bundle}" in done.stdout
     assert f"export CERTBOT_EPAGES_CONFIG={sandbox.config_path}" in done.stdout
+
+
+def test_up_again_in_a_stopped_sandbox_directory_starts_fresh() -> None:
+    with sandbox_dir() as directory:
+        first = Sandbox.up(directory)
+        first.down()
+        second = Sandbox.up(directory)
+        try:
+            assert second.running() and (directory / "ssh" / "deploy_key").exists()
+        finally:
+            second.down()
+        (directory / "unrelated").write_text("keep me")
+        (directory / STATE_FILE).unlink()
+        with pytest.raises(SandboxError, match="not empty and holds no sandbox"):
+            Sandbox.up(directory)

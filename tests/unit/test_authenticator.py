@@ -43,3 +43,40 @@ class AuthenticatorTest(test_util.TempDirTestCase, dns_test_common.BaseAuthentic
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class BatchingTest(unittest.TestCase):
+    """All challenges of a run go to the client in one add and one wait, then one remove."""
+
+    def test_apex_and_wildcard_are_one_add_one_wait_one_remove(self) -> None:
+        config = mock.MagicMock(epages_dns_config=None, epages_dns_propagation_seconds=0)
+        auth = Authenticator(config, "epages-dns")
+        client = mock.MagicMock()
+        client.locate.side_effect = lambda domain: f"location-of-{domain}"
+        achalls = []
+        for domain, value in (("shop.example", "v1"), ("*.shop.example", "v2")):
+            achall = mock.MagicMock()
+            achall.identifier.value = domain
+            achall.validation.return_value = value
+            achalls.append(achall)
+        with mock.patch.object(Authenticator, "_setup_credentials",
+                               lambda self: setattr(self, "_client", client)):
+            auth.perform(achalls)
+        expected = [("location-of-shop.example", "v1"), ("location-of-*.shop.example", "v2")]
+        client.add.assert_called_once_with(expected)
+        client.wait.assert_called_once_with(expected)
+        auth.cleanup(achalls)
+        client.remove.assert_called_once_with(expected)
+
+    def test_a_failing_cleanup_is_logged_not_raised(self) -> None:
+        from certbot_epages.errors import UpdateError
+
+        auth = Authenticator(mock.MagicMock(), "epages-dns")
+        client = mock.MagicMock()
+        client.remove.side_effect = UpdateError("primary unreachable")
+        auth._client = client
+        auth._records = [("somewhere", "v")]  # type: ignore[list-item]
+        auth._attempt_cleanup = True
+        with self.assertLogs("certbot_epages.authenticator", "WARNING") as logs:
+            auth.cleanup([])
+        self.assertIn("primary unreachable", logs.output[0])

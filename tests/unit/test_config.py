@@ -568,3 +568,21 @@ def test_sandbox_shares_aliases_and_refuses_cycles(tmp_path: Path) -> None:
     assert cfg.sandbox["a"] is cfg.sandbox["b"]
     loop = yaml.safe_load("a: &x [1, *x]\n")
     assert "recursive" in parse_error({"sandbox": loop}, tmp_path / "e.yaml")
+
+
+def test_resolvers_must_be_ip_addresses(etc: Path) -> None:
+    message = parse_error({"dns": dns_section(resolvers=["192.0.2.1", "resolver.example:53"])},
+                          etc / "epages.yaml")
+    assert "dns.resolvers[1]" in message and "an IP address" in message
+
+
+def test_deploy_keys_for_listen_thumbprint_and_challenge_service(etc: Path) -> None:
+    deploy = {"load_balancers": [{"name": "lb1", "ssh": "local", "root": "/srv/epages",
+                                  "listen": "10.0.0.11"}],
+              "challenge_service": "10.0.0.20:8080", "account_thumbprint": "A" * 43}
+    loaded = config.parse({"deploy": deploy}, etc / "epages.yaml")
+    assert loaded.deploy is not None
+    assert loaded.deploy.load_balancers[0].listen == "10.0.0.11"
+    assert str(loaded.deploy.challenge_service) == "10.0.0.20:8080"
+    deploy["load_balancers"][0]["listen"] = "10.0.0.11; include /etc/shadow"  # type: ignore[index]
+    assert "load_balancers[0].listen" in parse_error({"deploy": deploy}, etc / "epages.yaml")

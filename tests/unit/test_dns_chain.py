@@ -131,3 +131,23 @@ def test_locate_dangling_into_unmanaged_zone() -> None:
 def test_locate_bad_template() -> None:
     with pytest.raises(DNSError, match="delegation template"):
         locate("shop.example", lookup({}), ZONES, "{host}.dyn.platform.example")
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["_dmarc.dyn.platform.example.", "dyn.platform.example.", "www.direct.example."],
+)
+def test_a_cname_cannot_steer_writes_to_names_that_are_not_acme_challenge(target: str) -> None:
+    cnames = lookup({"_acme-challenge.shop.example.": target})
+    with pytest.raises(DelegationError) as caught:
+        locate("shop.example", cnames, ZONES, TEMPLATE)
+    assert "not an _acme-challenge name" in str(caught.value)
+    assert "_acme-challenge.shop.example.dyn.platform.example." in str(caught.value)
+
+
+def test_the_delegation_target_itself_is_allowed_whatever_its_labels() -> None:
+    template = "acme-{domain}.dyn.platform.example"
+    target = "acme-shop.example.dyn.platform.example."
+    found = locate("shop.example", lookup({"_acme-challenge.shop.example.": target}), ZONES,
+                   template)
+    assert found.record == N(target)
