@@ -51,6 +51,28 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--lineage", action="append", default=[], metavar="NAME",
                       help="ship the shops of this certbot lineage (repeatable)")
     deploy.set_defaults(func=_deploy)
+    sync = sub.add_parser(
+        "sync", help="issue, renew, re-issue and drop certificates as the shop list says, "
+        "then deploy",
+        description="Plan from the inventory and certbot's lineages, preflight every "
+        "certificate to be ordered, stay within the rate-limit budgets, run certbot for each, "
+        "deploy once, and record every domain's status. Arguments after '--' go to every "
+        "certbot run.",
+    )
+    sync.add_argument("--dry-run", action="store_true",
+                      help="print the plan and change nothing")
+    sync.add_argument("certbot_args", nargs="*", metavar="-- CERTBOT_ARGS",
+                      help="passed to every certbot run")
+    sync.set_defaults(func=_sync)
+    status = sub.add_parser(
+        "status", help="every domain: certificate, expiry, challenge, error and fix, next action",
+        description="Per domain: certificate present, names, expiry, challenge used, last error "
+        "and its fix, next action, and which release is live on which load balancer.",
+    )
+    status.add_argument("--json", action="store_true", help="JSON for the shop software")
+    status.add_argument("--prometheus", metavar="FILE", type=Path,
+                        help="also write a node_exporter textfile")
+    status.set_defaults(func=_status)
     snippet = sub.add_parser(
         "http01-snippet",
         help="print the certbot account's thumbprint and the stateless HTTP-01 nginx snippet",
@@ -68,6 +90,32 @@ def build_parser() -> argparse.ArgumentParser:
     snippet.set_defaults(func=_http01_snippet)
     sandbox_commands.register(sub)
     return parser
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from certbot_epages.fleet.sync import Sync
+
+    settings = config.load(args.config)
+    report = Sync(settings, certbot_args=args.certbot_args, dry_run=args.dry_run).run()
+    if args.dry_run:
+        return 0
+    return 1 if report.count("failed") or report.deploy_error else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import time
+
+    from certbot_epages.fleet import status
+
+    settings = config.load(args.config)
+    document = status.collect(settings, now=time.time())
+    if args.prometheus is not None:
+        status.write_prometheus(args.prometheus, document)
+    if args.json:
+        print(json.dumps(document, indent=2, sort_keys=True))
+    else:
+        print(status.render_table(document))
+    return 0
 
 
 def _deploy(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ import yaml
 from certbot_epages.dns import keys
 from certbot_epages.dns.keys import TsigKey
 from certbot_epages.errors import ConfigError
+from certbot_epages.inventory import validate_domain
 from certbot_epages.netaddr import HostPort
 
 DEFAULT_PATH = Path("/etc/letsencrypt/epages.yaml")
@@ -141,6 +142,30 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class FleetLimits:
+    """Let's Encrypt's rate limits that sync budgets for (defaults: the published numbers)."""
+
+    orders_per_account: int = 300  # new orders per ACME account per 3 hours
+    certs_per_registered_domain: int = 50  # certificates per registered domain per week
+    failures_per_hostname: int = 5  # failed validations per hostname per hour
+    public_suffixes: tuple[str, ...] = ()  # multi-label suffixes such as co.uk
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """The ``fleet`` section: what ``certbot-epages sync`` needs beyond dns/http01/deploy."""
+
+    platform_domains: tuple[str, ...] = ()  # names below ride on *.<platform domain>
+    lb_addresses: tuple[str, ...] = ()  # where shop names must point (HTTP-01 and serving)
+    ca_identities: tuple[str, ...] = ("letsencrypt.org",)  # CAA issuer domain names
+    state_dir: Path = Path("/var/lib/certbot-epages/fleet")
+    certbot: tuple[str, ...] = ("certbot",)  # the certbot command
+    certbot_args: tuple[str, ...] = ()  # added to every certbot run (e.g. -c cli.ini)
+    limits: FleetLimits = FleetLimits()
+    prometheus: Path | None = None  # a node_exporter textfile to write after every sync
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of epages.yaml; a missing section is None."""
 
@@ -149,6 +174,7 @@ class Config:
     http01: Http01Config | None
     inventory: str | Path | None  # an http(s) URL (str) or a file (Path)
     deploy: DeployConfig | None
+    fleet: FleetConfig
     sandbox: Mapping[str, object]
 
 
@@ -197,7 +223,7 @@ def parse(data: object, source: Path) -> Config:
     """Check already-parsed YAML ``data``; ``source`` is named in errors and anchors paths."""
     source = Path(source).absolute()
     root = _Node(data, "", source)
-    sections = ("dns", "http01", "inventory", "deploy", "sandbox")
+    sections = ("dns", "http01", "inventory", "deploy", "fleet", "sandbox")
     if not isinstance(data, dict):
         got = "an empty file" if data is None else _describe(data, secret=False)
         names = ", ".join(sections)
@@ -207,6 +233,7 @@ def parse(data: object, source: Path) -> Config:
     http01 = top.opt("http01", nullable=True)
     inventory = top.opt("inventory", nullable=True)
     deploy = top.opt("deploy", nullable=True)
+    fleet = top.opt("fleet", nullable=True)
     sandbox = top.opt("sandbox", nullable=True)
     return Config(
         source=source,
@@ -214,6 +241,7 @@ def parse(data: object, source: Path) -> Config:
         http01=None if http01 is None else _parse_http01(http01),
         inventory=None if inventory is None else _parse_inventory(inventory),
         deploy=None if deploy is None else _parse_deploy(deploy),
+        fleet=_parse_fleet(fleet),
         sandbox=_parse_sandbox(sandbox),
     )
 
@@ -706,6 +734,67 @@ def _parse_deploy(node: _Node) -> DeployConfig:
         challenge_service=None if challenge is None else challenge.hostport(80),
         account_thumbprint=thumbprint,
         probe_timeout=15.0 if probe_timeout is None else probe_timeout.positive_number(),
+    )
+
+
+def _parse_fleet(node: _Node | None) -> FleetConfig:
+    if node is None:
+        return FleetConfig()
+    f = node.mapping((
+        "platform_domains", "lb_addresses", "ca_identities", "state_dir", "certbot",
+        "certbot_args", "limits", "prometheus",
+    ))
+    defaults = FleetConfig()
+    platform = f.opt("platform_domains")
+    domains = () if platform is None else platform.strings()
+    for index, name in enumerate(domains):
+        try:
+            validate_domain(name, allow_wildcard=False)
+        except ValueError:
+            platform.child(index, name).expected(  # type: ignore[union-attr]
+                "a domain name such as platform.example"
+            )
+    addresses_node = f.opt("lb_addresses")
+    addresses = () if addresses_node is None else addresses_node.strings()
+    for index, address in enumerate(addresses):
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            addresses_node.child(index, address).expected("an IP address")  # type: ignore[union-attr]
+    identities = f.opt("ca_identities")
+    state_dir = f.opt("state_dir")
+    certbot = f.opt("certbot")
+    certbot_args = f.opt("certbot_args")
+    limits = f.opt("limits")
+    prometheus = f.opt("prometheus", nullable=True)
+    return FleetConfig(
+        platform_domains=tuple(d.rstrip(".").lower() for d in domains),
+        lb_addresses=tuple(addresses),
+        ca_identities=defaults.ca_identities if identities is None else identities.strings(
+            non_empty=True),
+        state_dir=defaults.state_dir if state_dir is None else state_dir.local_path(),
+        certbot=defaults.certbot if certbot is None else _argv(certbot),
+        certbot_args=() if certbot_args is None else certbot_args.strings(),
+        limits=FleetLimits() if limits is None else _parse_limits(limits),
+        prometheus=None if prometheus is None else prometheus.local_path(),
+    )
+
+
+def _parse_limits(node: _Node) -> FleetLimits:
+    f = node.mapping((
+        "orders_per_account", "certs_per_registered_domain", "failures_per_hostname",
+        "public_suffixes",
+    ))
+    d = FleetLimits()
+    orders, certs, failures = (f.opt(k) for k in (
+        "orders_per_account", "certs_per_registered_domain", "failures_per_hostname"))
+    suffixes = f.opt("public_suffixes")
+    return FleetLimits(
+        orders_per_account=d.orders_per_account if orders is None else orders.integer(1),
+        certs_per_registered_domain=(
+            d.certs_per_registered_domain if certs is None else certs.integer(1)),
+        failures_per_hostname=d.failures_per_hostname if failures is None else failures.integer(1),
+        public_suffixes=() if suffixes is None else suffixes.strings(),
     )
 
 

@@ -30,6 +30,7 @@ class Lineage:
     names: tuple[str, ...]
     not_after: datetime
     fingerprint: str  # sha256 of the leaf, hex
+    not_before: datetime | None = None
 
     @property
     def fullchain(self) -> Path:  # noqa: D102
@@ -72,6 +73,7 @@ def load(live: Path) -> Lineage:
         names=names,
         not_after=leaf.not_valid_after_utc,
         fingerprint=leaf.fingerprint(hashes.SHA256()).hex(),
+        not_before=leaf.not_valid_before_utc,
     )
 
 

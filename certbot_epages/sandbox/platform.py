@@ -64,6 +64,7 @@ class Zones:
     challenge: str = "dyn.platform.test"  # the platform's challenge zone (updates allowed)
     direct: str = "direct.test"  # a zone updated directly, without CNAME
     platform: str = "platform.test"  # shops get shopalias.platform.test names
+    custom: str = "custom.test"  # many shops' own domains: HTTP-01, DNS-01 and broken ones
 
 
 ZONES = Zones()
@@ -320,6 +321,7 @@ class Sandbox:
             "ssh_key": str(self.ssh_key),
             "known_hosts": str(self.known_hosts),
             "backend": self.backend,
+            "certbot": certbot_program(),
         }
 
     def _render(self, template: str, target: Path, **extra: object) -> None:
@@ -400,6 +402,13 @@ class Sandbox:
             return [f"{owner} IN A {addr}" for addr in lbs]
 
         zones: dict[str, tuple[list[str], list[str]]] = {
+            # The TLD itself, so lookups that climb the tree (CAA) get answers, as on the Internet.
+            "test": (
+                [f"ns1.{z.platform}"],
+                [*(f"{child.removesuffix('.test')} IN NS ns1.{z.platform}."
+                   for child in (z.platform, z.customer, z.direct, z.custom)),
+                 f"ns1.{z.platform.removesuffix('.test')} IN A {ip.primary}"],
+            ),
             z.platform: (
                 [f"ns1.{z.platform}", f"ns2.{z.platform}"],
                 [f"ns1 IN A {ip.primary}", f"ns2 IN A {ip.secondary}",
@@ -418,7 +427,25 @@ class Sandbox:
                  f"_acme-challenge.loop2 IN CNAME _acme-challenge.loop.{z.customer}.",
                  f"_acme-challenge.foreign IN CNAME _acme-challenge.foreign.{z.platform}."],
             ),
-            z.direct: ([f"ns1.{z.platform}"], [*a("@"), *a("www")]),
+            z.direct: ([f"ns1.{z.platform}"], [*a("@"), *a("www"), *a("*")]),
+            # Custom domains of many shops: d1..d9 delegate DNS-01 by CNAME, every other name
+            # points at the load balancers (HTTP-01), and three are broken on purpose.
+            z.custom: (
+                [f"ns1.{z.platform}"],
+                [*a("*"),
+                 *(line for i in range(1, 10) for line in (
+                     *a(f"d{i}"), *a(f"www.d{i}"),
+                     f"_acme-challenge.d{i} IN CNAME "
+                     f"_acme-challenge.d{i}.{z.custom}.{z.challenge}.",
+                     f"_acme-challenge.www.d{i} IN CNAME "
+                     f"_acme-challenge.www.d{i}.{z.custom}.{z.challenge}.")),
+                 "nodns IN TXT \"a name with no address\"",
+                 "*.nodns IN TXT \"no address here either\"",
+                 "elsewhere IN A 127.0.0.99", "www.elsewhere IN A 127.0.0.99",
+                 *a("caa"), *a("www.caa"),
+                 'caa IN CAA 0 issue "other-ca.example"',
+                 'www.caa IN CAA 0 issue "other-ca.example"'],
+            ),
         }
         env = jinja_env()
         template = env.get_template("sandbox/zone.j2")

@@ -139,7 +139,8 @@ def test_wrong_secret_is_a_clean_error_and_the_zone_is_unchanged(
     done = certbot(sandbox, "certonly", "--authenticator", "epages-dns",
                    "--epages-dns-config", str(config), "-d", sandbox.zones.customer,
                    "--cert-name", "wrong-secret", check=False)
-    assert done.returncode != 0
+    log = (sandbox.directory / "certbot" / "logs" / "letsencrypt.log").read_text()
+    assert done.returncode != 0, f"certbot succeeded with a wrong secret; its log:\n{log[-6000:]}"
     output = done.stdout + done.stderr
     assert "secret does not match" in output
     assert "A" * 20 not in output

@@ -1,0 +1,1 @@
+"""Fleet runs: the shop list drives issuance, renewal, deploy and status."""

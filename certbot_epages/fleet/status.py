@@ -1,0 +1,212 @@
+"""Every shop domain's certification status: for people, for the shop software, for monitoring.
+
+``sync`` writes ``status.json`` into ``fleet.state_dir``; ``certbot-epages status`` reads it and
+adds what is true now (the lineages' expiry, which release each load balancer serves).
+Let's Encrypt no longer mails expiry warnings, so the Prometheus textfile (seconds to expiry,
+failures, last sync) is how monitoring learns of a certificate that is not being renewed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from certbot_epages.config import Config
+from certbot_epages.deploy import lineages
+from certbot_epages.deploy.lineages import Lineage
+from certbot_epages.fleet import plan as planning
+from certbot_epages.inventory import Inventory
+
+if TYPE_CHECKING:
+    from certbot_epages.fleet.sync import SyncReport
+
+STATUS_FILE = "status.json"
+
+
+def _iso(when: datetime | float | None) -> str | None:
+    if when is None:
+        return None
+    if isinstance(when, (int, float)):
+        when = datetime.fromtimestamp(when, timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, report: SyncReport,
+          known: Mapping[str, Lineage], now: float) -> Path:
+    """Record every domain's state after a sync; also the Prometheus file if configured."""
+    by_lineage = {o.step.unit.lineage: o for o in report.outcomes}
+    target = settings.fleet.state_dir / STATUS_FILE
+    try:
+        previous = json.loads(target.read_text()).get("domains", {})
+    except (OSError, ValueError, AttributeError):
+        previous = {}
+    domains: dict[str, dict[str, Any]] = {}
+    for shop in inventory.shops:
+        lineage_name = the_plan.riders.get(shop.domain, planning.lineage_name(shop.domain))
+        outcome = by_lineage.get(lineage_name)
+        lineage = known.get(lineage_name)
+        entry: dict[str, Any] = {
+            "domain": shop.domain,
+            "names": list(shop.server_names),
+            "status": shop.status,
+            "lineage": lineage_name if lineage else None,
+            "certificate": lineage is not None,
+            "certificate_names": list(lineage.names) if lineage else [],
+            "expires": _iso(lineage.not_after) if lineage else None,
+            # A certificate kept as it is was issued by an earlier sync: keep what it used.
+            "challenge": (outcome.challenge if outcome and outcome.challenge
+                          else previous.get(shop.domain, {}).get("challenge")),
+            "state": _state(shop.status, outcome, lineage),
+            "last_error": outcome.reason if outcome and outcome.state in (
+                "failed", "blocked") else None,
+            "fix": outcome.fix if outcome else None,
+            "next_action": _next(shop.status, outcome, lineage),
+        }
+        domains[shop.domain] = entry
+    document = {"last_sync": _iso(now), "domains": domains,
+                "deploy_error": report.deploy_error}
+    _atomic_write(target, json.dumps(document, indent=1, sort_keys=True) + "\n")
+    if settings.fleet.prometheus is not None:
+        write_prometheus(settings.fleet.prometheus, collect(settings, now=now))
+    return target
+
+
+def _state(shop_status: str, outcome: Any, lineage: Lineage | None) -> str:
+    if shop_status != "active":
+        return shop_status
+    if outcome is None:
+        return "ok" if lineage else "unknown"
+    state: str = outcome.state
+    return {"done": "ok", "kept": "ok"}.get(state, state)
+
+
+def _next(shop_status: str, outcome: Any, lineage: Lineage | None) -> str:
+    if shop_status == "suspended":
+        return "none while suspended"
+    if shop_status == "deleted":
+        return "none (deleted)"
+    if outcome is not None and outcome.state == "waiting":
+        return f"order at {_iso(outcome.not_before)} ({outcome.reason})"
+    if outcome is not None and outcome.state == "blocked":
+        return f"fix DNS, then the next sync orders: {outcome.fix}"
+    if outcome is not None and outcome.state == "failed":
+        return "retry at the next sync after backoff"
+    if lineage is not None:
+        due = planning.renewal_time(lineage)
+        return f"renew from {_iso(due)}"
+    return "issue at the next sync"
+
+
+def collect(settings: Config, *, now: float) -> dict[str, Any]:
+    """The recorded status, refreshed with the lineages and the load balancers' releases."""
+    path = settings.fleet.state_dir / STATUS_FILE
+    try:
+        document: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        document = {"last_sync": None, "domains": {}}
+    certbot_dir = settings.deploy.certbot_dir if settings.deploy else Path("/etc/letsencrypt")
+    known = {lin.name: lin for lin in lineages.scan(certbot_dir)}
+    live = _live_releases(settings)
+    for entry in document["domains"].values():
+        lineage = known.get(entry.get("lineage") or "")
+        if lineage is not None:
+            entry["expires"] = _iso(lineage.not_after)
+            entry["seconds_to_expiry"] = int(lineage.not_after.timestamp() - now)
+        else:
+            entry["seconds_to_expiry"] = None
+        entry["live"] = {lb: release for lb, (release, sites) in live.items()
+                         if _site_name(entry["domain"]) in sites}
+    document["load_balancers"] = {lb: release for lb, (release, _) in live.items()}
+    return document
+
+
+def _site_name(domain: str) -> str:
+    return domain.replace("*", "_wildcard_") + ".conf"
+
+
+def _live_releases(settings: Config) -> dict[str, tuple[str, set[str]]]:
+    """Per load balancer: the release it serves (as the last deploy left it) and its sites."""
+    if settings.deploy is None:
+        return {}
+    out = {}
+    for lb in settings.deploy.load_balancers:
+        link = settings.deploy.spool / "lbs" / lb.name / "live"
+        if not link.is_symlink():
+            continue
+        release = os.readlink(link).rsplit("/", 1)[-1]
+        try:
+            manifest = json.loads((link / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        out[lb.name] = (release, set(manifest))
+    return out
+
+
+def render_table(document: Mapping[str, Any]) -> str:
+    """A table for people."""
+    rows = [("DOMAIN", "STATE", "EXPIRES", "CHALLENGE", "LIVE ON", "NEXT / ERROR")]
+    for domain, e in sorted(document["domains"].items()):
+        detail = e.get("last_error") or e.get("next_action") or ""
+        if e.get("last_error") and e.get("fix"):
+            detail = f"{e['last_error']} -> fix: {e['fix']}"
+        rows.append((domain, e.get("state") or "", (e.get("expires") or "-")[:10],
+                     e.get("challenge") or "-", ",".join(sorted(e.get("live") or {})) or "-",
+                     detail))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5]
+             for r in rows]
+    lines.append(f"last sync: {document.get('last_sync') or 'never'}; live releases: "
+                 + (", ".join(f"{lb} {r}" for lb, r in sorted(
+                     document.get("load_balancers", {}).items())) or "none"))
+    return "\n".join(lines)
+
+
+def write_prometheus(path: Path, document: Mapping[str, Any]) -> None:
+    """A node_exporter textfile: seconds to expiry, failures, last sync."""
+    lines = [
+        "# HELP certbot_epages_certificate_expiry_seconds Seconds until the certificate expires.",
+        "# TYPE certbot_epages_certificate_expiry_seconds gauge",
+    ]
+    for domain, e in sorted(document["domains"].items()):
+        if e.get("seconds_to_expiry") is not None:
+            lines.append(f'certbot_epages_certificate_expiry_seconds{{domain="{_label(domain)}"}} '
+                         f"{e['seconds_to_expiry']}")
+    lines += [
+        "# HELP certbot_epages_domain_failing Whether the domain's last sync failed or was "
+        "blocked (1) or not (0).",
+        "# TYPE certbot_epages_domain_failing gauge",
+    ]
+    for domain, e in sorted(document["domains"].items()):
+        failing = 1 if e.get("state") in ("failed", "blocked") else 0
+        lines.append(f'certbot_epages_domain_failing{{domain="{_label(domain)}"}} {failing}')
+    last = document.get("last_sync")
+    if last:
+        stamp = datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        lines += [
+            "# HELP certbot_epages_last_sync_timestamp_seconds When the last sync finished.",
+            "# TYPE certbot_epages_last_sync_timestamp_seconds gauge",
+            f"certbot_epages_last_sync_timestamp_seconds {int(stamp.timestamp())}",
+        ]
+    _atomic_write(path, "\n".join(lines) + "\n", mode=0o644)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
