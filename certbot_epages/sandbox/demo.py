@@ -1,9 +1,21 @@
-"""``make demo``: the platform flow on the sandbox, narrated for a newcomer."""
+"""``make demo``: the whole platform flow on the sandbox, narrated for a newcomer.
+
+1. The sandbox comes up (BIND primary, secondary and resolver, pebble, two load balancers
+   behind sshd, the challenge service).
+2. ``certbot-epages sync`` reads the sandbox's shop list and has certbot issue: the platform
+   wildcard and a shop's own domain through CNAME-delegated DNS-01 (``epages-dns``), a custom
+   domain over HTTP-01 through the challenge service, then deploys to both load balancers.
+3. An HTTPS request to each load balancer for each domain shows what is served.
+4. ``certbot-epages status``.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 import subprocess
+import sys
 import time
 from datetime import timezone
 from pathlib import Path
@@ -12,6 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from certbot_epages.errors import SandboxError
+from certbot_epages.inventory import load_inventory
+from certbot_epages.resources import templates_dir
 from certbot_epages.sandbox.commands import usage
 from certbot_epages.sandbox.platform import Sandbox
 
@@ -21,13 +35,18 @@ def _step(text: str) -> None:
 
 
 def run(directory: Path, *, keep: bool) -> int:
-    """Bring the sandbox up, issue over HTTP-01 through a load balancer, show it, tear down."""
+    """Bring the sandbox up, sync, show what every load balancer serves, tear down."""
     _step(f"starting the sandbox in {directory}")
     started = time.monotonic()
     sandbox = Sandbox.up(directory)
-    print(f"   up in {time.monotonic() - started:.1f} s")
+    print(f"   up in {time.monotonic() - started:.1f} s: BIND {sandbox.ip.primary} (primary), "
+          f"{sandbox.ip.secondary} (secondary), {sandbox.ip.resolver} (the CA's resolver); "
+          f"pebble {sandbox.acme_url}; lb1 {sandbox.ip.lb1}, lb2 {sandbox.ip.lb2}; "
+          f"challenge service {sandbox.ip.challenge}")
     try:
-        _http01_issuance(sandbox)
+        _sync(sandbox)
+        _requests(sandbox)
+        _status(sandbox)
     except BaseException:
         if not keep:
             sandbox.down()
@@ -42,40 +61,66 @@ def run(directory: Path, *, keep: bool) -> int:
     return 0
 
 
-def _http01_issuance(sandbox: Sandbox) -> None:
-    domains = [sandbox.zones.customer, f"www.{sandbox.zones.customer}"]
-    _step(f"HTTP-01 for {', '.join(domains)}: pebble -> load balancer -> challenge service")
-    print(f"   {domains[0]} resolves (via the CA's resolver {sandbox.ip.resolver}) to "
-          f"lb1 {sandbox.ip.lb1} and lb2 {sandbox.ip.lb2}; both proxy "
-          f"/.well-known/acme-challenge/ to {sandbox.ip.challenge}:80")
-    argv = sandbox.certbot_argv(
-        "certonly", "--webroot", "-w", str(sandbox.webroot), "--cert-name", domains[0],
-        *(arg for d in domains for arg in ("-d", d)),
-    )
-    print("   $ " + " ".join(argv))
+def _cli(sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(Path(sys.executable).parent / "certbot-epages"), "--config",
+            str(sandbox.config_path), *args]
+    return subprocess.run(argv, env={**os.environ, **sandbox.env()}, capture_output=True,
+                          text=True, timeout=900, check=False)
+
+
+def _sync(sandbox: Sandbox) -> None:
+    _step(f"certbot-epages sync: the shop list ({sandbox.inventory_path}) drives certbot")
+    print(f"   *.{sandbox.zones.platform} and {sandbox.zones.customer}: DNS-01, "
+          f"_acme-challenge CNAMEd into {sandbox.zones.challenge}, TSIG-signed updates at the "
+          "primary, awaited on primary and secondary")
+    print(f"   shop1.{sandbox.zones.custom}: HTTP-01, pebble -> load balancer -> challenge "
+          f"service; {sandbox.zones.direct}: DNS-01 straight into its own zone")
     started = time.monotonic()
-    done = subprocess.run(argv, env={**os.environ, **sandbox.env()}, capture_output=True,
-                          text=True, timeout=300, check=False)
+    done = _cli(sandbox, "sync")
+    for line in done.stdout.splitlines():
+        print(f"   {line}")
     if done.returncode != 0:
-        raise SandboxError(f"certbot failed:\n{done.stdout}{done.stderr}")
-    print(f"   certbot issued in {time.monotonic() - started:.1f} s")
-    _show_certificate(sandbox, sandbox.certbot_config_dir / "live" / domains[0])
-    for lb in sandbox.lbs:
-        log = Path(lb.prefix) / "logs" / "access.log"
-        hits = [line for line in log.read_text().splitlines() if "acme-challenge" in line]
-        print(f"   {lb.name} proxied {len(hits)} challenge request(s) from pebble")
+        raise SandboxError(f"sync failed:\n{done.stdout}{done.stderr}")
+    print(f"   sync took {time.monotonic() - started:.1f} s")
 
 
-def _show_certificate(sandbox: Sandbox, live: Path) -> None:
-    chain = x509.load_pem_x509_certificates((live / "fullchain.pem").read_bytes())
-    leaf = chain[0]
-    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    root = x509.load_pem_x509_certificate(sandbox.pebble_roots().encode())
-    for child, parent in zip(chain, [*chain[1:], root], strict=True):
-        child.verify_directly_issued_by(parent)
-    print(f"   {live / 'fullchain.pem'}")
-    print(f"     names:   {', '.join(names.get_values_for_type(x509.DNSName))}")
-    print(f"     issuer:  {leaf.issuer.rfc4514_string()}")
-    print(f"     expires: {leaf.not_valid_after_utc.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"     sha256:  {leaf.fingerprint(hashes.SHA256()).hex(':')}")
-    print("     chain verified up to pebble's current root")
+def _requests(sandbox: Sandbox) -> None:
+    _step("HTTPS to each load balancer for each domain")
+    inventory = load_inventory(sandbox.inventory_path,
+                               templates=_names(), safe_vars={})
+    for shop in inventory.active():
+        name = shop.domain.replace("*", "demo")
+        for lb in sandbox.lbs:
+            print(f"   {lb.name} {name}: {_describe(lb.address, name)}")
+
+
+def _names() -> list[str]:
+    return [p.name.removesuffix(".conf.j2") for p in (templates_dir() / "nginx").glob("*.conf.j2")]
+
+
+def _describe(address: str, name: str) -> str:
+    """One TLS request: the certificate served, and the first line of the shop's answer."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # pebble's root is not in the system store
+    try:
+        with socket.create_connection((address, 443), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                der = tls.getpeercert(binary_form=True) or b""
+                tls.sendall(f"GET / HTTP/1.0\r\nHost: {name}\r\n\r\n".encode())
+                body = tls.recv(4096).decode("latin-1").split("\r\n\r\n", 1)[-1].strip()
+    except OSError as e:
+        return f"FAILED: {e}"
+    cert = x509.load_der_x509_certificate(der)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return (f"issuer {cert.issuer.rfc4514_string()}; names "
+            f"{', '.join(san.get_values_for_type(x509.DNSName))}; expires "
+            f"{cert.not_valid_after_utc.astimezone(timezone.utc):%Y-%m-%d}; sha256 "
+            f"{cert.fingerprint(hashes.SHA256()).hex()[:16]}…; says {body!r}")
+
+
+def _status(sandbox: Sandbox) -> None:
+    _step("certbot-epages status")
+    done = _cli(sandbox, "status")
+    for line in done.stdout.splitlines():
+        print(f"   {line}")
