@@ -10,6 +10,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import dns.exception
 import dns.flags
@@ -168,34 +169,44 @@ def wait_for(
     seen: dict[HostPort, dict[dns.name.Name, set[str]]] = {s: {} for s in servers}
     errors: dict[HostPort, str] = {}
     polls = 0
-    while True:
-        polls += 1
-        for server, names in missing_values(expected, seen).items():
-            for name in names:
-                wait = min(query_timeout, max(deadline - clock(), 0.05))
-                try:
-                    seen[server][name] = query(server, name, wait)
-                except DNSError as e:
-                    errors[server] = str(e)
-                    logger.debug("%s for %s: %s", server, name, e)
+    def ask(pair: tuple[HostPort, dns.name.Name]) -> tuple[HostPort, dns.name.Name,
+                                                          set[str] | DNSError]:
+        server, name = pair
+        wait = min(query_timeout, max(deadline - clock(), 0.05))
+        try:
+            return server, name, query(server, name, wait)
+        except DNSError as e:
+            return server, name, e
+
+    # All questions of a round go out at once: a dead server must not hold up the others.
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(servers) * len(expected)))) as pool:
+        while True:
+            polls += 1
+            pairs = [(server, name) for server, names in missing_values(expected, seen).items()
+                     for name in names]
+            for server, name, answer in pool.map(ask, pairs):
+                if isinstance(answer, DNSError):
+                    errors[server] = str(answer)
+                    logger.debug("%s for %s: %s", server, name, answer)
                 else:
+                    seen[server][name] = answer
                     errors.pop(server, None)
-        missing = missing_values(expected, seen)
-        now = clock()
-        if not missing:
-            logger.info(
-                "all %d server(s) return all %d value(s) after %.1fs (%d poll(s))",
-                len(servers), sum(len(v) for v in expected.values()), now - start, polls,
-            )
-            return
-        if now >= deadline:
-            raise PropagationError(
-                f"not every authoritative server returned every value within {timeout:.1f}s: "
-                f"{format_missing(missing, errors, labels)}; check that these servers are "
-                f"secondaries of the zone that get NOTIFY and zone transfers from the primary, "
-                f"or raise the propagation timeout"
-            )
-        sleep(min(interval, deadline - now))
+            missing = missing_values(expected, seen)
+            now = clock()
+            if not missing:
+                logger.info(
+                    "all %d server(s) return all %d value(s) after %.1fs (%d poll(s))",
+                    len(servers), sum(len(v) for v in expected.values()), now - start, polls,
+                )
+                return
+            if now >= deadline:
+                raise PropagationError(
+                    f"not every authoritative server returned every value within "
+                    f"{timeout:.1f}s: {format_missing(missing, errors, labels)}; check that "
+                    "these servers are secondaries of the zone that get NOTIFY and zone "
+                    "transfers from the primary, or raise the propagation timeout"
+                )
+            sleep(min(interval, deadline - now))
 
 
 def discover_nameservers(

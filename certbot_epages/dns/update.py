@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -99,11 +100,12 @@ def tcp_transport(
     may also be a host name.
     """
     wire = message.to_wire()  # signs; sets message.mac
+    deadline = time.monotonic() + timeout  # for the whole exchange, not each recv
     with socket.create_connection((where, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
         sock.sendall(struct.pack("!H", len(wire)) + wire)
-        (length,) = struct.unpack("!H", _recv_exact(sock, 2))
-        answer = _recv_exact(sock, length)
+        (length,) = struct.unpack("!H", _recv_exact(sock, 2, deadline))
+        answer = _recv_exact(sock, length, deadline)
     response = dns.message.from_wire(answer, keyring=False)
     if response.had_tsig:
         response = dns.message.from_wire(
@@ -114,9 +116,13 @@ def tcp_transport(
     return response
 
 
-def _recv_exact(sock: socket.socket, count: int) -> bytes:
+def _recv_exact(sock: socket.socket, count: int, deadline: float) -> bytes:
     data = b""
     while len(data) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no complete answer before the deadline")
+        sock.settimeout(left)
         chunk = sock.recv(count - len(data))
         if not chunk:
             raise ConnectionResetError("connection closed before the whole answer arrived")
