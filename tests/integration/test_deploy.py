@@ -234,3 +234,30 @@ def test_malicious_inventory_entries_never_reach_a_config(platform: Sandbox) -> 
         sites = Path(lb.root) / "current" / "sites"
         assert sorted(p.name for p in sites.iterdir()) == ["good.test.conf"]
         assert not (Path(lb.root) / "current" / "certs" / "gone.test").exists()
+
+
+def test_local_lbs_and_pruning_beyond_keep_releases(platform: Sandbox) -> None:
+    base = platform.directory / "t"
+    base.mkdir()
+    certbot_dir, inventory, _ = _two_lineages(platform, base)
+    config = deploy_config(platform, base / "epages.yaml", inventory=inventory,
+                           certbot_dir=str(certbot_dir), keep_releases=1)
+    data = yaml.safe_load(config.read_text())
+    data["deploy"]["load_balancers"][0]["ssh"] = "local"  # this machine, no ssh
+    data["deploy"]["load_balancers"][0]["ssh_options"] = []
+    config.write_text(yaml.safe_dump(data))
+    served_by: list[str] = []
+    for round_ in range(3):
+        fingerprint = make_lineage(certbot_dir, "one.test", ["one.test", "www.one.test"],
+                                   SandboxCA(base / f"ca{round_}"))
+        done = _deploy(config, "--all")
+        assert done.returncode == 0, done.stderr
+        assert set(served(platform, "one.test").values()) == {fingerprint}
+        served_by.append(fingerprint)
+    releases = _releases(platform)
+    current = _current(platform)
+    for lb in platform.lbs:
+        # keep_releases 1, but the release that served before is kept for a switch back.
+        assert len(releases[lb.name]) == 2
+        assert current[lb.name].rsplit("/", 1)[-1] in releases[lb.name]
+    assert len(set(served_by)) == 3
