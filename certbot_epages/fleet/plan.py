@@ -7,7 +7,7 @@ lineage that every ``shopalias.<platform domain>`` rides on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -110,9 +110,9 @@ def renewal_time(lineage: Lineage) -> datetime:
     return lineage.not_after - lifetime / share
 
 
-def is_due(lineage: Lineage, now: datetime) -> bool:
-    """Whether certbot would renew the lineage now."""
-    return now >= renewal_time(lineage)
+def is_due(lineage: Lineage, now: datetime, window_start: datetime | None = None) -> bool:
+    """Whether to renew now: in the CA's ARI window where it offers one, else certbot's timing."""
+    return now >= (window_start if window_start is not None else renewal_time(lineage))
 
 
 def make_plan(
@@ -120,8 +120,12 @@ def make_plan(
     lineages: dict[str, Lineage],
     platform_domains: Sequence[str],
     now: datetime,
+    windows: Mapping[str, datetime] | None = None,
 ) -> Plan:
-    """One step per unit, and a deletion for each deleted shop's lineage."""
+    """One step per unit, and a deletion for each deleted shop's lineage.
+
+    ``windows`` holds, per lineage, the start of the CA's ARI renewal window where known.
+    """
     needed, riders = units(shops, platform_domains)
     plan = Plan(riders=riders)
     for unit in needed:
@@ -137,8 +141,9 @@ def make_plan(
                 [*(f"+{n}" for n in missing), *(f"-{n}" for n in extra)]
             )
             plan.steps.append(Step(unit, REISSUE, why, lineage.not_after))
-        elif is_due(lineage, now):
-            plan.steps.append(Step(unit, RENEW, f"due: expires {lineage.not_after:%Y-%m-%d}",
+        elif is_due(lineage, now, (windows or {}).get(unit.lineage)):
+            source = "the CA's renewal window" if unit.lineage in (windows or {}) else "due"
+            plan.steps.append(Step(unit, RENEW, f"{source}: expires {lineage.not_after:%Y-%m-%d}",
                                    lineage.not_after))
         else:
             plan.steps.append(Step(unit, KEEP, f"valid until {lineage.not_after:%Y-%m-%d}",

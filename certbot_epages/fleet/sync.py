@@ -19,14 +19,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cryptography import x509
+
 from certbot_epages.config import Config
 from certbot_epages.deploy import lineages
 from certbot_epages.deploy.deployer import Deployer, Report
 from certbot_epages.deploy.render import TemplateSet
 from certbot_epages.dns import client as dns_client
 from certbot_epages.errors import ConfigError, EpagesError
+from certbot_epages.fleet import ari, preflight, status
 from certbot_epages.fleet import plan as planning
-from certbot_epages.fleet import preflight, status
 from certbot_epages.fleet.limits import Ledger, Limits
 from certbot_epages.inventory import Inventory, load_inventory
 
@@ -110,7 +112,8 @@ class Sync:
             now = self.clock()
             known = {lin.name: lin for lin in lineages.scan(self.certbot_dir)}
             the_plan = planning.make_plan(inventory.shops, known, self.fleet.platform_domains,
-                                          datetime.fromtimestamp(now, timezone.utc))
+                                          datetime.fromtimestamp(now, timezone.utc),
+                                          self._renewal_windows(known))
             ledger = Ledger.load(self.ledger_path)
             ledger.prune(now, self.limits)
             if self.dry_run:
@@ -126,6 +129,23 @@ class Sync:
             status.write(self.settings, inventory, the_plan, report, known, self.clock())
             self.say(self._summary(report))
             return report
+
+    def _renewal_windows(self, known: dict[str, lineages.Lineage]) -> dict[str, datetime]:
+        """ARI windows of the lineages whose CA offers renewal information."""
+        client = ari.Client()
+        windows = {}
+        for name, lineage in known.items():
+            directory = ari.server_of(self.certbot_dir, name)
+            if directory is None:
+                continue
+            try:
+                cert = x509.load_pem_x509_certificate((lineage.live / "cert.pem").read_bytes())
+            except (OSError, ValueError):
+                continue
+            start = client.window_start(directory, cert)
+            if start is not None:
+                windows[name] = start
+        return windows
 
     def _admit(self, the_plan: planning.Plan, ledger: Ledger, now: float,
                report: SyncReport) -> list[Outcome]:
