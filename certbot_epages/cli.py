@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="render the whole inventory (first deploy, template changes)")
     what.add_argument("--lineage", action="append", default=[], metavar="NAME",
                       help="ship the shops of this certbot lineage (repeatable)")
+    deploy.add_argument("--force", action="store_true",
+                        help="with --all: allow removing more than half of the sites")
     deploy.set_defaults(func=_deploy)
     sync = sub.add_parser(
         "sync", help="issue, renew, re-issue and drop certificates as the shop list says, "
@@ -123,7 +125,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
     settings = config.load(args.config)
     report = hook.deploy_command(settings, pending=args.pending, everything=args.everything,
-                                 names=args.lineage)
+                                 names=args.lineage, force=args.force)
     print(report.summary() if report else "nothing pending")
     return 0
 

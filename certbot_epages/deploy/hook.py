@@ -87,21 +87,29 @@ def hook_main(argv: Sequence[str] | None = None) -> int:
             defer(settings, lineage)
             print(f"recorded {lineage.name} for 'certbot-epages deploy --pending'")
             return 0
-        print(Deployer(settings).lineages([lineage]).summary())
+        try:
+            print(Deployer(settings).lineages([lineage]).summary())
+        except EpagesError:
+            # certbot ignores a failing deploy hook: keep the lineage for the next
+            # 'certbot-epages deploy --pending' (or sync) instead of losing it.
+            defer(settings, lineage)
+            raise
     except EpagesError as e:
-        print(f"certbot-epages-deploy-hook: {e}", file=sys.stderr)
+        print(f"certbot-epages-deploy-hook: {e} (recorded for 'certbot-epages deploy "
+              "--pending')" if "lineage" in locals() else f"certbot-epages-deploy-hook: {e}",
+              file=sys.stderr)
         return 1
     return 0
 
 
 def deploy_command(settings: epages_config.Config, *, pending: bool, everything: bool,
-                   names: Sequence[str]) -> Report | None:
+                   names: Sequence[str], force: bool = False) -> Report | None:
     """``certbot-epages deploy``: the pending lineages, everything, or named lineages."""
     if settings.deploy is None:
         raise ConfigError(f"{settings.source}: no 'deploy' section")
     deployer = Deployer(settings)
     if everything:
-        return deployer.everything()
+        return deployer.everything(force=force)
     if pending:
         found, files = take_pending(settings)
         if not found:

@@ -6,6 +6,7 @@ import hashlib
 import socket
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from certbot_epages.netaddr import HostPort
 
@@ -36,24 +37,44 @@ def wait_served(
 ) -> dict[str, str]:
     """Poll until every name serves its expected fingerprint; the names that never did, why.
 
-    ``nginx -s reload`` returns before the new workers serve, hence the polling.
+    ``nginx -s reload`` returns before the new workers serve, hence the polling. The new
+    configuration arrives all at once, so a name counts as failed only if it was still wrong
+    when asked after the first name showed the new state (or when nothing did by the deadline):
+    a slow round of probes that began before the reload took effect proves nothing.
     """
     deadline = time.monotonic() + timeout
     pending = dict(expected)
     last: dict[str, str] = {}
-    while pending:
-        for name, fingerprint in list(pending.items()):
-            try:
-                got = served_fingerprint(address, sni_name(name))
-            except (OSError, ssl.SSLError) as e:
-                last[name] = f"TLS handshake failed: {e}"
-                continue
-            if got == fingerprint:
-                del pending[name]
-            else:
-                last[name] = f"serves certificate sha256 {got[:16]}…, expected {fingerprint[:16]}…"
-        if pending and time.monotonic() >= deadline:
-            return {name: last[name] for name in pending}
-        if pending:
+    switched: float | None = None
+    failed_after_switch: set[str] = set()
+
+    def ask(name: str) -> tuple[str, float, str | None]:
+        asked = time.monotonic()
+        try:
+            got = served_fingerprint(address, sni_name(name),
+                                     timeout=max(min(3.0, deadline - asked), 0.5))
+        except (OSError, ssl.SSLError) as e:
+            return name, asked, f"TLS handshake failed: {e}"
+        if got == pending[name]:
+            return name, asked, None
+        return name, asked, (f"serves certificate sha256 {got[:16]}…, "
+                             f"expected {pending[name][:16]}…")
+
+    with ThreadPoolExecutor(max_workers=min(16, max(len(expected), 1))) as pool:
+        while pending:
+            for name, asked, problem in pool.map(ask, list(pending)):
+                if problem is None:
+                    del pending[name]
+                    switched = asked if switched is None else min(switched, asked)
+                else:
+                    last[name] = problem
+                    if switched is not None and asked >= switched:
+                        failed_after_switch.add(name)
+            if not pending:
+                break
+            if time.monotonic() >= deadline and (
+                switched is None or set(pending) <= failed_after_switch
+            ):
+                return {name: last[name] for name in pending}
             time.sleep(0.05)
     return {}

@@ -64,6 +64,7 @@ class Built:
     path: Path
     changed: set[str] = field(default_factory=set)
     removed: set[str] = field(default_factory=set)
+    previous: set[str] = field(default_factory=set)  # the files of the release before
 
 
 def files_of(tree: Path) -> set[str]:
@@ -123,6 +124,7 @@ def build(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     built.removed = old - wanted
+    built.previous = old
     return built
 
 

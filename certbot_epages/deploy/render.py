@@ -83,9 +83,16 @@ class TemplateSet:
         self.search_path: tuple[Path, ...] = tuple(search)
         self.env = jinja_env()
         self.env.loader = jinja2.FileSystemLoader([str(p) for p in self.search_path])
+        self._names: tuple[str, ...] | None = None
+        self._safe: dict[str, frozenset[str]] = {}
 
     def names(self) -> tuple[str, ...]:
-        """The names of the available shop templates, sorted."""
+        """The names of the available shop templates, sorted (read once per TemplateSet)."""
+        if self._names is None:
+            self._names = self._scan()
+        return self._names
+
+    def _scan(self) -> tuple[str, ...]:
         found: set[str] = set()
         for folder in self.search_path:
             for path in folder.glob(f"*{SUFFIX}"):
@@ -117,6 +124,11 @@ class TemplateSet:
 
     def safe_vars(self, name: str) -> frozenset[str]:
         """The variables template ``name`` declares safe (``{# epages: safe_vars = a, b #}``)."""
+        if name not in self._safe:
+            self._safe[name] = self._declared_safe(name)
+        return self._safe[name]
+
+    def _declared_safe(self, name: str) -> frozenset[str]:
         path = self.path(name)
         declared: set[str] = set()
         for match in _SAFE_VARS_RE.finditer(self.source(name)):
@@ -224,6 +236,8 @@ def render_site(
         ) from None
     except jinja2.TemplateError as e:
         raise RenderError(f"{_location(e, path)}: {what}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a template's own mistake, e.g. adding str and int
+        raise RenderError(f"{_location(e, path)}: {what}: {type(e).__name__}: {e}") from None
 
 
 def site_filename(shop: Shop) -> str:

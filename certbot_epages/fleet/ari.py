@@ -14,7 +14,7 @@ import os
 import ssl
 import urllib.error
 import urllib.request
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from cryptography import x509
@@ -82,7 +82,9 @@ class Client:
         try:
             data = self._get(f"{base.rstrip('/')}/{cert_id(cert)}")
             start = data["suggestedWindow"]["start"]  # type: ignore[index]
-            return datetime.fromisoformat(str(start).replace("Z", "+00:00"))
+            when = datetime.fromisoformat(str(start).replace("Z", "+00:00"))
+            # RFC 3339 requires an offset; a CA that leaves it out means UTC.
+            return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
         except (OSError, ValueError, KeyError, TypeError, urllib.error.URLError) as e:
             logger.info("no renewal information from %s (%s): certbot's timing applies", base, e)
             return None

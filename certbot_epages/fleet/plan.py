@@ -55,8 +55,12 @@ class Plan:
 
 
 def lineage_name(domain: str) -> str:
-    """certbot's name for a shop's lineage: its domain, ``*.`` dropped as certbot does."""
-    return domain[2:] if domain.startswith("*.") else domain
+    """The lineage (``--cert-name``) of a unit: the shop's domain, or ``wildcard.<base>``.
+
+    ``wildcard.<base>`` (for ``*.<base>``) can collide neither with a shop on ``<base>`` itself
+    nor with a shop below it: those ride on the wildcard and have no lineage of their own.
+    """
+    return f"wildcard.{domain[2:]}" if domain.startswith("*.") else domain
 
 
 def platform_of(name: str, platform_domains: Sequence[str]) -> str | None:

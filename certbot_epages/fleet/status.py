@@ -45,6 +45,8 @@ def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, repor
         previous = json.loads(target.read_text()).get("domains", {})
     except (OSError, ValueError, AttributeError):
         previous = {}
+    if not isinstance(previous, dict):
+        previous = {}
     domains: dict[str, dict[str, Any]] = {}
     for shop in inventory.shops:
         lineage_name = the_plan.riders.get(shop.domain, planning.lineage_name(shop.domain))
@@ -60,7 +62,7 @@ def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, repor
             "expires": _iso(lineage.not_after) if lineage else None,
             # A certificate kept as it is was issued by an earlier sync: keep what it used.
             "challenge": (outcome.challenge if outcome and outcome.challenge
-                          else previous.get(shop.domain, {}).get("challenge")),
+                          else _previous_challenge(previous, shop.domain)),
             "state": _state(shop.status, outcome, lineage),
             "last_error": outcome.reason if outcome and outcome.state in (
                 "failed", "blocked") else None,
@@ -74,6 +76,12 @@ def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, repor
     if settings.fleet.prometheus is not None:
         write_prometheus(settings.fleet.prometheus, collect(settings, now=now))
     return target
+
+
+def _previous_challenge(previous: Mapping[str, Any], domain: str) -> str | None:
+    entry = previous.get(domain)
+    value = entry.get("challenge") if isinstance(entry, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _state(shop_status: str, outcome: Any, lineage: Lineage | None) -> str:
@@ -108,6 +116,8 @@ def collect(settings: Config, *, now: float) -> dict[str, Any]:
     try:
         document: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
+        document = {}
+    if not isinstance(document, dict) or not isinstance(document.get("domains"), dict):
         document = {"last_sync": None, "domains": {}}
     certbot_dir = settings.deploy.certbot_dir if settings.deploy else Path("/etc/letsencrypt")
     known = {lin.name: lin for lin in lineages.scan(certbot_dir)}

@@ -202,6 +202,9 @@ def test_malicious_inventory_entries_never_reach_a_config(platform: Sandbox) -> 
     ca = SandboxCA(base)
     good = make_lineage(certbot_dir, "good.test", ["good.test", "www.good.test"], ca)
     make_lineage(certbot_dir, "gone.test", ["gone.test", "www.gone.test"], ca)
+    # Certificates exist for the bad entries too: only validation can keep them out.
+    for name in ("newline.test", "dollar.test", "traversal.test"):
+        make_lineage(certbot_dir, name, [name, f"www.{name}"], ca)
     shops: list[dict[str, object]] = [
         _shop("good.test", platform.backend),
         _shop("gone.test", platform.backend),
@@ -216,8 +219,10 @@ def test_malicious_inventory_entries_never_reach_a_config(platform: Sandbox) -> 
                            certbot_dir=str(certbot_dir))
     done = _deploy(config, "--all")
     assert done.returncode == 0, done.stderr
-    for bad in ("evil.com", "newline.test", "dollar.test", "traversal.test"):
-        assert "skipped: inventory entry" in done.stdout and bad in done.stdout
+    for index, bad in ((2, "evil.com"), (3, "newline.test"), (4, "dollar.test"),
+                       (5, "traversal.test")):
+        line = next(x for x in done.stdout.splitlines() if f"inventory entry {index} " in x)
+        assert bad in line, line
     for lb in platform.lbs:
         sites = Path(lb.root) / "current" / "sites"
         assert sorted(p.name for p in sites.iterdir()) == ["gone.test.conf", "good.test.conf"]
@@ -261,3 +266,62 @@ def test_local_lbs_and_pruning_beyond_keep_releases(platform: Sandbox) -> None:
         assert len(releases[lb.name]) == 2
         assert current[lb.name].rsplit("/", 1)[-1] in releases[lb.name]
     assert len(set(served_by)) == 3
+
+
+def test_a_full_deploy_keeps_what_cannot_be_deployed_now(platform: Sandbox) -> None:
+    base = platform.directory / "t"
+    base.mkdir()
+    certbot_dir, inventory, fingerprints = _two_lineages(platform, base)
+    config = deploy_config(platform, base / "epages.yaml", inventory=inventory,
+                           certbot_dir=str(certbot_dir))
+    assert _deploy(config, "--all").returncode == 0
+    # one.test gains an alias no certificate covers yet (its re-issue is still to come), and
+    # two.test's template breaks for it alone: both keep serving what they served.
+    shops = [_shop("one.test", platform.backend), _shop("two.test", platform.backend)]
+    shops[0]["aliases"] = ["www.one.test", "new.one.test"]
+    write_inventory(inventory, shops)
+    templates = base / "templates" / "nginx"
+    templates.mkdir(parents=True)
+    packaged = (templates_dir() / "nginx" / "custom-domain.conf.j2").read_text()
+    (templates / "custom-domain.conf.j2").write_text(
+        "{% if domain == 'two.test' %}{{ vars.missing }}{% endif %}\n" + packaged)
+    config = deploy_config(platform, base / "epages.yaml", inventory=inventory,
+                           certbot_dir=str(certbot_dir), templates=str(base / "templates"))
+    done = _deploy(config, "--all")
+    assert done.returncode == 0, done.stderr
+    assert "one.test: no certificate" in done.stdout and "stays" in done.stdout
+    assert "two.test" in done.stdout and "undefined" in done.stdout
+    for name in ("one.test", "two.test"):
+        assert set(served(platform, name).values()) == {fingerprints[name]}
+
+    # An inventory that suddenly lists nobody does not empty the load balancers...
+    write_inventory(inventory, [])
+    done = _deploy(config, "--all")
+    assert done.returncode == 1 and "would remove 2 of 2 sites" in done.stderr
+    assert set(served(platform, "one.test").values()) == {fingerprints["one.test"]}
+    # ...unless the operator says so.
+    assert _deploy(config, "--all", "--force").returncode == 0
+    for lb in platform.lbs:
+        sites = Path(lb.root) / "current" / "sites"
+        assert not sites.exists() or not list(sites.iterdir())
+        assert served(platform, "one.test")[lb.name] != fingerprints["one.test"]
+
+
+def test_a_partial_deploy_without_deploy_state_refuses_instead_of_dropping_shops(
+    platform: Sandbox,
+) -> None:
+    base = platform.directory / "t"
+    base.mkdir()
+    certbot_dir, inventory, fingerprints = _two_lineages(platform, base)
+    config = deploy_config(platform, base / "epages.yaml", inventory=inventory,
+                           certbot_dir=str(certbot_dir), spool=str(base / "spool"))
+    assert _deploy(config, "--all").returncode == 0
+    before = _current(platform)
+    import shutil
+
+    shutil.rmtree(base / "spool")  # a new deploy host, or a lost disk
+    make_lineage(certbot_dir, "two.test", ["two.test", "www.two.test"], SandboxCA(base / "n"))
+    done = _deploy(config, "--lineage", "two.test")
+    assert done.returncode == 1 and "run 'certbot-epages deploy --all'" in done.stderr
+    assert _current(platform) == before
+    assert set(served(platform, "one.test").values()) == {fingerprints["one.test"]}

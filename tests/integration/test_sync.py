@@ -95,15 +95,15 @@ def test_first_sync_issues_the_good_deploys_them_and_orders_nothing_for_the_brok
     assert done.returncode == 0, done.stdout + done.stderr
     assert "sync: 11 done, 0 kept, 0 failed, 3 blocked" in done.stdout
     assert "[11/11]" in done.stdout and "ETA" in done.stdout
-    expected = {"platform.test", "shop.test", "direct.test",
+    expected = {"wildcard.platform.test", "shop.test", "direct.test",
                 *(f"h{i}.custom.test" for i in range(1, 5)),
                 *(f"d{i}.custom.test" for i in range(1, 5))}
     assert _lineages(fleet) == expected  # nothing ordered for the broken ones
     ledger = json.loads((fleet.directory / "fleet" / "ledger.json").read_text())
     assert len(ledger["orders"]) == 11
 
-    wildcard = _fingerprint(fleet, "platform.test")
-    for name, lineage in (("p07.platform.test", "platform.test"),
+    wildcard = _fingerprint(fleet, "wildcard.platform.test")
+    for name, lineage in (("p07.platform.test", "wildcard.platform.test"),
                           ("h2.custom.test", "h2.custom.test"),
                           ("www.d3.custom.test", "d3.custom.test"),
                           ("www.shop.test", "shop.test")):
@@ -113,7 +113,7 @@ def test_first_sync_issues_the_good_deploys_them_and_orders_nothing_for_the_brok
     status = _status(fleet)["domains"]
     assert status["h1.custom.test"]["challenge"] == "http-01"
     assert status["d1.custom.test"]["challenge"] == "dns-01"
-    assert status["p03.platform.test"]["lineage"] == "platform.test"
+    assert status["p03.platform.test"]["lineage"] == "wildcard.platform.test"
     assert set(status["h1.custom.test"]["live"]) == {"lb1", "lb2"}
     for domain, reason in BROKEN.items():
         entry = status[domain]

@@ -43,12 +43,13 @@ def test_platform_shops_ride_on_one_wildcard_and_custom_shops_get_their_own() ->
              shop("paused.example", status="suspended")]
     found, riders = units(shops, PLATFORM)
     by_name = {u.lineage: u for u in found}
-    assert set(by_name) == {"platform.example", "shop.example"}
-    assert by_name["platform.example"].names == ("*.platform.example",)
-    assert set(by_name["platform.example"].shops) == {"a.platform.example", "b.platform.example"}
+    assert set(by_name) == {"wildcard.platform.example", "shop.example"}
+    assert by_name["wildcard.platform.example"].names == ("*.platform.example",)
+    assert set(by_name["wildcard.platform.example"].shops) == {"a.platform.example",
+                                                               "b.platform.example"}
     assert by_name["shop.example"].names == ("shop.example", "www.shop.example")
-    assert riders == {"a.platform.example": "platform.example",
-                      "b.platform.example": "platform.example"}
+    assert riders == {"a.platform.example": "wildcard.platform.example",
+                      "b.platform.example": "wildcard.platform.example"}
 
 
 def test_a_deeper_platform_name_is_not_covered_by_the_wildcard() -> None:
@@ -165,3 +166,12 @@ def test_server_of_reads_the_renewal_configuration(tmp_path: Path) -> None:
         "version = 5.8.0\n[renewalparams]\nserver = https://acme.example/dir\n")
     assert ari.server_of(tmp_path, "s.example") == "https://acme.example/dir"
     assert ari.server_of(tmp_path, "missing") is None
+
+
+def test_a_shop_on_the_platform_apex_does_not_take_the_wildcards_lineage() -> None:
+    found, riders = units([shop("platform.example"), shop("a.platform.example")], PLATFORM)
+    assert {u.lineage: u.names for u in found} == {
+        "platform.example": ("platform.example",),
+        "wildcard.platform.example": ("*.platform.example",),
+    }
+    assert riders == {"a.platform.example": "wildcard.platform.example"}
