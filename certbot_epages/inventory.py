@@ -287,16 +287,19 @@ def parse_inventory(
         got = "an empty document" if data is None else type(data).__name__
         raise InventoryError(f"{source}: expected a list of shops, got {got}")
     safe = safe_vars or {}
-    shops: list[Shop] = []
     problems: list[Problem] = []
-    claimed: dict[str, int] = {}
+    parsed: list[tuple[int, str | None, Shop]] = []
     for index, entry in enumerate(data):
         given = _given_domain(entry)
         try:
-            shop = _parse_entry(entry, templates, safe)
+            parsed.append((index, given, _parse_entry(entry, templates, safe)))
         except ValueError as e:
             problems.append(Problem(index, given, str(e)))
-            continue
+    # Active entries claim their names first: a deleted or suspended entry that still lists a
+    # name must never keep a live shop from getting it.
+    claimed: dict[str, int] = {}
+    kept: list[tuple[int, Shop]] = []
+    for index, given, shop in sorted(parsed, key=lambda p: (not p[2].is_active, p[0])):
         taken = [(name, claimed[name]) for name in shop.server_names if name in claimed]
         if taken:
             what = "; ".join(f"{name} is already claimed by entry {other}" for name, other in taken)
@@ -304,7 +307,9 @@ def parse_inventory(
             continue
         for name in shop.server_names:
             claimed[name] = index
-        shops.append(shop)
+        kept.append((index, shop))
+    shops = [shop for _, shop in sorted(kept, key=lambda k: k[0])]
+    problems.sort(key=lambda p: p.index)
     return Inventory(shops=tuple(shops), problems=tuple(problems))
 
 

@@ -472,3 +472,15 @@ def test_url_password_is_not_shown(server: str) -> None:
 def test_unreachable_url() -> None:
     with pytest.raises(InventoryError, match="cannot fetch"):
         load_inventory("http://127.0.0.1:9/inventory", templates=TEMPLATES, timeout=2)
+
+
+def test_an_inactive_entry_never_keeps_an_active_shop_from_its_names() -> None:
+    data = [
+        {"domain": "old.example", "aliases": ["shop.example"], "template": "custom-domain",
+         "status": "deleted"},
+        {"domain": "shop.example", "template": "custom-domain"},
+    ]
+    inventory = parse_inventory(data, templates=["custom-domain"])
+    assert [s.domain for s in inventory.shops] == ["shop.example"]
+    assert len(inventory.problems) == 1 and inventory.problems[0].index == 0
+    assert "claimed by entry 1" in inventory.problems[0].message
