@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -167,8 +168,9 @@ class Deployer:
              report: Report, keep: set[str] | None = None, force: bool = False) -> Report:
         report.shops = len(entries)
         inactive = {site_filename(s) for s in inventory.shops if not s.is_active}
-        control = self.spool / "ssh"
-        control.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # ssh's control sockets: a short private directory of this run (a socket path may have
+        # at most 107 bytes, which a spool below a long path would exceed).
+        control = Path(tempfile.mkdtemp(prefix="cbe-ssh-"))
         targets = [push.Target(lb, control) for lb in self.deploy.load_balancers]
         try:
             remote = self._prepare(targets)
@@ -198,6 +200,7 @@ class Deployer:
         finally:
             for target in targets:
                 target.close()
+            shutil.rmtree(control, ignore_errors=True)
         failed = [o for o in report.lbs if not o.went_live]
         if failed:
             raise DeployError(

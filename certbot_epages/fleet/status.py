@@ -37,8 +37,12 @@ def _iso(when: datetime | float | None) -> str | None:
 
 
 def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, report: SyncReport,
-          known: Mapping[str, Lineage], now: float) -> Path:
-    """Record every domain's state after a sync; also the Prometheus file if configured."""
+          known: Mapping[str, Lineage], now: float,
+          riders: Mapping[str, tuple[str, str]] | None = None) -> Path:
+    """Record every domain's state after a sync; also the Prometheus file if configured.
+
+    ``riders`` holds, for platform shops whose own name fails the preflight, (reason, fix).
+    """
     by_lineage = {o.step.unit.lineage: o for o in report.outcomes}
     target = settings.fleet.state_dir / STATUS_FILE
     try:
@@ -69,7 +73,21 @@ def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, repor
             "fix": outcome.fix if outcome else None,
             "next_action": _next(shop.status, outcome, lineage),
         }
+        if riders and shop.domain in riders and shop.is_active:
+            entry["state"] = "blocked"
+            entry["last_error"], entry["fix"] = riders[shop.domain]
+            entry["next_action"] = "fix DNS; the shop is served once its name points here"
         domains[shop.domain] = entry
+    for problem in inventory.problems:
+        # The shop software learns about entries it sent that could not be used at all.
+        key = problem.domain or f"(entry {problem.index})"
+        domains.setdefault(key, {
+            "domain": key, "names": [], "status": "invalid", "lineage": None,
+            "certificate": False, "certificate_names": [], "expires": None, "challenge": None,
+            "state": "invalid", "last_error": problem.message,
+            "fix": "correct the entry in the shop software's export",
+            "next_action": "none until the entry is valid",
+        })
     document = {"last_sync": _iso(now), "domains": domains,
                 "deploy_error": report.deploy_error}
     _atomic_write(target, json.dumps(document, indent=1, sort_keys=True) + "\n")

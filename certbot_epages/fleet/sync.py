@@ -126,9 +126,24 @@ class Sync:
             self._execute(queue, ledger, report)
             self._deploy(report)
             known = {lin.name: lin for lin in lineages.scan(self.certbot_dir)}
-            status.write(self.settings, inventory, the_plan, report, known, self.clock())
+            status.write(self.settings, inventory, the_plan, report, known, self.clock(),
+                         self._check_riders(the_plan))
             self.say(self._summary(report))
             return report
+
+    def _check_riders(self, the_plan: planning.Plan) -> dict[str, tuple[str, str]]:
+        """Platform shops need no order, but their names must still point at the LBs."""
+        resolver = preflight.DnsResolver(dns_client.from_config(self.settings.dns))  # type: ignore[arg-type]
+        failing = {}
+        for domain in the_plan.riders:
+            verdict = preflight.check(
+                [domain], resolver=resolver, lb_addresses=self.fleet.lb_addresses,
+                platform_domains=self.fleet.platform_domains,
+                ca_identities=self.fleet.ca_identities,
+            )
+            if not verdict.ok:
+                failing[domain] = (verdict.reason or "preflight failed", verdict.fix or "")
+        return failing
 
     def _renewal_windows(self, known: dict[str, lineages.Lineage]) -> dict[str, datetime]:
         """ARI windows of the lineages whose CA offers renewal information."""

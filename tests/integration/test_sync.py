@@ -42,6 +42,7 @@ def _shops(sandbox: Sandbox) -> list[dict[str, Any]]:
         shop("shop.test", "www.shop.test"),
         shop("direct.test", "www.direct.test"),
         *(shop(domain, f"www.{domain}") for domain in BROKEN),
+        {**shop("invalid.custom.test"), "template": "../../etc/passwd"},  # never used
     ]
 
 
@@ -119,6 +120,8 @@ def test_first_sync_issues_the_good_deploys_them_and_orders_nothing_for_the_brok
         entry = status[domain]
         assert entry["state"] == "blocked" and not entry["certificate"]
         assert reason in entry["last_error"] and entry["fix"], entry
+    invalid = status["invalid.custom.test"]
+    assert invalid["state"] == "invalid" and "template" in invalid["last_error"]
     metrics = (fleet.directory / "fleet" / "certbot_epages.prom").read_text()
     assert 'certbot_epages_certificate_expiry_seconds{domain="h1.custom.test"}' in metrics
     assert 'certbot_epages_domain_failing{domain="caa.custom.test"} 1' in metrics
@@ -170,7 +173,8 @@ def test_an_order_budget_of_five_orders_five_of_ten_and_says_when_the_rest_go(
     data = yaml.safe_load(fleet.config_path.read_text())
     data["fleet"]["state_dir"] = str(tmp_path / "fleet")  # a fresh ledger
     data["fleet"]["limits"] = {"orders_per_account": 5}
-    data["deploy"]["spool"] = str(fleet.directory / "spool")
+    # Its own deploy state too: this last test's shops replace the load balancers' trees.
+    data["deploy"]["spool"] = str(tmp_path / "spool")
     inventory = write_inventory(tmp_path / "inventory.yaml", [
         {"domain": f"new{i}.custom.test", "template": "custom-domain",
          "vars": {"upstream": fleet.backend}} for i in range(10)])

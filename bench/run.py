@@ -1,0 +1,1226 @@
+#!/usr/bin/env python3
+"""Benchmark of certbot-epages on the sandbox platform (``make bench``; see bench/README.md).
+
+One run measures, side by side on one sandbox: apex + wildcard issuance with epages-dns, the
+manual hooks, certbot-dns-rfc2136, an nsupdate hook with ``sleep 60`` and certbot's floor
+(no wait at all); the same with a lagging secondary; deploys at 1,000 and 10,000 shops; and a
+sync of 100 shops. It writes ``bench/results.md`` and ``bench/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.update
+import yaml
+
+from certbot_epages.deploy import hook as deploy_hook
+from certbot_epages.deploy import lineages as deploy_lineages
+from certbot_epages.dns.keys import load_key_file
+from certbot_epages.sandbox.pki import SandboxCA
+from certbot_epages.sandbox.platform import KEY_NAME, LoadBalancer, Sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+WORK = BENCH / "work"
+BIN = Path(sys.executable).parent
+CHALLENGE_ZONE = "dyn.platform.test"
+TIME_LIMIT = 15 * 60.0  # the whole benchmark must stay under this
+SAFETY = 60.0  # seconds kept free at the end: teardown, results, slower-than-estimated steps
+
+# What each zone issues for: apex + wildcard.
+ZONES = {
+    "cname": ("shop.test", "*.shop.test"),  # _acme-challenge CNAMEs into dyn.platform.test
+    "direct": ("direct.test", "*.direct.test"),  # updated in place, served by the primary only
+    "lagzone": ("lag.dyn.platform.test", "*.lag.dyn.platform.test"),  # inside the challenge zone
+}
+
+
+def log(message: str) -> None:
+    """Progress for the person waiting (stderr, flushed)."""
+    stamp = time.strftime("%H:%M:%S")
+    print(f"[bench {stamp}] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+@dataclass
+class Run:
+    """One measured child process."""
+
+    argv: list[str]
+    returncode: int
+    seconds: float
+    stdout: str
+    stderr: str
+    maxrss_kb: int
+
+    @property
+    def ok(self) -> bool:  # noqa: D102
+        return self.returncode == 0
+
+
+def run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 600.0) -> Run:
+    """Run ``argv``; wall time (monotonic) and the peak RSS of its process tree (wait4)."""
+    if argv[0].startswith(str(BIN)):
+        # Someone may be reinstalling the venv (make install) right now: wait for it.
+        poll(f"{argv[0]} to exist", lambda: True if Path(argv[0]).exists() else None, 300, 0.2)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                env=env, start_new_session=True)
+        timer = threading.Timer(timeout, _kill_group, (proc.pid,))
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            _kill_group(proc.pid)
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+        seconds = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        _kill_group(proc.pid)  # a hook's leftover children (sleep) never outlive the step
+        out.seek(0)
+        err.seek(0)
+        return Run(argv, proc.returncode, seconds, out.read().decode(errors="replace"),
+                   err.read().decode(errors="replace"), int(usage.ru_maxrss))
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def median(values: list[float]) -> float | None:
+    """The median, or None for no values."""
+    return statistics.median(values) if values else None
+
+
+def poll(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
+    """Poll ``check`` until it returns something other than None; raise at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def line_starting(text: str, prefix: str) -> str:
+    """The first line starting with ``prefix`` (empty if none)."""
+    return next((ln for ln in text.splitlines() if ln.startswith(prefix)), "")
+
+
+def first_line(text: str, *needles: str) -> str:
+    """The first line containing any needle, else the last non-empty line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for needle in needles:
+        for line in lines:
+            if needle in line:
+                return line
+    return lines[-1] if lines else ""
+
+
+# ------------------------------------------------------------------------------ the clock
+
+
+class Budget:
+    """The benchmark's clock against its time limit."""
+
+    def __init__(self, limit: float) -> None:
+        self.started = time.monotonic()
+        self.limit = limit
+
+    def elapsed(self) -> float:  # noqa: D102
+        return time.monotonic() - self.started
+
+    def left(self) -> float:  # noqa: D102
+        return self.limit - self.elapsed()
+
+
+# ------------------------------------------------------------------------------ DNS helpers
+
+
+def soa_serial(server: str, zone: str) -> int | None:
+    """The zone's serial as ``server`` has it (None if it does not answer)."""
+    try:
+        reply = dns.query.udp(dns.message.make_query(zone, dns.rdatatype.SOA), server,
+                              timeout=1)
+    except (OSError, dns.exception.DNSException):
+        return None
+    for rrset in reply.answer:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return int(rrset[0].serial)
+    return None
+
+
+def secondary_caught_up(sb: Sandbox, timeout: float = 60.0) -> float:
+    """Wait until the secondary has the primary's serial of the challenge zone; seconds taken."""
+    started = time.monotonic()
+
+    def same() -> bool | None:
+        p = soa_serial(sb.ip.primary, CHALLENGE_ZONE)
+        s = soa_serial(sb.ip.secondary, CHALLENGE_ZONE)
+        return True if p is not None and p == s else None
+
+    poll("the secondary to catch up with the primary", same, timeout)
+    return time.monotonic() - started
+
+
+def measure_lag(sb: Sandbox) -> float:
+    """Seconds from a signed update at the primary until the secondary serves it."""
+    key = load_key_file(sb.key_file, KEY_NAME, allow_weak=False).as_dnspython()
+    name = f"lagprobe-{time.time_ns()}.{CHALLENGE_ZONE}."
+
+    def change(add: bool) -> None:
+        update = dns.update.UpdateMessage(CHALLENGE_ZONE)
+        update.use_tsig(key)
+        if add:
+            update.add(name, 60, "TXT", '"lag"')
+        else:
+            update.delete(name)
+        reply = dns.query.tcp(update, sb.ip.primary, timeout=5)
+        if reply.rcode() != dns.rcode.NOERROR:
+            raise RuntimeError(f"update of {name} refused: {dns.rcode.to_text(reply.rcode())}")
+
+    def served() -> bool | None:
+        query = dns.message.make_query(name, dns.rdatatype.TXT)
+        query.flags &= ~dns.flags.RD
+        try:
+            reply = dns.query.udp(query, sb.ip.secondary, timeout=1)
+        except (OSError, dns.exception.DNSException):
+            return None
+        return True if reply.answer else None
+
+    started = time.monotonic()
+    change(add=True)
+    poll("the secondary to serve the probe record", served, 60)
+    lag = time.monotonic() - started
+    change(add=False)
+    return lag
+
+
+# ------------------------------------------------------------------------------ part 1 + 2
+
+
+class Issuer:
+    """certbot runs against the sandbox, each with a fresh --cert-name."""
+
+    def __init__(self, sb: Sandbox) -> None:
+        self.sb = sb
+        self.count = 0
+        self.scripts: dict[tuple[str, int], tuple[Path, Path]] = {}
+        self.rfc_ini = WORK / "rfc2136.ini"
+        secret = re.search(r'secret\s+"([^"]+)"', sb.key_file.read_text())
+        assert secret is not None
+        fd = os.open(self.rfc_ini, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"# certbot-dns-rfc2136 credentials for the bench sandbox\n"
+                    f"dns_rfc2136_server = {sb.ip.primary}\n"
+                    f"dns_rfc2136_port = 53\n"
+                    f"dns_rfc2136_name = {KEY_NAME}\n"
+                    f"dns_rfc2136_secret = {secret[1]}\n"
+                    f"dns_rfc2136_algorithm = HMAC-SHA512\n")
+        os.chmod(self.rfc_ini, 0o600)
+
+    def nsupdate_hooks(self, zone: str, sleep: int) -> tuple[Path, Path]:
+        """Auth and cleanup scripts: nsupdate the TXT (at the CNAME target), then sleep."""
+        if (zone, sleep) in self.scripts:
+            return self.scripts[(zone, sleep)]
+        if zone == "direct":
+            dns_zone, suffix = "direct.test", ""
+        else:
+            dns_zone, suffix = CHALLENGE_ZONE, f".{CHALLENGE_ZONE}"
+        paths = []
+        for kind, op in (("auth", "add"), ("cleanup", "delete")):
+            ttl = " 60" if op == "add" else ""
+            wait = ""
+            if kind == "auth" and sleep:
+                wait = (f'# One fixed wait per certbot run, after the last challenge\n'
+                        f'if [ "${{CERTBOT_REMAINING_CHALLENGES:-0}}" = 0 ]; then '
+                        f'sleep {sleep}; fi\n')
+            script = WORK / f"nsupdate-{kind}-{zone}-sleep{sleep}.sh"
+            script.write_text(
+                "#!/bin/sh\n"
+                f"# certbot --manual-{kind}-hook written by bench/run.py: {op} the TXT record\n"
+                f"# at the CNAME target in {dns_zone} with nsupdate (no propagation check).\n"
+                "set -eu\n"
+                f'name="_acme-challenge.${{CERTBOT_DOMAIN}}{suffix}."\n'
+                f"nsupdate -k {self.sb.key_file} <<EOF\n"
+                f"server {self.sb.ip.primary} 53\n"
+                f"zone {dns_zone}\n"
+                f'update {op} $name{ttl} TXT "$CERTBOT_VALIDATION"\n'
+                "send\n"
+                "EOF\n"
+                f"{wait}"
+            )
+            script.chmod(0o755)
+            paths.append(script)
+        self.scripts[(zone, sleep)] = (paths[0], paths[1])
+        return paths[0], paths[1]
+
+    def authenticator(self, variant: str, zone: str, seconds: int | None = None) -> list[str]:
+        """certbot arguments choosing the authenticator of ``variant``."""
+        if variant == "epages-dns":
+            return ["--authenticator", "epages-dns"]
+        if variant == "manual-hooks":
+            return ["--manual", "--preferred-challenges", "dns",
+                    "--manual-auth-hook", str(BIN / "manual-auth-hook"),
+                    "--manual-cleanup-hook", str(BIN / "manual-cleanup-hook")]
+        if variant == "rfc2136":
+            args = ["--authenticator", "dns-rfc2136", "--dns-rfc2136-credentials",
+                    str(self.rfc_ini)]
+            if seconds is not None:
+                args += ["--dns-rfc2136-propagation-seconds", str(seconds)]
+            return args
+        if variant == "nsupdate":
+            auth, cleanup = self.nsupdate_hooks(zone, seconds or 0)
+            return ["--manual", "--preferred-challenges", "dns", "--manual-auth-hook", str(auth),
+                    "--manual-cleanup-hook", str(cleanup)]
+        raise ValueError(variant)
+
+    def issue(self, variant: str, zone: str, seconds: int | None = None) -> dict[str, Any]:
+        """One timed issuance of apex + wildcard in ``zone``; the raw result."""
+        secondary_caught_up(self.sb)  # every run starts from a settled challenge zone
+        self.count += 1
+        name = f"bench-{self.count:03d}-{variant}"
+        domains = ZONES[zone]
+        argv = self.sb.certbot_argv("certonly", "--cert-name", name,
+                                    *self.authenticator(variant, zone, seconds),
+                                    *(a for d in domains for a in ("-d", d)))
+        env = {**os.environ, **self.sb.env()}
+        done = run(argv, env=env, timeout=300)
+        live = self.sb.certbot_config_dir / "live" / name / "fullchain.pem"
+        ok = done.ok and live.exists()
+        result = {"cert_name": name, "domains": list(domains), "ok": ok,
+                  "seconds": round(done.seconds, 3), "returncode": done.returncode}
+        if not ok:
+            result["error"] = first_line(done.stdout + "\n" + done.stderr, "Detail:",
+                                         "Error", "REFUSED", "rror")
+        state = "ok" if ok else f"FAILED ({result.get('error', '')[:100]})"
+        log(f"  {variant} {zone} {seconds if seconds is not None else ''}: "
+            f"{done.seconds:.2f}s {state}")
+        return result
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the issuance table."""
+
+    key: str
+    variant: str
+    zone: str
+    seconds: int | None
+    runs: int
+    label: str
+    wait: str
+
+
+def issuance_variants(quick: bool) -> list[Variant]:
+    """Part 1: what is measured, how often."""
+    fast = 1 if quick else 3
+    slow_sleep = 5 if quick else 60
+    return [
+        Variant("floor-direct", "nsupdate", "direct", 0, fast,
+                "floor: nsupdate hook, no wait", "none (primary is the only server)"),
+        Variant("floor-cname", "nsupdate", "cname", 0, fast,
+                "floor attempt: nsupdate hook, no wait", "none"),
+        Variant("epages-dns-cname", "epages-dns", "cname", None, fast,
+                "epages-dns", "polls every authoritative server"),
+        Variant("manual-hooks-cname", "manual-hooks", "cname", None, fast,
+                "manual hooks", "last auth call polls every server"),
+        Variant("epages-dns-direct", "epages-dns", "direct", None, fast,
+                "epages-dns", "polls every authoritative server"),
+        Variant("rfc2136-10-direct", "rfc2136", "direct", 10, fast,
+                "certbot-dns-rfc2136, 10 s", "fixed 10 s"),
+        Variant("rfc2136-60-direct", "rfc2136", "direct", None if not quick else 5, 1,
+                "certbot-dns-rfc2136, default", f"fixed {slow_sleep} s (default)"),
+        Variant("nsupdate-sleep60-cname", "nsupdate", "cname", slow_sleep, 1,
+                f"nsupdate hook + sleep {slow_sleep}", f"fixed {slow_sleep} s"),
+        Variant("rfc2136-10-cname", "rfc2136", "cname", 10, 1,
+                "certbot-dns-rfc2136, 10 s", "(fails before any wait)"),
+    ]
+
+
+def part_issuance(sb: Sandbox, issuer: Issuer, quick: bool) -> dict[str, Any]:
+    """Part 1: every variant, medians, ratio to the floor."""
+    rows: dict[str, Any] = {}
+    for v in issuance_variants(quick):
+        log(f"issuance: {v.key} x{v.runs}")
+        results = [issuer.issue(v.variant, v.zone, v.seconds) for _ in range(v.runs)]
+        ok_times = [r["seconds"] for r in results if r["ok"]]
+        rows[v.key] = {
+            "label": v.label, "variant": v.variant, "zone": v.zone,
+            "domains": list(ZONES[v.zone]), "wait": v.wait, "propagation_seconds": v.seconds,
+            "runs": results, "succeeded": len(ok_times), "attempts": len(results),
+            "median_seconds": median(ok_times),
+        }
+    floor = rows["floor-direct"]["median_seconds"]
+    for row in rows.values():
+        m = row["median_seconds"]
+        row["ratio_to_floor"] = round(m / floor, 2) if m is not None and floor else None
+    return rows
+
+
+def part_lag(sb: Sandbox, issuer: Issuer, quick: bool) -> dict[str, Any]:
+    """Part 2: the secondary lags (hold_transfers(3)); which variants still succeed."""
+    hold = 3.0
+    out: dict[str, Any] = {"hold_transfers": hold, "rows": {}}
+    sb.hold_transfers(hold)
+    try:
+        out["observed_lag_seconds"] = round(measure_lag(sb), 2)
+        log(f"lag: the secondary serves an update {out['observed_lag_seconds']}s after it")
+        for key, variant, zone, seconds, note in (
+            ("epages-dns-cname", "epages-dns", "cname", None, ""),
+            ("manual-hooks-cname", "manual-hooks", "cname", None, ""),
+            ("floor-cname", "nsupdate", "cname", 0, ""),
+            ("rfc2136-10-lagzone", "rfc2136", "lagzone", 10,
+             "names inside dyn.platform.test, so the lagging secondary matters"),
+            ("rfc2136-10-direct", "rfc2136", "direct", 10,
+             "direct.test is served by the primary only: the lag does not apply"),
+            ("floor-direct", "nsupdate", "direct", 0,
+             "direct.test is served by the primary only: the lag does not apply"),
+        ):
+            result = issuer.issue(variant, zone, seconds)
+            result.update(variant=variant, zone=zone, propagation_seconds=seconds, note=note)
+            out["rows"][key] = result
+    finally:
+        sb.hold_transfers(0)
+    secondary_caught_up(sb, timeout=120)
+    return out
+
+
+# ------------------------------------------------------------------------------ part 3
+
+
+def master_pid(lb: LoadBalancer) -> int:
+    """The LB's nginx master."""
+    return int((Path(lb.prefix) / "nginx.pid").read_text().strip())
+
+
+def children(pid: int) -> set[int]:
+    """Processes whose parent is ``pid`` (the nginx workers of a master)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS of a process in KiB (0 if gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def workers(sb: Sandbox) -> dict[str, set[int]]:
+    """Worker pids per load balancer."""
+    return {lb.name: children(master_pid(lb)) for lb in sb.lbs}
+
+
+def settle(sb: Sandbox, before: dict[str, set[int]], timeout: float = 300.0) -> float:
+    """Wait until every LB runs new workers only (a reload took effect); seconds taken."""
+    started = time.monotonic()
+
+    def done() -> bool | None:
+        now = workers(sb)
+        ok = all(now[n] and not (now[n] & before[n]) for n in before)
+        return True if ok else None
+
+    poll("the load balancers' reload to take effect", done, timeout, interval=0.05)
+    return time.monotonic() - started
+
+
+def reset_lbs(sb: Sandbox) -> None:
+    """Remove every release from the LBs and reload: the state before any deploy."""
+    before = workers(sb)
+    for lb in sb.lbs:
+        root = Path(lb.root)
+        for link in (root / "current", root / ".current.new"):
+            if link.is_symlink():
+                link.unlink()
+        releases = root / "releases"
+        if releases.is_dir():
+            for rel in releases.iterdir():
+                shutil.rmtree(rel, ignore_errors=True)
+        done = run(sb.nginx_argv(lb, "-s", "reload"), timeout=60)
+        if not done.ok:
+            raise RuntimeError(f"reload of {lb.name} failed: {done.stderr}")
+    settle(sb, before)
+
+
+DEPLOY_LINE = re.compile(r"(\w+): release (\S+) (live|NOT live.*?) \((\d+) file\(s\) changed, "
+                         r"(\d+) bytes sent, (\d+) name\(s\) probed\)")
+
+
+def deploy_summary(stdout: str) -> dict[str, Any]:
+    """Per LB: files changed, bytes sent, names probed (from the summary lines)."""
+    lbs = {m[1]: {"live": m[3] == "live", "changed": int(m[4]), "bytes_sent": int(m[5]),
+                  "probed": int(m[6])} for m in DEPLOY_LINE.finditer(stdout)}
+    return {
+        "lbs": lbs,
+        "bytes_sent": sum(v["bytes_sent"] for v in lbs.values()),
+        "files_changed": sum(v["changed"] for v in lbs.values()),
+        "names_probed": sum(v["probed"] for v in lbs.values()),
+        "unchanged": "live releases are up to date" in stdout,
+    }
+
+
+class Fleet:
+    """A fabricated fleet of N shops with lineages, and its deploy configs."""
+
+    def __init__(self, sb: Sandbox, shops: int, base: Path) -> None:
+        self.sb = sb
+        self.n = shops
+        self.base = base
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir(parents=True)
+        self.ca = SandboxCA(base / "ca")
+        self.certbot_dir = base / "letsencrypt"
+        self.spool = base / "sp"
+        self.deferred = [f"r{i:03d}.custom.test" for i in range(100)]
+        self.one = "one.custom.test"
+        riders = shops - 1 - len(self.deferred)
+        entries: list[dict[str, Any]] = [
+            {"domain": f"s{i:05d}.platform.test", "template": "custom-domain",
+             "vars": {"upstream": sb.backend}} for i in range(riders)]
+        for domain in (self.one, *self.deferred):
+            entries.append({"domain": domain, "aliases": [f"www.{domain}"],
+                            "template": "custom-domain", "vars": {"upstream": sb.backend}})
+        self.inventory = base / "inventory.yaml"
+        self.inventory.write_text(yaml.safe_dump(entries))
+        self.lineage("platform.test", ["*.platform.test", "platform.test"])
+        for domain in (self.one, *self.deferred):
+            self.lineage(domain, [domain, f"www.{domain}"])
+        data = yaml.safe_load(sb.config_path.read_text())
+        data["inventory"] = str(self.inventory)
+        data["deploy"].update(certbot_dir=str(self.certbot_dir), spool=str(self.spool),
+                              probe_timeout=300)
+        self.lb_settings = data["deploy"]["load_balancers"]
+        self.config = self._write(base / "epages.yaml", data)
+        for lb in data["deploy"]["load_balancers"]:
+            lb.pop("probe", None)
+        self.config_noprobe = self._write(base / "epages-noprobe.yaml", data)
+
+    @staticmethod
+    def _write(path: Path, data: dict[str, Any]) -> Path:
+        path.write_text(yaml.safe_dump(data))
+        path.chmod(0o600)
+        return path
+
+    def lineage(self, name: str, names: list[str]) -> None:
+        """Write (or replace) a certbot-like lineage live/<name>/ signed by the fleet's CA."""
+        live = self.certbot_dir / "live" / name
+        live.mkdir(parents=True, exist_ok=True)
+        crt, key = self.ca.issue(f"lineage-{name}", names)
+        data = crt.read_bytes()
+        (live / "cert.pem").write_bytes(data)
+        (live / "fullchain.pem").write_bytes(data + self.ca.cert_path.read_bytes())
+        (live / "privkey.pem").write_bytes(key.read_bytes())
+        (live / "privkey.pem").chmod(0o600)
+
+    def renew(self, domain: str) -> None:
+        """A renewal: a new key and certificate for the same names."""
+        self.lineage(domain, [domain, f"www.{domain}"])
+
+    def fresh_spool(self) -> None:
+        """Forget every earlier deploy (with reset_lbs: a first deploy)."""
+        shutil.rmtree(self.spool, ignore_errors=True)
+
+    def deploy(self, *args: str, probe: bool = True) -> dict[str, Any]:
+        """One timed ``certbot-epages deploy``; waits for the reload to take effect after."""
+        config = self.config if probe else self.config_noprobe
+        before = workers(self.sb)
+        done = run([str(BIN / "certbot-epages"), "--config", str(config), "deploy", *args],
+                   timeout=900)
+        summary = deploy_summary(done.stdout)
+        result: dict[str, Any] = {
+            "args": list(args), "probe": probe, "ok": done.ok,
+            "seconds": round(done.seconds, 3), "peak_rss_kb": done.maxrss_kb, **summary,
+        }
+        if not done.ok:
+            result["error"] = first_line(done.stderr + done.stdout, "certbot-epages")[:2000]
+        elif not summary["unchanged"]:
+            result["reload_effective_after_seconds"] = round(settle(self.sb, before), 3)
+        log(f"  deploy {' '.join(args)} ({self.n} shops, probe {'on' if probe else 'off'}): "
+            f"{done.seconds:.2f}s, {summary['bytes_sent']} bytes, "
+            f"{done.maxrss_kb // 1024} MiB{'' if done.ok else ' FAILED: ' + result['error'][:200]}")
+        return result
+
+    def defer_all(self, timed_hooks: int) -> dict[str, Any]:
+        """Record the 100 deferred lineages: ``timed_hooks`` of them by the real hook program."""
+        hook_times = []
+        env_base = {**os.environ, "CERTBOT_EPAGES_CONFIG": str(self.config)}
+        settings = None
+        for index, domain in enumerate(self.deferred):
+            live = self.certbot_dir / "live" / domain
+            if index < timed_hooks:
+                env = {**env_base, "RENEWED_LINEAGE": str(live),
+                       "RENEWED_DOMAINS": f"{domain} www.{domain}"}
+                done = run([str(BIN / "deploy-hook"), "--defer"], env=env, timeout=60)
+                if not done.ok:
+                    raise RuntimeError(f"deploy-hook --defer failed: {done.stderr}")
+                hook_times.append(done.seconds)
+            else:  # the same function the hook calls, without a process per lineage
+                if settings is None:
+                    from certbot_epages import config as epages_config
+
+                    settings = epages_config.load(self.config)
+                deploy_hook.defer(settings, deploy_lineages.load(live))
+        return {"timed_hooks": len(hook_times), "hook_seconds": [round(t, 3) for t in hook_times],
+                "median_hook_seconds": median(hook_times)}
+
+    def baseline(self) -> dict[str, Any]:
+        """Bare nginx -t + reload of the live config on lb1, run directly (no ssh, no render)."""
+        lb = self.sb.lbs[0]
+        settings = self.lb_settings[0]
+        test = run(list(settings["test"]), timeout=600)
+        before = {lb.name: children(master_pid(lb))}
+        reload_started = time.monotonic()
+        reload = run(list(settings["reload"]), timeout=120)
+
+        def effective() -> bool | None:
+            now = children(master_pid(lb))
+            return True if now and not (now & before[lb.name]) else None
+
+        poll("lb1's reload to take effect", effective, 300, interval=0.05)
+        effective_after = time.monotonic() - reload_started
+        result = {
+            "ok": test.ok and reload.ok, "test_seconds": round(test.seconds, 3),
+            "reload_command_seconds": round(reload.seconds, 3),
+            "reload_effective_after_seconds": round(effective_after, 3),
+            "seconds": round(test.seconds + effective_after, 3),
+            "test_peak_rss_kb": test.maxrss_kb,
+        }
+        log(f"  baseline nginx -t {test.seconds:.2f}s + reload effective after "
+            f"{effective_after:.2f}s ({self.n} shops)")
+        return result
+
+    def nginx_rss(self) -> dict[str, int]:
+        """RSS of lb1's nginx master and worker(s) now."""
+        lb = self.sb.lbs[0]
+        master = master_pid(lb)
+        return {"master_kb": rss_kb(master),
+                "workers_kb": sum(rss_kb(p) for p in children(master))}
+
+
+def probe_cost(sb: Sandbox, names: list[str]) -> dict[str, Any]:
+    """Per-name cost of the deploy probe, against one TLS handshake on a reused context."""
+    import socket
+    import ssl
+
+    from certbot_epages.deploy.probe import served_fingerprint
+    from certbot_epages.netaddr import HostPort
+
+    address = HostPort(sb.ip.lb1, 443)
+    started = time.monotonic()
+    for name in names:
+        served_fingerprint(address, name)
+    product = (time.monotonic() - started) / len(names)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    started = time.monotonic()
+    for name in names:
+        with socket.create_connection((sb.ip.lb1, 443), timeout=3) as raw:
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                tls.getpeercert(binary_form=True)
+    reused = (time.monotonic() - started) / len(names)
+    return {"names": len(names), "served_fingerprint_ms": round(product * 1000, 2),
+            "handshake_reused_context_ms": round(reused * 1000, 2)}
+
+
+def part_deploy(sb: Sandbox, size: int, runs: int, timed_hooks: int) -> dict[str, Any]:
+    """Part 3 for one fleet size."""
+    log(f"deploy: {size} shops, {runs} run(s) each")
+    fleet = Fleet(sb, size, sb.directory / f"d{size}")  # short: ssh ControlPath
+    out: dict[str, Any] = {"shops": size, "runs": runs, "lineages": 2 + len(fleet.deferred),
+                           "riders": size - 101}
+    first = []
+    for _ in range(runs):
+        reset_lbs(sb)
+        fleet.fresh_spool()
+        first.append(fleet.deploy("--all", probe=False))
+    out["nginx_rss_after_first_deploy"] = fleet.nginx_rss()
+    ops: dict[str, list[dict[str, Any]]] = {"first_full": first, "noop_full": [],
+                                            "one_lineage": [], "pending_100": [],
+                                            "naive_full": [], "baseline": []}
+    hooks: dict[str, Any] = {}
+    for index in range(runs):
+        ops["noop_full"].append(fleet.deploy("--all"))
+        fleet.renew(fleet.one)
+        ops["one_lineage"].append(fleet.deploy("--lineage", fleet.one))
+        for domain in fleet.deferred:
+            fleet.renew(domain)
+        recorded = fleet.defer_all(timed_hooks if index == 0 else 0)
+        if index == 0:
+            hooks = recorded
+        ops["pending_100"].append(fleet.deploy("--pending"))
+        fleet.renew(fleet.one)
+        ops["naive_full"].append(fleet.deploy("--all"))
+        ops["baseline"].append(fleet.baseline())
+    out["defer_hooks"] = hooks
+    out["operations"] = {key: {"runs": values, "median_seconds": median(
+        [v["seconds"] for v in values if v["ok"]])} for key, values in ops.items()}
+    if size == min(DEPLOY_SIZES):
+        out["probe_cost"] = probe_cost(sb, [f"s{i:05d}.platform.test" for i in range(50)])
+    shutil.rmtree(fleet.base, ignore_errors=True)
+    return out
+
+
+DEPLOY_SIZES = (1000, 10000)
+
+
+# ------------------------------------------------------------------------------ part 4
+
+
+PROGRESS = re.compile(r"^\[(\d+)/(\d+)\] (\w+) (\S+)(?: \(([\w-]+)\))? (\w+).* in ([\d.]+)s "
+                      r"\| done \d+, failed")
+
+
+def sync_orders_for(budget: Budget, per_order: float, fixed: float, quick: bool) -> int:
+    """How many HTTP-01 orders fit into what is left of the time limit (100 at most)."""
+    if quick:
+        return 4
+    usable = budget.left() - SAFETY - fixed
+    return max(10, min(99, int(usable / per_order) - 1))
+
+
+def part_sync(sb: Sandbox, orders: int) -> dict[str, Any]:
+    """Part 4: sync of 100 shops: ``orders`` HTTP-01 custom domains, the rest platform riders."""
+    log(f"sync: 100 shops, {orders} HTTP-01 orders + the platform wildcard (DNS-01)")
+    reset_lbs(sb)
+    base = sb.directory / "sy"  # short: the deploy's ssh ControlPath lives below it
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir()
+    ini = base / "cli.ini"
+    ini.write_text(
+        f"server = {sb.acme_url}\n"
+        f"config-dir = {base / 'letsencrypt'}\n"
+        f"work-dir = {base / 'work'}\n"
+        f"logs-dir = {base / 'logs'}\n"
+        "agree-tos = true\nregister-unsafely-without-email = true\nnon-interactive = true\n"
+    )
+    env = {**os.environ, **sb.env()}
+    registered = run([str(BIN / "certbot"), "-c", str(ini), "register"], env=env, timeout=120)
+    if not registered.ok:
+        raise RuntimeError(f"certbot register failed: {registered.stderr}")
+    custom = [f"b{i:03d}.custom.test" for i in range(orders)]
+    riders = [f"q{i:03d}.platform.test" for i in range(100 - orders)]
+    shops = [{"domain": d, "template": "custom-domain", "vars": {"upstream": sb.backend}}
+             for d in (*custom, *riders)]
+    inventory = base / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump(shops))
+    data = yaml.safe_load(sb.config_path.read_text())
+    data["inventory"] = str(inventory)
+    data["deploy"].update(certbot_dir=str(base / "letsencrypt"), spool=str(base / "sp"))
+    data["fleet"].update(state_dir=str(base / "fleet"), certbot_args=["-c", str(ini)],
+                         prometheus=str(base / "fleet" / "certbot_epages.prom"),
+                         limits={"certs_per_registered_domain": 1000})
+    config = base / "epages.yaml"
+    config.write_text(yaml.safe_dump(data))
+    config.chmod(0o600)
+    argv = [str(BIN / "certbot-epages"), "--config", str(config), "sync"]
+    done = run(argv, env=env, timeout=1800)
+    steps = []
+    for line in done.stdout.splitlines():
+        m = PROGRESS.match(line)
+        if m:
+            steps.append({"action": m[3], "lineage": m[4], "challenge": m[5], "state": m[6],
+                          "seconds": float(m[7])})
+    certbot_seconds = sum(s["seconds"] for s in steps)
+    summary = line_starting(done.stdout, "sync: ")
+    out: dict[str, Any] = {
+        "shops": len(shops), "http01_orders": orders, "riders": len(riders),
+        "orders": len(steps), "ok": done.ok, "wall_seconds": round(done.seconds, 3),
+        "certbot_seconds": round(certbot_seconds, 3),
+        "own_seconds": round(done.seconds - certbot_seconds, 3),
+        "median_step_seconds": median([s["seconds"] for s in steps]),
+        "peak_rss_kb": done.maxrss_kb, "summary": summary,
+        "deploy": deploy_summary(done.stdout), "steps": steps,
+    }
+    if not done.ok:
+        out["error"] = (done.stdout + done.stderr)[-3000:]
+    log(f"  sync: {done.seconds:.1f}s wall, {certbot_seconds:.1f}s in certbot, {summary}")
+    again = run(argv, env=env, timeout=600)
+    out["second_sync"] = {"ok": again.ok, "wall_seconds": round(again.seconds, 3),
+                          "summary": line_starting(again.stdout, "sync: "),
+                          "peak_rss_kb": again.maxrss_kb}
+    log(f"  second sync: {again.seconds:.1f}s, {out['second_sync']['summary']}")
+    return out
+
+
+# ------------------------------------------------------------------------------ machine facts
+
+
+def _version(argv: list[str], pattern: str = r"[\d][\w.+~:-]*") -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except OSError:
+        return "?"
+    text = (done.stdout + done.stderr).strip()
+    m = re.search(pattern, text)
+    return m[0] if m else text[:60]
+
+
+def _dpkg(package: str) -> str:
+    return _version(["dpkg-query", "-W", "-f", "${Version}", package], r".+")
+
+
+def machine() -> dict[str, Any]:
+    """CPU, cores, memory, date, versions."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    meminfo = Path("/proc/meminfo").read_text()
+    mem = re.search(r"^MemTotal:\s*(\d+)", meminfo, re.M)
+
+    def dist(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "cpu_model": model[1].strip() if model else "?",
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(mem[1]) / 1024 / 1024, 1) if mem else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": {
+            "certbot-epages": dist("certbot-epages"),
+            "certbot": dist("certbot"),
+            "certbot-dns-rfc2136": dist("certbot-dns-rfc2136"),
+            "dnspython": dist("dnspython"),
+            "pebble": _dpkg("pebble"),
+            "bind9": _version(["named", "-v"], r"BIND [\d.]+\S*"),
+            "nginx": _version(["nginx", "-v"], r"nginx/[\d.]+"),
+            "rsync": _version(["rsync", "--version"], r"version [\d.]+"),
+            "openssh": _version(["ssh", "-V"], r"OpenSSH_[\w.]+"),
+        },
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+# ------------------------------------------------------------------------------ results.md
+
+
+def _s(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _mib(kb: int | None) -> str:
+    return "–" if not kb else f"{kb / 1024:.0f}"
+
+
+def _kb(n: int | None) -> str:
+    if n is None:
+        return "–"
+    return f"{n / 1024:.0f} KiB" if n < 10 * 1024 * 1024 else f"{n / 1024 / 1024:.1f} MiB"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """results.md from the raw results."""
+    m = results["machine"]
+    v = m["versions"]
+    lines = [
+        "# certbot-epages benchmark",
+        "",
+        f"Written by `make bench` (`bench/run.py`) on {m['date']}; the whole run took "
+        f"**{results['total_seconds'] / 60:.1f} min** (limit 15 min). One sandbox "
+        "(`certbot_epages.sandbox`) for everything: BIND primary + secondary + resolver, "
+        "pebble (authz reuse off, no validation sleep), two nginx load balancers behind sshd.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu_model']}, {m['cores']} cores; memory {m['memory_gib']} GiB; "
+        f"Linux {m['kernel']}; Python {m['python']}",
+        f"- certbot {v['certbot']}, certbot-dns-rfc2136 {v['certbot-dns-rfc2136']}, "
+        f"certbot-epages {v['certbot-epages']}, dnspython {v['dnspython']}",
+        f"- pebble {v['pebble']}, {v['bind9']}, {v['nginx']}, rsync {v['rsync']}, "
+        f"{v['openssh']}",
+        f"- load average at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}"
+        f"; at end {', '.join(f'{x:.2f}' for x in results['load_average_at_end'])} "
+        "(other work on the machine shares its 2 cores and shows up in every number)",
+        "",
+    ]
+    if results.get("quick"):
+        lines += ["**QUICK MODE: smoke-test numbers, not a benchmark.**", ""]
+    if results.get("issuance"):
+        lines += _issuance_md(results["issuance"])
+    if results.get("lag"):
+        lines += _lag_md(results["lag"])
+    if results.get("deploy"):
+        lines += _deploy_md(results["deploy"])
+    if results.get("sync"):
+        lines += _sync_md(results["sync"])
+    lines += _problems_md(results)
+    return "\n".join(lines) + "\n"
+
+
+def _issuance_md(rows: dict[str, Any]) -> list[str]:
+    floor = rows["floor-direct"]["median_seconds"]
+    out = [
+        "## 1. Apex + wildcard issuance",
+        "",
+        "Each run is `certbot certonly` with a fresh `--cert-name` for an apex and its wildcard "
+        "(two DNS-01 challenges, one order). *cname* = `shop.test` + `*.shop.test`, whose "
+        "`_acme-challenge` is a CNAME into `dyn.platform.test` (served by the primary and the "
+        "secondary the CA's resolver asks); *direct* = `direct.test` + `*.direct.test`, updated "
+        "in place and served by the primary only. Medians over the successful runs; ratio = "
+        f"median / floor ({_s(floor)} s: the same issuance with an nsupdate hook that waits for "
+        "nothing, on the direct zone, i.e. what certbot itself costs).",
+        "",
+        "| variant | zone | wait | runs ok | median s | min–max s | × floor |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows.values():
+        times = [r["seconds"] for r in row["runs"] if r["ok"]]
+        span = f"{min(times):.2f}–{max(times):.2f}" if times else "–"
+        ratio = f"{row['ratio_to_floor']:.2f}" if row["ratio_to_floor"] is not None else "–"
+        out.append(f"| {row['label']} | {row['zone']} | {row['wait']} | "
+                   f"{row['succeeded']}/{row['attempts']} | {_s(row['median_seconds'])} | "
+                   f"{span} | {ratio} |")
+    failures = [(row["label"], row["zone"], r["error"]) for row in rows.values()
+                for r in row["runs"] if not r["ok"]]
+    out += ["", "Failures:" if failures else "No failures.", ""]
+    seen = set()
+    for label, zone, error in failures:
+        if (label, zone, error) in seen:
+            continue
+        seen.add((label, zone, error))
+        out.append(f"- {label} on {zone}: `{error[:300]}`")
+    out += [
+        "",
+        "Notes: certbot-dns-rfc2136 cannot follow the CNAME: on the cname zone it tries to "
+        "update `shop.test` itself and the primary refuses (one attempt, above). The nsupdate "
+        "hooks are the scripts in `bench/work/` (written by the bench): the TXT goes to the "
+        "CNAME target name, and the `sleep` happens once per certbot run (on the last "
+        "challenge, `CERTBOT_REMAINING_CHALLENGES=0`); a hook that sleeps on every call would "
+        "cost one sleep per name. The floor attempt on the cname zone shows why no-wait is not "
+        "an option there: the CA's resolver asks the secondary, which may not have the record "
+        "yet.",
+        "",
+    ]
+    return out
+
+
+def _lag_md(lag: dict[str, Any]) -> list[str]:
+    out = [
+        "## 2. With the secondary lagging",
+        "",
+        f"`sandbox.hold_transfers({lag['hold_transfers']:g})`: every transfer request of the "
+        "secondary waits that long (the SOA check and the IXFR each), so an update reached the "
+        f"secondary after **{lag['observed_lag_seconds']} s** (measured). One run each.",
+        "",
+        "| variant | zone | result | s | note |",
+        "|---|---|---|---|---|",
+    ]
+    labels = {"epages-dns": "epages-dns", "manual-hooks": "manual hooks",
+              "nsupdate": "floor: nsupdate hook, no wait", "rfc2136": "certbot-dns-rfc2136"}
+    for row in lag["rows"].values():
+        label = labels[row["variant"]]
+        if row["variant"] == "rfc2136":
+            label += f", {row['propagation_seconds']} s"
+        result = "ok" if row["ok"] else f"FAILED: {row.get('error', '')[:120]}"
+        out.append(f"| {label} | {row['zone']} ({', '.join(row['domains'])}) | {result} | "
+                   f"{row['seconds']:.2f} | {row['note']} |")
+    out += ["", "The nsupdate hook with `sleep 60` was not run here (it would succeed: 60 s is "
+            "more than the lag, at the cost measured in part 1).", ""]
+    return out
+
+
+def _deploy_md(deploy: dict[str, Any]) -> list[str]:
+    out = [
+        "## 3. Deploys to the two load balancers",
+        "",
+        "Fabricated lineages (made like `tests/epages_testlib.make_lineage`, signed by a "
+        "throwaway CA): N shops = N−101 platform riders `sNNNNN.platform.test` that all ride "
+        "on ONE lineage `platform.test` (`*.platform.test`), plus `one.custom.test` and 100 "
+        "`rNNN.custom.test`, each with its own lineage (domain + www). Every shop is one "
+        "`custom-domain` server block (ports 80 and 443) per load balancer. Each deploy is "
+        "`certbot-epages deploy` over ssh/rsync to both LBs (two-phase: rsync + `nginx -t` "
+        "on both, then switch + reload + TLS probe of every changed name). The probe timeout "
+        "is raised to 300 s so that a deploy waits until the new certificate is really "
+        "served instead of rolling back (see problems below); the first full deploy runs "
+        "without probes (`probe` removed), since probing every name is not feasible at this "
+        "size (see below). Bytes: rsync's bytes sent, both LBs together. Peak RSS: the deploy "
+        "process tree (wait4).",
+        "",
+    ]
+    names = {
+        "first_full": "first full render + push (`deploy --all`, no probe, empty LBs)",
+        "noop_full": "`deploy --all`, nothing changed (render + compare, no push)",
+        "one_lineage": "one-domain renewal (`deploy --lineage one.custom.test`)",
+        "pending_100": "100 deferred renewals (`deploy-hook --defer` ×100, `deploy --pending`)",
+        "naive_full": "naive: full `deploy --all` per renewal (one changed cert)",
+        "baseline": "baseline: bare `nginx -t` + reload on lb1 (until new workers run)",
+    }
+    for size in deploy.values():
+        ops = size["operations"]
+        base = ops["baseline"]["median_seconds"]
+        out += [
+            f"### {size['shops']:,} shops ({size['runs']} run(s) each, median)",
+            "",
+            "| operation | ok | s | × baseline | bytes sent | files changed | names probed "
+            "| peak RSS MiB | new workers after +s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for key, label in names.items():
+            op = ops[key]
+            rows = op["runs"]
+            ok = sum(1 for r in rows if r["ok"])
+            med = op["median_seconds"]
+            ratio = f"{med / base:.1f}" if med is not None and base else "–"
+            if key == "baseline":
+                test_rss = median([r["test_peak_rss_kb"] for r in rows])
+                effective = median([r["reload_effective_after_seconds"] for r in rows])
+                detail = (f"| – | – | – | {_mib(int(test_rss) if test_rss else None)} "
+                          f"(nginx -t) | +{_s(effective)} |")
+                out.append(f"| {label} | {ok}/{len(rows)} | {_s(med)} | 1.0 {detail}")
+                continue
+            bytes_sent = median([r["bytes_sent"] for r in rows if r["ok"]])
+            changed = median([r["files_changed"] for r in rows if r["ok"]])
+            probed = median([r["names_probed"] for r in rows if r["ok"]])
+            rss = median([r["peak_rss_kb"] for r in rows])
+            after = [r["reload_effective_after_seconds"] for r in rows
+                     if "reload_effective_after_seconds" in r]
+            out.append(
+                f"| {label} | {ok}/{len(rows)} | {_s(med)} | {ratio} | "
+                f"{_kb(int(bytes_sent)) if bytes_sent is not None else '–'} | "
+                f"{'–' if changed is None else int(changed)} | "
+                f"{'–' if probed is None else int(probed)} | {_mib(int(rss) if rss else None)}"
+                f" | {('+' + _s(median(after))) if after else '–'} |")
+        test = median([r["test_seconds"] for r in ops["baseline"]["runs"]])
+        rss = size["nginx_rss_after_first_deploy"]
+        hooks = size.get("defer_hooks") or {}
+        out += [
+            "",
+            f"`nginx -t` alone: {_s(test)} s. nginx on lb1 after the first deploy: master "
+            f"{_mib(rss['master_kb'])} MiB RSS, worker {_mib(rss['workers_kb'])} MiB RSS.",
+        ]
+        if hooks.get("timed_hooks"):
+            out.append(
+                f"`deploy-hook --defer`: median {_s(hooks['median_hook_seconds'])} s per "
+                f"lineage ({hooks['timed_hooks']} timed process runs; the other "
+                f"{100 - hooks['timed_hooks']} recorded in-process with the same function), "
+                f"so certbot spends about {_s(100 * hooks['median_hook_seconds'], 0)} s in "
+                "deferral hooks for 100 renewals; not included in the pending deploy's time.")
+        failed = [r for op in ops.values() for r in op["runs"] if not r["ok"]]
+        for r in failed:
+            out.append(f"- FAILED {' '.join(r.get('args', ['baseline']))}: "
+                       f"`{r.get('error', '')[:400]}`")
+        out.append("")
+    return out
+
+
+def _sync_md(sync: dict[str, Any]) -> list[str]:
+    subset = sync["http01_orders"] < 99
+    out = [
+        "## 4. Sync of 100 shops against pebble",
+        "",
+        f"`certbot-epages sync` of an inventory of {sync['shops']} shops: "
+        f"{sync['http01_orders']} custom domains `bNNN.custom.test` (HTTP-01 through the load "
+        f"balancers, each its own order) and {sync['riders']} platform riders "
+        "`qNNN.platform.test`, which need one order for the `*.platform.test` wildcard "
+        f"(DNS-01 with epages-dns): {sync['orders']} certbot runs in all, then one deploy of "
+        "everything (with probes, default timeout).",
+    ]
+    if subset:
+        out.append(
+            f"**Only {sync['http01_orders']} of the 100 shops need their own order**: an order "
+            "costs ~3 s of certbot, and the bench sized the subset so the whole benchmark "
+            "stays under 15 minutes (a full 100 orders would add about "
+            f"{(99 - sync['http01_orders']) * (sync['median_step_seconds'] or 3):.0f} s).")
+    out += [
+        "",
+        "| | s |",
+        "|---|---|",
+        f"| wall time of the sync | {sync['wall_seconds']:.1f} |",
+        f"| certbot (sum of the per-step times in the progress lines) | "
+        f"{sync['certbot_seconds']:.1f} |",
+        f"| our own (wall − certbot: plan, preflight, ledger, deploy, status) | "
+        f"{sync['own_seconds']:.1f} |",
+        f"| median per certbot run | {_s(sync['median_step_seconds'])} |",
+        f"| second sync, nothing to do | {sync['second_sync']['wall_seconds']:.1f} |",
+        "",
+        f"Result: `{sync['summary']}`; deploy sent {_kb(sync['deploy']['bytes_sent'])}, "
+        f"probed {sync['deploy']['names_probed']} names; peak RSS of the sync process tree "
+        f"{_mib(sync['peak_rss_kb'])} MiB. Second sync: `{sync['second_sync']['summary']}`.",
+        "",
+    ]
+    if not sync["ok"]:
+        out += ["The sync FAILED:", "", "```", sync.get("error", "")[-1500:], "```", ""]
+    return out
+
+
+def _problems_md(results: dict[str, Any]) -> list[str]:
+    out = ["## Product problems seen", ""]
+    deploys = results.get("deploy", {})
+    small = deploys.get(str(min(DEPLOY_SIZES)), {})
+    probe = small.get("probe_cost")
+    if probe:
+        per_name = probe["served_fingerprint_ms"]
+        out.append(
+            f"- **The deploy probe costs {per_name:.0f} ms per name per load balancer** "
+            f"(`served_fingerprint` builds a new `ssl.create_default_context()` for every "
+            f"handshake, loading the system CA store; the handshake itself with a reused "
+            f"context takes {probe['handshake_reused_context_ms']:.1f} ms). `wait_served` "
+            "probes the names one after another and only checks its deadline after a whole "
+            f"pass, so a deploy that changes N names needs ~N × {per_name / 1000:.3f} s per "
+            f"pass: {1000 * per_name / 1000:.0f} s for 1,000 names, "
+            f"{10000 * per_name / 1000:.0f} s for 10,000. With the default "
+            "`probe_timeout: 15` a first `deploy --all` of 1,000 shops therefore fails and "
+            "rolls back (names probed before the reload took effect are never retried once "
+            "the pass has overrun the deadline); that is why the first deploys above run "
+            "without probes.")
+    for size in deploys.values():
+        ops = size["operations"]
+        effective = median([r["reload_effective_after_seconds"] for r in ops["baseline"]["runs"]])
+        if effective is not None and effective > 15:
+            one = ops["one_lineage"]["median_seconds"]
+            out.append(
+                f"- At {size['shops']:,} shops a reload takes {effective:.0f} s to take effect, "
+                "longer than the default `probe_timeout: 15`: with the default, even a "
+                "one-domain `deploy --lineage` fails its probe and rolls back (it took "
+                f"{_s(one, 0)} s here with the timeout raised to 300 s).")
+    big = deploys.get(str(max(DEPLOY_SIZES)))
+    if big:
+        rss = big["nginx_rss_after_first_deploy"]
+        test = median([r["test_seconds"] for r in big["operations"]["baseline"]["runs"]])
+        out.append(
+            f"- One server block with its own `ssl_certificate` per shop costs nginx about "
+            f"{rss['master_kb'] / big['shops']:.0f} KiB of RSS per shop per process and "
+            f"makes `nginx -t` take {_s(test)} s at {big['shops']:,} shops; every deploy, even "
+            "a one-certificate renewal, pays a full `nginx -t` and reload on each LB. The "
+            "riders of one wildcard could share a server block (many `server_name`s).")
+    out.append("")
+    return out
+
+
+# ------------------------------------------------------------------------------ main
+
+
+@contextlib.contextmanager
+def sandbox_running() -> Iterator[Sandbox]:
+    """A sandbox under /tmp (not mode 0700: nginx workers run as nobody), always torn down."""
+    directory = Path(tempfile.mkdtemp(prefix="cebench-", dir="/tmp"))
+    directory.chmod(0o755)
+    sb = Sandbox.up(directory)
+    try:
+        yield sb
+    finally:
+        killed = sb.down()
+        if killed:
+            log(f"force-killed at teardown: {', '.join(killed)}")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every part and write bench/results.md and bench/results.json."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 1 run, short sleeps, small fleets (results marked)")
+    parser.add_argument("--parts", default="issuance,lag,deploy,sync",
+                        help="for development: which parts to run (comma-separated)")
+    parser.add_argument("--output", type=Path, default=BENCH,
+                        help="where results.md and results.json go (default: bench/)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/run.py needs root (the sandbox does)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # teardown runs on TERM too
+    global DEPLOY_SIZES
+    if args.quick:
+        DEPLOY_SIZES = (300, 600)
+    parts = set(args.parts.split(","))
+    budget = Budget(TIME_LIMIT)
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    results: dict[str, Any] = {"quick": args.quick, "machine": machine()}
+    log("starting the sandbox")
+    try:
+        with sandbox_running() as sb:
+            env = {**os.environ, **sb.env()}
+            registered = run(sb.certbot_argv("register"), env=env, timeout=120)
+            if not registered.ok:
+                raise RuntimeError(f"certbot register failed: {registered.stderr}")
+            issuer = Issuer(sb)
+            if "issuance" in parts:
+                results["issuance"] = part_issuance(sb, issuer, args.quick)
+                log(f"elapsed {budget.elapsed():.0f}s")
+            if "lag" in parts:
+                results["lag"] = part_lag(sb, issuer, args.quick)
+                log(f"elapsed {budget.elapsed():.0f}s")
+            if "deploy" in parts:
+                results["deploy"] = {}
+                for size in DEPLOY_SIZES:
+                    small = size == min(DEPLOY_SIZES)
+                    runs = 1 if args.quick or not small else 3
+                    results["deploy"][str(size)] = part_deploy(sb, size, runs,
+                                                               timed_hooks=10 if small else 0)
+                    log(f"elapsed {budget.elapsed():.0f}s")
+            if "sync" in parts:
+                rows = results.get("issuance", {})
+                manual = rows.get("manual-hooks-cname", {}).get("median_seconds") or 4.0
+                floor = rows.get("floor-direct", {}).get("median_seconds") or 3.0
+                per_order = 1.15 * max(manual, floor + 1.0)
+                orders = sync_orders_for(budget, per_order, fixed=40.0, quick=args.quick)
+                results["sync_sizing"] = {"estimated_seconds_per_order": round(per_order, 2),
+                                          "left_seconds": round(budget.left(), 1),
+                                          "http01_orders": orders}
+                results["sync"] = part_sync(sb, orders)
+    finally:
+        results["total_seconds"] = round(budget.elapsed(), 1)
+        results["load_average_at_end"] = list(os.getloadavg())
+        (WORK / "rfc2136.ini").unlink(missing_ok=True)
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.output / "results.md").write_text(render_markdown(results))
+    log(f"done in {results['total_seconds'] / 60:.1f} min: {args.output / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
