@@ -42,6 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from certbot_epages.errors import EpagesError
+from certbot_epages.netaddr import HostPort
 
 VarValue = str | int | bool
 
@@ -228,6 +229,12 @@ def validate_var(name: str, value: object, *, safe: bool = False) -> VarValue:
             f"directive ({shown}): {printable(value)}; a template may declare the variable "
             "safe with {# epages: safe_vars = " + name + " #}"
         )
+    if name == "upstream":
+        # proxy_pass http://<upstream>: only host:port, never "unix:/some/socket:" on the LB.
+        try:
+            HostPort.parse(value, 80)
+        except ValueError as e:
+            raise ValueError(f"variable 'upstream' must be host:port: {e}") from None
     return value
 
 

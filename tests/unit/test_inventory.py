@@ -484,3 +484,9 @@ def test_an_inactive_entry_never_keeps_an_active_shop_from_its_names() -> None:
     assert [s.domain for s in inventory.shops] == ["shop.example"]
     assert len(inventory.problems) == 1 and inventory.problems[0].index == 0
     assert "claimed by entry 1" in inventory.problems[0].message
+
+
+@pytest.mark.parametrize("upstream", ["unix:/var/run/docker.sock:", "10.0.0.5:99999", "a_b:80"])
+def test_upstream_is_host_and_port_only(upstream: str) -> None:
+    with pytest.raises(ValueError, match="'upstream' must be host:port"):
+        validate_var("upstream", upstream)
