@@ -49,6 +49,14 @@ def _run_hook(hook: str, sandbox: Sandbox, env: dict[str, str],
                           check=False)
 
 
+def _http_auth(sandbox: Sandbox, config: Path, token: str) -> subprocess.CompletedProcess[str]:
+    """The auth hook for one HTTP-01 challenge of direct.test, as certbot would call it."""
+    return _run_hook(AUTH_HOOK, sandbox, {
+        "CERTBOT_DOMAIN": sandbox.zones.direct, "CERTBOT_TOKEN": token,
+        "CERTBOT_VALIDATION": f"{token}.thumb", "CERTBOT_REMAINING_CHALLENGES": "0",
+    }, config)
+
+
 def _challenge_files(sandbox: Sandbox) -> list[str]:
     """Every path below the webroot's parent: a traversal write anywhere near shows up."""
     return sorted(str(p.relative_to(sandbox.webroot.parent))
@@ -146,10 +154,7 @@ def test_self_check_names_the_load_balancer_that_does_not_proxy(
                           self_check=[f"{sandbox.ip.lb1}:80", broken_lb])
     token = "T0ken_-" + "x" * 36
     before = _challenge_files(sandbox)
-    done = _run_hook(AUTH_HOOK, sandbox, {
-        "CERTBOT_DOMAIN": sandbox.zones.direct, "CERTBOT_TOKEN": token,
-        "CERTBOT_VALIDATION": f"{token}.thumb", "CERTBOT_REMAINING_CHALLENGES": "0",
-    }, config)
+    done = _http_auth(sandbox, config, token)
     assert done.returncode == 1
     assert broken_lb in done.stderr and "HTTP 404" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
@@ -196,10 +201,7 @@ def test_a_non_http_lb_fails_the_self_check_cleanly_and_remote_targets_are_clean
     )
     token = "G4rbage_" + "y" * 35
     before = _challenge_files(sandbox)
-    done = _run_hook(AUTH_HOOK, sandbox, {
-        "CERTBOT_DOMAIN": sandbox.zones.direct, "CERTBOT_TOKEN": token,
-        "CERTBOT_VALIDATION": f"{token}.thumb", "CERTBOT_REMAINING_CHALLENGES": "0",
-    }, config)
+    done = _http_auth(sandbox, config, token)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert garbage_lb in done.stderr and "no valid HTTP" in done.stderr
