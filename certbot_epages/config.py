@@ -138,7 +138,7 @@ class DeployConfig:
     certbot_dir: Path = Path("/etc/letsencrypt")  # certbot's config dir: live/<lineage>/
     challenge_service: HostPort | None = None  # HTTP-01 proxy target in shop configs
     account_thumbprint: str | None = None  # for http01.mode stateless
-    probe_timeout: float = 15.0
+    probe_timeout: float = 120.0  # a reload of 10,000 sites takes ~40 s to take effect
 
 
 @dataclass(frozen=True)
@@ -733,7 +733,7 @@ def _parse_deploy(node: _Node) -> DeployConfig:
         certbot_dir=DEFAULT_CERTBOT_DIR if certbot_dir is None else certbot_dir.local_path(),
         challenge_service=None if challenge is None else challenge.hostport(80),
         account_thumbprint=thumbprint,
-        probe_timeout=15.0 if probe_timeout is None else probe_timeout.positive_number(),
+        probe_timeout=120.0 if probe_timeout is None else probe_timeout.positive_number(),
     )
 
 

@@ -36,6 +36,7 @@ breaks; the template is then responsible for quoting them.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import traceback
@@ -85,6 +86,7 @@ class TemplateSet:
         self.env.loader = jinja2.FileSystemLoader([str(p) for p in self.search_path])
         self._names: tuple[str, ...] | None = None
         self._safe: dict[str, frozenset[str]] = {}
+        self._paths: dict[str, Path] = {}
 
     def names(self) -> tuple[str, ...]:
         """The names of the available shop templates, sorted (read once per TemplateSet)."""
@@ -107,10 +109,13 @@ class TemplateSet:
 
     def path(self, name: str) -> Path:
         """The file the shop template ``name`` is read from (the operator's, if it has one)."""
+        if name in self._paths:
+            return self._paths[name]
         self._check_name(name)
         for folder in self.search_path:
             candidate = folder / f"{name}{SUFFIX}"
             if candidate.is_file():
+                self._paths[name] = candidate
                 return candidate
         raise RenderError(f"template {name!r} not found in {self._where()}")
 
@@ -192,16 +197,7 @@ def render_site(
         variables = {
             key: validate_var(key, value, safe=key in safe) for key, value in shop.vars.items()
         }
-        for key, value in (
-            ("lb_name", lb_name),
-            ("lb_root", lb_root),
-            ("cert_dir", cert_dir),
-        ):
-            validate_var(key, value)
-        for key, value in (("challenge_service", challenge_service),
-                           ("listen_address", listen_address)):
-            if value:
-                validate_var(key, value)
+        _check_settings(lb_name, lb_root, cert_dir, challenge_service, listen_address)
     except ValueError as e:
         raise RenderError(f"{what}: {e}") from None
 
@@ -238,6 +234,18 @@ def render_site(
         raise RenderError(f"{_location(e, path)}: {what}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a template's own mistake, e.g. adding str and int
         raise RenderError(f"{_location(e, path)}: {what}: {type(e).__name__}: {e}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_settings(lb_name: str, lb_root: str, cert_dir: str, challenge_service: str,
+                    listen_address: str) -> None:
+    """The load balancer's own values go into every site: checked once, not once per shop."""
+    for key, value in (("lb_name", lb_name), ("lb_root", lb_root), ("cert_dir", cert_dir)):
+        validate_var(key, value)
+    for key, value in (("challenge_service", challenge_service),
+                       ("listen_address", listen_address)):
+        if value:
+            validate_var(key, value)
 
 
 def site_filename(shop: Shop) -> str:
