@@ -52,5 +52,11 @@ lint: install
 demo: deps install
 	$(VENV)/bin/certbot-epages sandbox demo $(if $(KEEP),--keep,) $(if $(DIR),--dir $(DIR),)
 
+# Benchmark on the sandbox (not part of `make test`): writes bench/results.md and results.json.
+.PHONY: bench
+bench: deps install
+	$(VENV)/bin/pip install -q certbot-dns-rfc2136
+	$(VENV)/bin/python bench/run.py
+
 clean:
 	rm -rf $(VENV) dist build *.egg-info .mypy_cache .ruff_cache .pytest_cache
