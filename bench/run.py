@@ -43,8 +43,10 @@ import yaml
 from certbot_epages.deploy import hook as deploy_hook
 from certbot_epages.deploy import lineages as deploy_lineages
 from certbot_epages.dns.keys import load_key_file
+from certbot_epages.errors import SandboxError
 from certbot_epages.sandbox.pki import SandboxCA
 from certbot_epages.sandbox.platform import KEY_NAME, LoadBalancer, Sandbox
+from certbot_epages.sandbox.processes import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -126,15 +128,11 @@ def median(values: list[float]) -> float | None:
 
 
 def poll(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
-    """Poll ``check`` until it returns something other than None; raise at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+    """Poll ``check`` until it returns something other than None; TimeoutError at the deadline."""
+    try:
+        return wait_until(what, check, timeout, interval=interval, tolerate=())
+    except SandboxError as e:
+        raise TimeoutError(str(e)) from None
 
 
 def line_starting(text: str, prefix: str) -> str:

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -21,23 +20,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from certbot_epages.deploy.probe import served_fingerprint
+from certbot_epages.errors import SandboxError
 from certbot_epages.netaddr import HostPort
 from certbot_epages.sandbox.pki import SandboxCA
 from certbot_epages.sandbox.platform import Sandbox
+from certbot_epages.sandbox.processes import wait_until
 
 T = TypeVar("T")
 
 
 def poll(what: str, check: Callable[[], T | None], timeout: float = 10.0) -> T:
     """Poll ``check`` every 20 ms until it returns a value; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+    try:
+        return wait_until(what, check, timeout, interval=0.02, tolerate=())
+    except SandboxError as e:
+        raise AssertionError(str(e)) from None
 
 
 def txt_at(server: str, name: str, port: int = 53) -> set[str]:

@@ -112,14 +112,19 @@ def wait_until(
     *,
     interval: float = 0.05,
     watch: Sequence[Recorded] = (),
+    tolerate: tuple[type[Exception], ...] = (Exception,),
 ) -> T:
-    """Poll ``check`` until it returns a value, failing early if a watched process died."""
+    """Poll ``check`` until it returns a value, failing early if a watched process died.
+
+    An exception of a ``tolerate`` type from ``check`` means "not yet" (a readiness probe of a
+    server that is still starting); others propagate.
+    """
     deadline = time.monotonic() + timeout
     last_error = ""
     while True:
         try:
             result = check()
-        except Exception as e:  # noqa: BLE001 - any failure of a readiness probe means "not yet"
+        except tolerate as e:
             result, last_error = None, f"{type(e).__name__}: {e}"
         if result is not None:
             return result
