@@ -23,7 +23,7 @@ from certbot_epages.deploy.probe import served_fingerprint
 from certbot_epages.errors import SandboxError
 from certbot_epages.netaddr import HostPort
 from certbot_epages.sandbox.pki import SandboxCA
-from certbot_epages.sandbox.platform import Sandbox
+from certbot_epages.sandbox.platform import Sandbox, running
 from certbot_epages.sandbox.processes import wait_until
 
 T = TypeVar("T")
@@ -155,3 +155,10 @@ def served(sandbox: Sandbox, name: str) -> dict[str, str]:
         except OSError as e:
             out[lb.name] = f"error: {e}"
     return out
+
+
+@contextlib.contextmanager
+def fresh_sandbox() -> Iterator[Sandbox]:
+    """A sandbox of its own in a fresh directory, stopped and removed even when a test fails."""
+    with sandbox_dir() as directory, running(directory) as sandbox:
+        yield sandbox

@@ -128,17 +128,18 @@ class Deployer:
                 report.skipped.append(f"lineage {name}: no active shop in the inventory uses it")
             return self._run(entries, inventory, full=False, report=report)
 
-    def everything(self, *, force: bool = False) -> Report:
+    def everything(self, *, force: bool = False, inventory: Inventory | None = None) -> Report:
         """Render the whole inventory: first deploys, template changes, removed shops.
 
         An active shop that cannot be deployed now (no certificate covers its names yet, its
         entry is invalid, its template fails) keeps the config it has: a full deploy only
         removes shops the inventory marks suspended or deleted, or no longer lists. Removing
         more than half of the sites needs ``force`` (a truncated inventory must not empty the
-        load balancers).
+        load balancers). ``inventory`` is the list a caller already loaded (sync), so the plan
+        and the deploy see the same shops.
         """
         with self._locked():
-            inventory = self._inventory()
+            inventory = self._inventory() if inventory is None else inventory
             report = Report(skipped=[str(p) for p in inventory.problems])
             known = lineages.scan(self.deploy.certbot_dir)
             entries = []

@@ -147,6 +147,17 @@ def _window_block(times: Iterable[float], limit: int, window: float,
     return len(counted), counted[len(counted) - limit] + window
 
 
+def _latest_block(groups: Iterable[tuple[str, Iterable[float]]], limit: int, window: float,
+                  now: float) -> tuple[float, str, int] | None:
+    """Of the groups whose budget is used up, the one that frees last: (when, name, count)."""
+    worst: tuple[float, str, int] | None = None
+    for name, times in groups:
+        count, free = _window_block(times, limit, window, now)
+        if free is not None and (worst is None or free > worst[0]):
+            worst = (free, name, count)
+    return worst
+
+
 @dataclass
 class _Backoff:
     count: int
@@ -355,12 +366,11 @@ class Ledger:
 
     def _check_hostnames(self, key: str, names: Sequence[str], now: float,
                          limits: Limits) -> Decision | None:
-        worst: tuple[float, str, int] | None = None
-        for host in dict.fromkeys(_hostname(n) for n in names):
-            count, free = _window_block(self._host_failures.get(host, ()),
-                                        limits.failures_per_hostname, limits.failures_window, now)
-            if free is not None and (worst is None or free > worst[0]):
-                worst = (free, host, count)
+        worst = _latest_block(
+            ((host, self._host_failures.get(host, ())) for host in
+             dict.fromkeys(_hostname(n) for n in names)),
+            limits.failures_per_hostname, limits.failures_window, now,
+        )
         if worst is None:
             return None
         free, host, count = worst
@@ -382,12 +392,11 @@ class Ledger:
     def _check_certificates(self, key: str, names: Sequence[str], now: float,
                             limits: Limits) -> Decision | None:
         index = self._certificates_by_domain(limits.public_suffixes)
-        worst: tuple[float, str, int] | None = None
-        for domain in dict.fromkeys(registered_domain(n, limits.public_suffixes) for n in names):
-            count, free = _window_block(index.get(domain, ()), limits.certs_per_registered_domain,
-                                        limits.certs_window, now)
-            if free is not None and (worst is None or free > worst[0]):
-                worst = (free, domain, count)
+        worst = _latest_block(
+            ((domain, index.get(domain, ())) for domain in
+             dict.fromkeys(registered_domain(n, limits.public_suffixes) for n in names)),
+            limits.certs_per_registered_domain, limits.certs_window, now,
+        )
         if worst is None:
             return None
         free, domain, count = worst

@@ -100,6 +100,7 @@ class Sync:
             public_suffixes=fl.public_suffixes,
         )
         self.ledger_path = self.fleet.state_dir / "ledger.json"
+        self._dns: preflight.DnsResolver | None = None
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -124,16 +125,23 @@ class Sync:
                 self._print_plan(report, queue)
                 return report
             self._execute(queue, ledger, report)
-            self._deploy(report)
+            self._deploy(report, inventory)
             known = {lin.name: lin for lin in lineages.scan(self.certbot_dir)}
             status.write(self.settings, inventory, the_plan, report, known, self.clock(),
                          self._check_riders(the_plan))
             self.say(self._summary(report))
             return report
 
+    def _resolver(self) -> preflight.DnsResolver:
+        """One resolver for the run's preflights: its CAA answers are cached across them."""
+        if self._dns is None:
+            assert self.settings.dns is not None
+            self._dns = preflight.DnsResolver(dns_client.from_config(self.settings.dns))
+        return self._dns
+
     def _check_riders(self, the_plan: planning.Plan) -> dict[str, tuple[str, str]]:
         """Platform shops need no order, but their names must still point at the LBs."""
-        resolver = preflight.DnsResolver(dns_client.from_config(self.settings.dns))  # type: ignore[arg-type]
+        resolver = self._resolver()
         failing = {}
         for domain in the_plan.riders:
             verdict = preflight.check(
@@ -165,7 +173,7 @@ class Sync:
     def _admit(self, the_plan: planning.Plan, ledger: Ledger, now: float,
                report: SyncReport) -> list[Outcome]:
         """Preflight and budget every step; return the ones to run now, in plan order."""
-        resolver = preflight.DnsResolver(dns_client.from_config(self.settings.dns))  # type: ignore[arg-type]
+        resolver = self._resolver()
         queue: list[Outcome] = []
         for step in the_plan.steps:
             if step.action == planning.KEEP:
@@ -253,11 +261,11 @@ class Sync:
             return True, None
         return False, _certbot_error(done.stdout + "\n" + done.stderr)
 
-    def _deploy(self, report: SyncReport) -> None:
+    def _deploy(self, report: SyncReport, inventory: Inventory) -> None:
         if self.settings.deploy is None:
             return
         try:
-            report.deploy = Deployer(self.settings, say=self.say).everything()
+            report.deploy = Deployer(self.settings, say=self.say).everything(inventory=inventory)
         except EpagesError as e:
             report.deploy_error = str(e)
             self.say(f"deploy failed: {e}")

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import hashes
 from epages_testlib import (
     certbot,
     deploy_config,
+    fresh_sandbox,
     leaf_certificate,
     make_lineage,
-    sandbox_dir,
     served,
     write_inventory,
 )
@@ -34,12 +34,8 @@ BIN = Path(sys.executable).parent
 @pytest.fixture
 def platform() -> Iterator[Sandbox]:
     """A sandbox of its own: deploys change the load balancers' state."""
-    with sandbox_dir() as directory:
-        sandbox = Sandbox.up(directory)
-        try:
-            yield sandbox
-        finally:
-            sandbox.down()
+    with fresh_sandbox() as sandbox:
+        yield sandbox
 
 
 def _deploy(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -93,16 +89,26 @@ def _two_lineages(platform: Sandbox, base: Path) -> tuple[Path, Path, dict[str, 
     return certbot_dir, inventory, fingerprints
 
 
+def _live_pair(platform: Sandbox, **deploy: object
+               ) -> tuple[Path, Path, Path, dict[str, str], Path]:
+    """one.test and two.test deployed to both load balancers: (base, certbot_dir, inventory,
+    fingerprints, config). A ``spool`` given as a relative name goes below base."""
+    base = platform.directory / "t"
+    base.mkdir()
+    certbot_dir, inventory, fingerprints = _two_lineages(platform, base)
+    if "spool" in deploy:
+        deploy["spool"] = str(base / str(deploy["spool"]))
+    config = deploy_config(platform, base / "epages.yaml", inventory=inventory,
+                           certbot_dir=str(certbot_dir), **deploy)
+    done = _deploy(config, "--all")
+    assert done.returncode == 0, done.stderr
+    return base, certbot_dir, inventory, fingerprints, config
+
+
 def test_a_template_that_breaks_nginx_on_one_lb_changes_nothing_anywhere(
     platform: Sandbox,
 ) -> None:
-    base = platform.directory / "t"
-    base.mkdir()
-    certbot_dir, inventory, old = _two_lineages(platform, base)
-    config = deploy_config(platform, base / "epages.yaml", inventory=inventory,
-                           certbot_dir=str(certbot_dir))
-    done = _deploy(config, "--all")
-    assert done.returncode == 0, done.stderr
+    base, certbot_dir, inventory, old, config = _live_pair(platform)
     before, releases = _current(platform), _releases(platform)
 
     templates = base / "templates" / "nginx"
@@ -123,12 +129,7 @@ def test_a_template_that_breaks_nginx_on_one_lb_changes_nothing_anywhere(
 
 
 def test_an_unreachable_lb_in_phase_one_switches_nothing(platform: Sandbox) -> None:
-    base = platform.directory / "t"
-    base.mkdir()
-    certbot_dir, inventory, fingerprints = _two_lineages(platform, base)
-    config = deploy_config(platform, base / "epages.yaml", inventory=inventory,
-                           certbot_dir=str(certbot_dir))
-    assert _deploy(config, "--all").returncode == 0
+    base, certbot_dir, inventory, fingerprints, config = _live_pair(platform)
     before = _current(platform)
     make_lineage(certbot_dir, "two.test", ["two.test", "www.two.test"], SandboxCA(base / "n"))
     data = yaml.safe_load(config.read_text())
@@ -142,12 +143,7 @@ def test_an_unreachable_lb_in_phase_one_switches_nothing(platform: Sandbox) -> N
 
 
 def test_a_failed_probe_switches_that_lb_back(platform: Sandbox) -> None:
-    base = platform.directory / "t"
-    base.mkdir()
-    certbot_dir, inventory, fingerprints = _two_lineages(platform, base)
-    config = deploy_config(platform, base / "epages.yaml", inventory=inventory,
-                           certbot_dir=str(certbot_dir), probe_timeout=1)
-    assert _deploy(config, "--all").returncode == 0
+    base, certbot_dir, inventory, fingerprints, config = _live_pair(platform, probe_timeout=1)
     before = _current(platform)
     make_lineage(certbot_dir, "one.test", ["one.test", "www.one.test"], SandboxCA(base / "n"))
     data = yaml.safe_load(config.read_text())
@@ -269,12 +265,7 @@ def test_local_lbs_and_pruning_beyond_keep_releases(platform: Sandbox) -> None:
 
 
 def test_a_full_deploy_keeps_what_cannot_be_deployed_now(platform: Sandbox) -> None:
-    base = platform.directory / "t"
-    base.mkdir()
-    certbot_dir, inventory, fingerprints = _two_lineages(platform, base)
-    config = deploy_config(platform, base / "epages.yaml", inventory=inventory,
-                           certbot_dir=str(certbot_dir))
-    assert _deploy(config, "--all").returncode == 0
+    base, certbot_dir, inventory, fingerprints, config = _live_pair(platform)
     # one.test gains an alias no certificate covers yet (its re-issue is still to come), and
     # two.test's template breaks for it alone: both keep serving what they served.
     shops = [_shop("one.test", platform.backend), _shop("two.test", platform.backend)]
@@ -310,12 +301,7 @@ def test_a_full_deploy_keeps_what_cannot_be_deployed_now(platform: Sandbox) -> N
 def test_a_partial_deploy_without_deploy_state_refuses_instead_of_dropping_shops(
     platform: Sandbox,
 ) -> None:
-    base = platform.directory / "t"
-    base.mkdir()
-    certbot_dir, inventory, fingerprints = _two_lineages(platform, base)
-    config = deploy_config(platform, base / "epages.yaml", inventory=inventory,
-                           certbot_dir=str(certbot_dir), spool=str(base / "spool"))
-    assert _deploy(config, "--all").returncode == 0
+    base, certbot_dir, inventory, fingerprints, config = _live_pair(platform, spool="spool")
     before = _current(platform)
     import shutil
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from epages_testlib import certbot, poll, sandbox_dir, soa_serial, txt_at, verify_chain
+from epages_testlib import certbot, fresh_sandbox, poll, soa_serial, txt_at, verify_chain
 
 from certbot_epages.sandbox.platform import Sandbox
 
@@ -263,25 +263,21 @@ def test_bad_environment_is_refused_with_nothing_written(
 
 
 def test_stateless_mode_issues_with_no_challenge_service() -> None:
-    with sandbox_dir() as directory:
-        sandbox = Sandbox.up(directory)
-        try:
-            certbot(sandbox, "register")
-            done = subprocess.run(
-                [str(BIN / "certbot-epages"), "http01-snippet", "--config-dir",
-                 str(sandbox.certbot_config_dir), "--server", sandbox.acme_url],
-                capture_output=True, text=True, timeout=30, check=True,
-            )
-            assert "return 200" in done.stdout
-            sandbox.set_http01_snippet(done.stdout)
-            sandbox.stop_service("nginx-challenge")
-            config = _http_config(sandbox, directory / "stateless.yaml", mode="stateless",
-                                  targets=[])
-            domain = sandbox.zones.direct
-            certbot(sandbox, *_hook_args("http"), "--cert-name", "stateless", "-d", domain,
-                    env={"CERTBOT_EPAGES_CONFIG": str(config)})
-            live = sandbox.certbot_config_dir / "live" / "stateless"
-            assert verify_chain(sandbox, live / "fullchain.pem") == [domain]
-            assert "nginx-challenge" not in sandbox.running()
-        finally:
-            sandbox.down()
+    with fresh_sandbox() as sandbox:
+        certbot(sandbox, "register")
+        done = subprocess.run(
+            [str(BIN / "certbot-epages"), "http01-snippet", "--config-dir",
+             str(sandbox.certbot_config_dir), "--server", sandbox.acme_url],
+            capture_output=True, text=True, timeout=30, check=True,
+        )
+        assert "return 200" in done.stdout
+        sandbox.set_http01_snippet(done.stdout)
+        sandbox.stop_service("nginx-challenge")
+        config = _http_config(sandbox, sandbox.directory / "stateless.yaml", mode="stateless",
+                              targets=[])
+        domain = sandbox.zones.direct
+        certbot(sandbox, *_hook_args("http"), "--cert-name", "stateless", "-d", domain,
+                env={"CERTBOT_EPAGES_CONFIG": str(config)})
+        live = sandbox.certbot_config_dir / "live" / "stateless"
+        assert verify_chain(sandbox, live / "fullchain.pem") == [domain]
+        assert "nginx-challenge" not in sandbox.running()

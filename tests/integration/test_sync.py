@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from cryptography.hazmat.primitives import hashes
-from epages_testlib import leaf_certificate, sandbox_dir, served, write_inventory
+from epages_testlib import fresh_sandbox, leaf_certificate, served, write_inventory
 
 from certbot_epages.sandbox.platform import Sandbox
 
@@ -48,13 +48,9 @@ def _shops(sandbox: Sandbox) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Sandbox]:
-    with sandbox_dir() as directory:
-        sandbox = Sandbox.up(directory)
-        try:
-            write_inventory(sandbox.inventory_path, _shops(sandbox))
-            yield sandbox
-        finally:
-            sandbox.down()
+    with fresh_sandbox() as sandbox:
+        write_inventory(sandbox.inventory_path, _shops(sandbox))
+        yield sandbox
 
 
 def _sync(sandbox: Sandbox, *args: str, config: Path | None = None
