@@ -15,7 +15,7 @@ from pathlib import Path
 
 from certbot_epages import __version__, config, runner
 from certbot_epages.errors import EpagesError
-from certbot_epages.inventory import validate_domain
+from certbot_epages.names import validate_domain
 from certbot_epages.sandbox import commands as sandbox_commands
 
 

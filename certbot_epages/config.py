@@ -28,7 +28,7 @@ import yaml
 from certbot_epages.dns import keys
 from certbot_epages.dns.keys import TsigKey
 from certbot_epages.errors import ConfigError
-from certbot_epages.inventory import validate_domain
+from certbot_epages.names import SHOP_ID_RE, validate_domain
 from certbot_epages.netaddr import HostPort
 
 DEFAULT_PATH = Path("/etc/letsencrypt/epages.yaml")
@@ -163,6 +163,7 @@ class FleetConfig:
     certbot_args: tuple[str, ...] = ()  # added to every certbot run (e.g. -c cli.ini)
     limits: FleetLimits = FleetLimits()
     prometheus: Path | None = None  # a node_exporter textfile to write after every sync
+    platform_shop: str | None = None  # the shop id that owns the platform's own entries
 
 
 @dataclass(frozen=True)
@@ -771,7 +772,7 @@ def _parse_fleet(node: _Node | None) -> FleetConfig:
         return FleetConfig()
     f = node.mapping((
         "platform_domains", "lb_addresses", "ca_identities", "state_dir", "certbot",
-        "certbot_args", "limits", "prometheus",
+        "certbot_args", "limits", "prometheus", "platform_shop",
     ))
     defaults = FleetConfig()
     platform = f.opt("platform_domains")
@@ -796,6 +797,13 @@ def _parse_fleet(node: _Node | None) -> FleetConfig:
     certbot_args = f.opt("certbot_args")
     limits = f.opt("limits")
     prometheus = f.opt("prometheus", nullable=True)
+    platform_shop_node = f.opt("platform_shop", nullable=True)
+    platform_shop = None
+    if platform_shop_node is not None:
+        platform_shop = platform_shop_node.text()
+        if not SHOP_ID_RE.fullmatch(platform_shop):
+            platform_shop_node.expected("a shop id as the inventory's 'shop' (letters, digits "
+                                        "and . _ : @ / + = -)")
     return FleetConfig(
         platform_domains=tuple(d.rstrip(".").lower() for d in domains),
         lb_addresses=tuple(addresses),
@@ -806,6 +814,7 @@ def _parse_fleet(node: _Node | None) -> FleetConfig:
         certbot_args=() if certbot_args is None else certbot_args.strings(),
         limits=FleetLimits() if limits is None else _parse_limits(limits),
         prometheus=None if prometheus is None else prometheus.local_path(),
+        platform_shop=platform_shop,
     )
 
 

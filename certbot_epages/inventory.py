@@ -17,8 +17,9 @@ read or parsed at all raises :class:`InventoryError`.
 
 What an entry may contain:
 
-* ``domain`` and ``aliases``: host names by :func:`validate_domain` (normalised to lowercase
-  A-labels); a name may be claimed by one entry only, a later claim is a problem.
+* ``domain`` and ``aliases``: host names by :func:`~certbot_epages.names.validate_domain`
+  (normalised to lowercase A-labels, IDNA 2008).  Who may have which name is decided by
+  :mod:`certbot_epages.ownership`, against what the load balancers serve.
 * ``template``: the name of an available shop template (``^[a-z0-9][a-z0-9_-]*$``).
 * ``vars``: names ``^[a-z_][a-z0-9_]*$``, values strings, integers or booleans.  A string must
   not be able to break out of an nginx directive: no ``; { } " ' \ $ #``, no whitespace, no
@@ -51,14 +52,16 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 import yaml
 
 from certbot_epages.errors import EpagesError
+from certbot_epages.names import SHOP_ID_RE, printable, site_file, validate_domain
 from certbot_epages.netaddr import HostPort
+
+__all__ = ["Inventory", "InventoryError", "Problem", "Shop", "load_inventory",
+           "parse_inventory", "printable", "site_file", "validate_domain", "validate_var"]
 
 VarValue = str | int | bool
 
 STATUSES = ("active", "suspended", "deleted")
 ENTRY_KEYS = ("domain", "aliases", "template", "vars", "status", "shop")
-# Nothing that could end an nginx directive or need quoting anywhere (ids reach templates).
-SHOP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
 TEMPLATE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 VAR_NAME_RE = re.compile(r"[a-z_][a-z0-9_]*")
 UNSAFE_CHARS = frozenset(";{}\"'\\$#")
@@ -68,7 +71,6 @@ MAX_VAR_LENGTH = 4096
 MAX_URL_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT = 30.0
 
-_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 class InventoryError(EpagesError):
@@ -137,6 +139,7 @@ class Problem:
     message: str
     name: str | None = None
     owner: str | None = None
+    status: str | None = None  # the entry's status, when it is a valid one
 
     def __str__(self) -> str:
         name = f" ({self.domain})" if self.domain is not None else ""
@@ -156,69 +159,6 @@ class Inventory:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def validate_domain(name: str, *, allow_wildcard: bool = True) -> str:
-    """Return ``name`` normalised (lowercase A-labels, no trailing dot) or raise ValueError.
-
-    Accepted are host names of letters, digits and hyphens (internationalised names are
-    converted to punycode), labels of 1 to 63 characters not starting or ending with a hyphen,
-    at most 253 characters, at least two labels, and a top-level label that is not all digits.
-    With ``allow_wildcard`` the leftmost label may be ``*`` (``*.example.com``), with at least
-    two labels below it.
-    """
-    if not isinstance(name, str):
-        raise ValueError(f"a domain must be a string, got {type(name).__name__}")
-    shown = printable(name)
-    if not name:
-        raise ValueError("the domain is empty")
-    if any(c.isspace() or not c.isprintable() for c in name):
-        raise ValueError(f"{shown}: a domain must not contain whitespace or control characters")
-    text = name[:-1] if name.endswith(".") else name
-    wildcard = text.startswith("*.")
-    if wildcard:
-        if not allow_wildcard:
-            raise ValueError(f"{shown}: a wildcard is not allowed here")
-        text = text[2:]
-    if "*" in text:
-        raise ValueError(f"{shown}: '*' is only allowed as the whole leftmost label ('*.')")
-    if not text.isascii():
-        try:
-            text = text.encode("idna").decode("ascii")
-        except UnicodeError as e:
-            raise ValueError(f"{shown}: not a valid internationalised domain name: {e}") from None
-    text = text.lower()
-    labels = text.split(".")
-    for label in labels:
-        if not label:
-            raise ValueError(f"{shown}: empty label (leading dot or '..')")
-        if len(label) > 63:
-            raise ValueError(f"{shown}: label {printable(label)} is longer than 63 characters")
-        if not _LABEL_RE.fullmatch(label):
-            raise ValueError(
-                f"{shown}: label {printable(label)} must consist of letters, digits and "
-                "hyphens, and must not start or end with a hyphen"
-            )
-        if label.startswith("xn--"):
-            try:
-                label.encode("ascii").decode("idna")
-            except UnicodeError:
-                raise ValueError(
-                    f"{shown}: label {printable(label)} is not valid punycode"
-                ) from None
-    if len(labels) < 2:
-        raise ValueError(f"{shown}: a domain needs at least two labels (like example.com)")
-    if labels[-1].isdigit():
-        raise ValueError(f"{shown}: the top-level label must not be all digits (no IP addresses)")
-    result = f"*.{text}" if wildcard else text
-    if len(result) > 253:
-        raise ValueError(f"{shown}: longer than 253 characters")
-    return result
-
-
-def site_file(domain: str) -> str:
-    """The site config file of a normalised domain: ``<domain>.conf``, ``*`` as ``_wildcard_``."""
-    return domain.replace("*", "_wildcard_") + ".conf"
 
 
 def validate_var(name: str, value: object, *, safe: bool = False) -> VarValue:
@@ -269,12 +209,6 @@ def validate_var(name: str, value: object, *, safe: bool = False) -> VarValue:
         except ValueError as e:
             raise ValueError(f"variable 'upstream' must be host:port: {e}") from None
     return value
-
-
-def printable(text: str, limit: int = 80) -> str:
-    """``text`` quoted, with control characters escaped and cut to about ``limit`` characters."""
-    shown = repr(text[:limit])
-    return shown + "..." if len(text) > limit else shown
 
 
 # --------------------------------------------------------------------------- loading
@@ -336,24 +270,12 @@ def parse_inventory(
         try:
             parsed.append((index, given, _parse_entry(entry, templates, safe)))
         except ValueError as e:
-            name, owner = _identity(entry)
-            problems.append(Problem(index, given, str(e), name, owner))
-    # Active entries claim their names first: a deleted or suspended entry that still lists a
-    # name must never keep a live shop from getting it.
-    claimed: dict[str, int] = {}
-    kept: list[tuple[int, Shop]] = []
-    for index, given, shop in sorted(parsed, key=lambda p: (not p[2].is_active, p[0])):
-        taken = [(name, claimed[name]) for name in shop.server_names if name in claimed]
-        if taken:
-            what = "; ".join(f"{name} is already claimed by entry {other}" for name, other in taken)
-            problems.append(Problem(index, given, what, shop.domain, shop.owner))
-            continue
-        for name in shop.server_names:
-            claimed[name] = index
-        kept.append((index, shop))
-    shops = [shop for _, shop in sorted(kept, key=lambda k: k[0])]
+            name, owner, status = _identity(entry)
+            problems.append(Problem(index, given, str(e), name, owner, status))
+    # Which entry may have which name is not decided here but against what the load balancers
+    # serve (certbot_epages.ownership): the order of entries must not matter.
     problems.sort(key=lambda p: p.index)
-    return Inventory(shops=tuple(shops), problems=tuple(problems))
+    return Inventory(shops=tuple(shop for _, _, shop in parsed), problems=tuple(problems))
 
 
 def _given_domain(entry: object) -> str | None:
@@ -365,18 +287,24 @@ def _given_domain(entry: object) -> str | None:
     return None
 
 
-def _identity(entry: object) -> tuple[str | None, str | None]:
-    """The normalised domain and the owner of an entry that failed its checks, if known."""
+def _identity(entry: object) -> tuple[str | None, str | None, str | None]:
+    """The normalised domain, the owner and the status of an entry that failed its checks.
+
+    What an invalid entry's owner serves stays (unless the entry says it is suspended or
+    deleted): the owner is its valid ``shop`` id, else its valid domain.
+    """
     if not isinstance(entry, dict):
-        return None, None
+        return None, None, None
     try:
-        name: str | None = validate_domain(entry.get("domain"))  # type: ignore[arg-type]
+        name: str | None = validate_domain(entry.get("domain"))
     except ValueError:
         name = None
     shop = entry.get("shop")
+    status = entry.get("status", "active")
+    status = status if status in STATUSES else None
     if isinstance(shop, str) and SHOP_ID_RE.fullmatch(shop):
-        return name, shop
-    return name, name
+        return name, shop, status
+    return name, name, status
 
 
 def _parse_entry(
@@ -493,7 +421,7 @@ def _fetch(url: str, where: str, timeout: float, max_bytes: int) -> object:
     """
     deadline = time.monotonic() + timeout
     credentials = _basic_auth(url)
-    origin = urlsplit(url).netloc.rpartition("@")[2].lower()
+    origin = _origin(url)
     for _ in range(MAX_REDIRECTS + 1):
         status, location, body = _get(url, where, deadline, timeout, max_bytes, credentials)
         if location is None:
@@ -502,8 +430,8 @@ def _fetch(url: str, where: str, timeout: float, max_bytes: int) -> object:
         if urlsplit(target).scheme.lower() not in ("http", "https"):
             raise InventoryError(f"{where}: fetching the inventory failed: redirect to a "
                                  f"non-http(s) URL refused (HTTP {status})")
-        if urlsplit(target).netloc.rpartition("@")[2].lower() != origin:
-            credentials = None  # never hand the password to another host
+        if _origin(target) != origin:
+            credentials = None  # never hand the password to another host, or to plain http
         url = target
     else:
         raise InventoryError(f"{where}: more than {MAX_REDIRECTS} redirects")
@@ -531,12 +459,9 @@ def _get(url: str, where: str, deadline: float, timeout: float, max_bytes: int,
         raise InventoryError(f"{where}: cannot fetch the inventory: {e}") from None
     if not host:
         raise InventoryError(f"{where}: cannot fetch the inventory: no host in the URL")
-    conn: http.client.HTTPConnection
-    if parts.scheme.lower() == "https":
-        conn = http.client.HTTPSConnection(host, port, timeout=remaining,
-                                           context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(host, port, timeout=remaining)
+    https = parts.scheme.lower() == "https"
+    port = port or (443 if https else 80)  # given explicitly: http.client misreads "::1"
+    conn = http.client.HTTPConnection(host, port, timeout=remaining)
     expired = threading.Event()
     sockets: list[socket.socket] = []
 
@@ -555,11 +480,14 @@ def _get(url: str, where: str, deadline: float, timeout: float, max_bytes: int,
     path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
     response: http.client.HTTPResponse | None = None
     try:
-        conn.connect()
-        if conn.sock is not None:
-            sockets.append(conn.sock)
-            if expired.is_set():  # the deadline passed while connecting
-                raise OSError("deadline passed")
+        # The watchdog watches the raw socket from the start: a TLS handshake that drips is
+        # cut off at the deadline as well.
+        raw = socket.create_connection((host, port), timeout=remaining)
+        sockets.append(raw)
+        if expired.is_set():  # the deadline passed while connecting
+            raise OSError("deadline passed")
+        conn.sock = (ssl.create_default_context().wrap_socket(raw, server_hostname=host)
+                     if https else raw)
         conn.request("GET", path, headers=headers)
         response = conn.getresponse()
         if response.status in (301, 302, 303, 307, 308):
@@ -588,6 +516,16 @@ def _get(url: str, where: str, deadline: float, timeout: float, max_bytes: int,
         if response is not None:
             response.close()
         conn.close()
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port: credentials go only where they were given."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
 
 
 def _basic_auth(url: str) -> str | None:

@@ -32,10 +32,11 @@ import dns.name
 
 from certbot_epages import config as epages_config
 from certbot_epages import http01, runner
+from certbot_epages.dns import chain
 from certbot_epages.dns import client as dns_client
 from certbot_epages.dns.chain import Location
 from certbot_epages.errors import ConfigError, EpagesError
-from certbot_epages.inventory import validate_domain
+from certbot_epages.names import validate_domain
 
 VALIDATION_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 PENDING_MAX_AGE = 3600.0  # seconds; older entries belong to a run that died
@@ -197,19 +198,33 @@ def _entry(location: Location, value: str) -> dict[str, str | float]:
     }
 
 
-def _location(client: dns_client.DnsClient, entry: Mapping[str, object]) -> tuple[Location, str]:
-    """Rebuild a record from spool or auth output, refusing anything outside managed zones."""
+def _location(client: dns_client.DnsClient, entry: Mapping[str, object],
+              delegation: str) -> tuple[Location, str]:
+    """Rebuild a record from spool or auth output: only a challenge name of a managed zone.
+
+    The description may come from ``CERTBOT_AUTH_OUTPUT``, which certbot takes from the auth
+    hook's output but anyone running the cleanup hook can set: it gets the same check as a
+    CNAME chain's end, so it can never aim a delete (or the placeholder) at a zone's apex,
+    ``_dmarc`` or any other name.
+    """
     try:
         zone = dns.name.from_text(str(entry["zone"]))
         record = dns.name.from_text(str(entry["record"]))
         value = str(entry["value"])
+        domain = str(entry.get("domain", ""))
     except (KeyError, dns.exception.DNSException) as e:
         raise HookInputError(f"malformed record description: {e}") from None
     if not client.manages(zone) or not record.is_subdomain(zone):
         raise HookInputError(f"{record} is not in a managed zone")
+    try:
+        allowed = chain.may_write(domain, record, zone, delegation)
+    except EpagesError:
+        allowed = False
+    if not allowed:
+        raise HookInputError(f"{record} is not a challenge name of {domain or 'the domain'}")
     if not VALIDATION_RE.fullmatch(value):
         raise HookInputError("malformed TXT value")
-    return Location(str(entry.get("domain", "")), (record,), zone, record), value
+    return Location(domain, (record,), zone, record), value
 
 
 # ------------------------------------------------------------------------------ DNS-01
@@ -232,7 +247,8 @@ def _dns_auth(settings: epages_config.Config, challenge: Challenge) -> str:
         pending.append(_entry(location, challenge.validation))
         if challenge.remaining > 0:
             return output
-        records = [_location(client, e) for e in pending]
+        records = [_location(client, e, settings.need_dns("DNS-01").delegation)
+                   for e in pending]
         pending.clear()
     client.wait(records)
     return output
@@ -242,7 +258,7 @@ def _dns_cleanup(settings: epages_config.Config, challenge: Challenge) -> None:
     client = _dns_client(settings)
     try:
         described = json.loads(challenge.auth_output)
-        record = _location(client, described)
+        record = _location(client, described, settings.need_dns("DNS-01").delegation)
         if record[1] != challenge.validation or described.get("domain") != challenge.domain:
             raise HookInputError("CERTBOT_AUTH_OUTPUT does not describe this challenge")
     except (json.JSONDecodeError, HookInputError, TypeError, AttributeError):
@@ -292,7 +308,7 @@ def _flush_dns_waits(settings: epages_config.Config, challenge: Challenge) -> No
         if not pending:
             return
         client = _dns_client(settings)
-        records = [_location(client, e) for e in pending]
+        records = [_location(client, e, settings.dns.delegation) for e in pending]
         pending.clear()
     client.wait(records)
 

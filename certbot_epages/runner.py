@@ -10,6 +10,7 @@ Ctrl-C exits 130, as shells expect.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 import time
@@ -44,7 +45,8 @@ def run(prog: str, body: Callable[[], int], *, verbose: bool = False) -> int:
 def _write_details(prog: str, details: str) -> str:
     """Write a traceback to a private file; its path, or a note why there is none."""
     try:
-        fd, path = tempfile.mkstemp(prefix=f"{prog}-{time.strftime('%Y%m%dT%H%M%S')}-",
+        safe = re.sub(r"[^A-Za-z0-9_-]+", "-", prog)[:40]  # prog may hold a domain
+        fd, path = tempfile.mkstemp(prefix=f"{safe}-{time.strftime('%Y%m%dT%H%M%S')}-",
                                     suffix=".log")
         with os.fdopen(fd, "w") as f:  # mkstemp creates it 0600
             f.write(details)

@@ -20,7 +20,9 @@ from certbot_epages.deploy import lineages as lineage_rules
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.deploy.manifest import Manifest, SiteRecord
 from certbot_epages.errors import EpagesError
-from certbot_epages.inventory import Inventory, Shop, site_file
+from certbot_epages.inventory import Inventory, Shop
+from certbot_epages.names import site_file
+from certbot_epages.ownership import Resolution
 
 NEW = "new"  # a certificate from certbot's lineage
 LIVE = "live"  # a certificate kept from the live release
@@ -43,6 +45,7 @@ class Base:
     manifest: Manifest | None
     problem: str | None = None
     recovered: Manifest | None = None
+    missing: bool = False  # `current` names a release that is not there
 
     @property
     def known(self) -> Manifest:
@@ -67,12 +70,20 @@ class Candidate:
 
 @dataclass
 class Selection:
-    """The shops to render, and the active shops that cannot ship now (owner -> reason)."""
+    """The shops to render, and the active shops that cannot ship now (owner -> reason).
 
+    ``inventory`` holds the entries that may have their names; ``claims`` who holds which name
+    (suspended shops included) and ``held`` the names nobody may claim now.
+    """
+
+    inventory: Inventory
     candidates: list[Candidate] = field(default_factory=list)
     unready: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     full: bool = True
+    unready_domains: dict[str, str] = field(default_factory=dict)  # domain -> reason
+    claims: dict[str, str] = field(default_factory=dict)
+    held: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -89,7 +100,7 @@ class Composition:
 
 
 def select(
-    inventory: Inventory,
+    resolution: Resolution,
     known: Sequence[Lineage],
     *,
     renewed: Collection[str] | None = None,
@@ -97,19 +108,29 @@ def select(
 ) -> Selection:
     """The shops to render: all active ones a certificate covers, or those of ``renewed``.
 
-    A shop is served by the lineage that covers it best (its own before a wildcard), so a
-    wildcard renewal moves no shop.
+    Only entries that may have their names (``resolution``) ship; a refused entry keeps what
+    its owner serves. A shop is served by the lineage that covers it best (its own before a
+    wildcard), so a wildcard renewal moves no shop.
     """
-    selection = Selection(full=renewed is None)
+    inventory = resolution.inventory
+    selection = Selection(inventory=inventory, full=renewed is None,
+                          claims=dict(resolution.claims), held=frozenset(resolution.held))
+    for conflict in resolution.conflicts:
+        line = f"{conflict}; fix: {conflict.fix}"
+        selection.notes.append(line)
+        if conflict.shop.is_active:
+            selection.unready.setdefault(conflict.shop.owner, line)
+            selection.unready_domains.setdefault(conflict.shop.domain, line)
     used: set[str] = set()
     for shop in inventory.active():
         lineage = lineage_rules.covering(shop, known)
         if lineage is None:
             if renewed is None:
-                selection.unready[shop.owner] = (
-                    f"{shop.domain}: no certificate in {certbot_dir}/live covers "
-                    f"{', '.join(shop.server_names)} yet; its current config (if any) stays")
-                selection.notes.append(selection.unready[shop.owner])
+                why = (f"{shop.domain}: no certificate in {certbot_dir}/live covers "
+                       f"{', '.join(shop.server_names)} yet; its current config (if any) stays")
+                selection.unready[shop.owner] = why
+                selection.unready_domains[shop.domain] = why
+                selection.notes.append(why)
             continue
         if renewed is not None and lineage.name not in renewed:
             continue
@@ -123,7 +144,6 @@ def select(
 def compose(
     base: Base,
     selection: Selection,
-    inventory: Inventory,
     *,
     failures: Mapping[str, str] | None = None,
 ) -> Composition:
@@ -133,7 +153,8 @@ def compose(
     they keep what they serve, like shops no certificate covers yet.
     """
     failed = dict(failures or {})
-    if not selection.full and base.release is not None and base.manifest is None:
+    inventory = selection.inventory
+    if not selection.full and base.release is not None and base.problem is not None:
         raise DecisionError(
             f"the manifest of the live release {base.release} cannot be read ({base.problem}): "
             "a deploy of only some shops would not know what else serves there; run "
@@ -154,13 +175,25 @@ def compose(
     for cand in selection.candidates:
         if cand.site in failed:
             unready.setdefault(cand.shop.owner, failed[cand.site])
-    invalid = {p.owner: str(p) for p in inventory.problems if p.owner is not None}
+    # An entry that cannot ship keeps what serves for its owner, and for its domain (a site
+    # recorded before the entry had a shop id, or an entry whose id is itself invalid).
+    unready_domains = dict(selection.unready_domains)
+    unready_domains.update({c.shop.domain: failed[c.site] for c in selection.candidates
+                            if c.site in failed})
+    held_by_problem = [p for p in inventory.problems if p.status in (None, "active")]
+    invalid = {p.owner: str(p) for p in held_by_problem if p.owner is not None}
+    invalid_domains = {p.name: str(p) for p in held_by_problem if p.name is not None}
 
     for site, record in sorted(live.sites.items()):
         if site in comp.rendered:
             continue
         overlap = sorted(set(record.names) & set(served_by_new))
         if overlap:
+            if not selection.full:
+                raise DecisionError(
+                    f"{', '.join(overlap)} moved from {site} to "
+                    f"{served_by_new[overlap[0]]}: a deploy of only some shops cannot re-render "
+                    f"{site} without them; run 'certbot-epages deploy --all'")
             comp.dropped[site] = (f"{', '.join(overlap)} now served by "
                                   f"{served_by_new[overlap[0]]}")
             continue
@@ -171,7 +204,8 @@ def compose(
         if not selection.full:
             comp.sites[site] = record
             continue
-        why = unready.get(record.owner) or invalid.get(record.owner)
+        why = (unready.get(record.owner) or invalid.get(record.owner)
+               or unready_domains.get(record.domain) or invalid_domains.get(record.domain))
         if why is None:
             comp.dropped[site] = "no longer in the inventory"
             continue
@@ -194,6 +228,10 @@ def compose(
         if uncovered:
             comp.notes.append(f"{site}: the new certificate of {record.lineage} no longer "
                               f"covers {', '.join(uncovered)}")
+    # Who holds what: the settled claims (suspended shops included), names held as this load
+    # balancer records them, and whatever its sites serve.
+    comp.claims.update(selection.claims)
+    comp.claims.update({n: o for n, o in live.claims.items() if n in selection.held})
     for record in comp.sites.values():
         comp.claims.update(dict.fromkeys(record.names, record.owner))
     for site, why in sorted(failed.items()):
@@ -208,6 +246,9 @@ def removal_problem(base: Base, comp: Composition, *, force: bool) -> str | None
     A truncated inventory (or a lost deploy state) must not empty a load balancer: removing
     at least two sites and more than half of them needs ``force``.
     """
+    if base.missing and not force:
+        return (f"{base.problem}; to rebuild it from the inventory alone, run "
+                "'certbot-epages deploy --all --force'")
     before = set(base.known.sites)
     gone = before - set(comp.sites)
     if force or len(gone) < 2 or len(gone) * 2 <= len(before):
@@ -245,3 +286,4 @@ def _reowned(recovered: Manifest, inventory: Inventory) -> Manifest:
                               r.fingerprint)
              for site, r in recovered.sites.items()}
     return Manifest(sites=sites, claims={n: r.owner for r in sites.values() for n in r.names})
+

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 import ssl
@@ -28,7 +29,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from certbot_epages import http01
+from certbot_epages import http01, ownership
 from certbot_epages.config import Config, DeployConfig, LoadBalancerConfig
 from certbot_epages.deploy import decide, lineages, marker, probe, push, release
 from certbot_epages.deploy.decide import Base, Composition, Selection
@@ -38,7 +39,7 @@ from certbot_epages.deploy.manifest import Manifest, ManifestError, SiteRecord, 
 from certbot_epages.deploy.render import RenderError, TemplateSet, lb_cert_dir, render_site
 from certbot_epages.deploy.spool import Spool, control_dir, sha256_of
 from certbot_epages.errors import ConfigError, EpagesError
-from certbot_epages.inventory import Inventory, load_inventory, site_file
+from certbot_epages.inventory import Inventory, load_inventory
 from certbot_epages.resources import jinja_env
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class Deployer:
         self.templates = TemplateSet(self.deploy.templates)
         self.spool = Spool(self.deploy.spool)
         self.acme_snippet = self._acme_snippet()
+        self.rules = ownership.rules_for(settings)
 
     # --- entry points ----------------------------------------------------------------------
 
@@ -145,10 +147,8 @@ class Deployer:
         with self.spool.locked(self.say):
             known = {lin.name: lin for lin in lineages.scan(self.deploy.certbot_dir)}
             known.update({lin.name: lin for lin in renewed})
-            selection = decide.select(inventory, list(known.values()),
-                                      renewed={lin.name for lin in renewed},
-                                      certbot_dir=str(self.deploy.certbot_dir))
-            return self._run(selection, inventory, force=False)
+            return self._run(inventory, list(known.values()),
+                             renewed={lin.name for lin in renewed}, force=False)
 
     def everything(self, *, force: bool = False, inventory: Inventory | None = None) -> Report:
         """Render the whole inventory: first deploys, template changes, removed shops, repairs.
@@ -161,20 +161,18 @@ class Deployer:
         """
         inventory = self.load_inventory() if inventory is None else inventory
         with self.spool.locked(self.say):
-            known = lineages.scan(self.deploy.certbot_dir)
-            selection = decide.select(inventory, known, certbot_dir=str(self.deploy.certbot_dir))
-            return self._run(selection, inventory, force=force)
+            return self._run(inventory, lineages.scan(self.deploy.certbot_dir), renewed=None,
+                             force=force)
 
     # --- the run -----------------------------------------------------------------------------
 
-    def _run(self, selection: Selection, inventory: Inventory, *, force: bool) -> Report:
-        report = Report(shops=len(selection.candidates))
+    def _run(self, inventory: Inventory, known: list[Lineage], *, renewed: set[str] | None,
+             force: bool) -> Report:
+        report = Report()
         for problem in inventory.problems:
             report.note(str(problem))
-        for line in selection.notes:
-            report.note(line)
         owner = (f"{socket.gethostname()} pid {os.getpid()} since "
-                 f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}")
+                 f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} run {secrets.token_hex(4)}")
         with control_dir() as control, contextlib.ExitStack() as stack:
             lbs = [_Lb(push.Target(lb, control)) for lb in self.deploy.load_balancers]
             for lb in lbs:
@@ -185,8 +183,22 @@ class Deployer:
             except push.PushError as e:
                 raise DeployError(f"nothing went live anywhere: {e}") from None
             self._read_truth(lbs, report)
-            for lb in lbs:
-                self._build(lb, selection, inventory, force, report)
+            # Who may have which name, against what every load balancer records.
+            resolution = ownership.resolve(inventory, [lb.base.known.claims for lb in lbs],
+                                           self.rules)
+            selection = decide.select(resolution, known, renewed=renewed,
+                                      certbot_dir=str(self.deploy.certbot_dir))
+            report.shops = len(selection.candidates)
+            for line in selection.notes:
+                report.note(line)
+            try:
+                for lb in lbs:
+                    self._build(lb, selection, force, report)
+            except BaseException:
+                for lb in lbs:
+                    if lb.built is not None:
+                        shutil.rmtree(lb.built.path, ignore_errors=True)
+                raise
             if all(lb.built is not None and not lb.built.changed and not lb.built.removed
                    and lb.base.release is not None and not lb.stale_config for lb in lbs):
                 for lb in lbs:
@@ -232,10 +244,14 @@ class Deployer:
         """Make the spool's copy of the live release equal to the load balancer's."""
         name, live = lb.name, lb.live
         self.spool.remove_unfinished(name)
-        if live.release is None or not live.exists:
-            if live.release is not None:
-                report.note(f"{name}: current points at release {live.release}, which is "
-                            "missing; the next release is built from the inventory alone")
+        if live.release is None:
+            self.spool.set_live(name, None)
+            return
+        if not live.exists:
+            lb.base = Base(live.release, None, f"current points at release {live.release}, "
+                           "which is missing: what nginx serves from memory is unknown",
+                           missing=True)
+            report.note(f"{name}: {lb.base.problem}")
             self.spool.set_live(name, None)
             return
         local = self.spool.releases(name) / live.release
@@ -244,7 +260,7 @@ class Deployer:
             if cached is None or cached.name != live.release:
                 report.note(f"{name}: the deploy state in {self.spool.root} did not match the "
                             f"live release {live.release}; copied it from the load balancer")
-            lb.target.pull(live.release, local, cached if cached != local else None)
+            lb.target.pull(live.release, local, cached)
         self.spool.set_live(name, live.release)
         lb.base_dir = local
         lb.base = _base_of(live.release, local)
@@ -269,8 +285,7 @@ class Deployer:
             report.note(f"{lb.name}: nginx does not run the config of the live release "
                         f"{lb.live.release} (an interrupted deploy?); this run reloads it")
 
-    def _build(self, lb: _Lb, selection: Selection, inventory: Inventory, force: bool,
-               report: Report) -> None:
+    def _build(self, lb: _Lb, selection: Selection, force: bool, report: Report) -> None:
         rendered: dict[str, bytes] = {}
         failures: dict[str, str] = {}
         for cand in selection.candidates:
@@ -285,34 +300,38 @@ class Deployer:
                 failures[cand.site] = f"{lb.name}: {e}; its current config (if any) stays"
                 report.note(failures[cand.site])
         try:
-            comp = decide.compose(lb.base, selection, inventory, failures=failures)
+            comp = decide.compose(lb.base, selection, failures=failures)
         except decide.DecisionError as e:
             raise DeployError(f"{lb.name}: {e}") from None
         for line in comp.notes:
             report.note(f"{lb.name}: {line}")
+        lb.comp = comp
+        files = self._files(lb, comp, rendered, {c.lineage.name: c.lineage
+                                                 for c in comp.rendered.values()}, report)
         problem = decide.removal_problem(lb.base, comp, force=force)
         if problem is not None:
             raise DeployError(f"{lb.name}: {problem}")
-        lb.comp = comp
-        files = self._files(lb, comp, rendered, {c.lineage.name: c.lineage
-                                                 for c in comp.rendered.values()})
         releases = self.spool.releases(lb.name)
         releases.mkdir(parents=True, exist_ok=True)
         lb.built = release.build(releases, lb.base_dir, files, keep_previous_files=False)
 
     def _files(self, lb: _Lb, comp: Composition, rendered: dict[str, bytes],
-               new: dict[str, Lineage]) -> dict[str, release.FileSpec]:
+               new: dict[str, Lineage], report: Report) -> dict[str, release.FileSpec]:
         """Every file of the next release: sites, certificates, the marker, the manifest."""
         live = lb.base_dir
         files: dict[str, release.FileSpec] = {}
-        sites = dict(comp.sites)
-        for site in sorted(sites):
+        for site in sorted(comp.sites):
             if site in rendered:
                 files[f"sites/{site}"] = release.FileSpec(data=rendered[site])
             elif live is not None and (live / "sites" / site).is_file():
                 files[f"sites/{site}"] = release.FileSpec(source=live / "sites" / site)
             else:
-                del sites[site]
+                # Its manifest lists it, its release lacks it: it cannot be kept (and the
+                # removal guard counts it).
+                del comp.sites[site]
+                comp.dropped[site] = "its file is missing from the live release"
+                report.note(f"{lb.name}: {site}: {comp.dropped[site]}")
+        sites = comp.sites
         certs = dict(comp.certs)
         if live is not None and lb.base.manifest is None:
             # The live manifest was unreadable: keep every certificate it had, whoever used it.
@@ -367,8 +386,9 @@ class Deployer:
             root = lb.lb.root
             try:
                 outcome.bytes_sent = lb.target.rsync(rel.path, rel.id, lb.base.release)
-                test = lb.target.run(push.script_test(root, rel.id, outcome.live, lb.lb.test))
-                if test.status in (push.SWITCH_FAILED, push.RESTORE_FAILED, push.STEP_BUSY):
+                test = lb.target.step(push.script_test(root, rel.id, outcome.live, lb.lb.test))
+                if test.status in (push.SWITCH_FAILED, push.RESTORE_FAILED, push.STEP_BUSY,
+                                   push.NOT_OURS):
                     outcome.error = (f"cannot switch {root}/current for the test: "
                                      f"{test.output.strip()}")
                 elif test.status != 0:
@@ -387,7 +407,7 @@ class Deployer:
             assert lb.built is not None
             with contextlib.suppress(push.PushError):
                 # Puts `current` back first, should a test have been cut off mid-way.
-                lb.target.run(push.script_discard(lb.lb.root, lb.built.id, lb.live.release))
+                lb.target.step(push.script_discard(lb.lb.root, lb.built.id, lb.live.release))
             shutil.rmtree(lb.built.path, ignore_errors=True)
         for o in outcomes:
             o.error = o.error or "not switched: another load balancer failed phase 1"
@@ -408,7 +428,7 @@ class Deployer:
                 problem = f"{type(e).__name__}: {e}" if not isinstance(e, EpagesError) else str(e)
             if problem is not None:
                 try:
-                    back = lb.target.run(push.script_roll_back(lb.lb.root, outcome.live,
+                    back = lb.target.step(push.script_roll_back(lb.lb.root, outcome.live,
                                                                lb.lb.reload))
                     rolled = ("switched back and reloaded" if back.status == 0 else
                               f"switching back failed too: {back.output.strip()}")
@@ -420,7 +440,7 @@ class Deployer:
             try:
                 self.spool.set_live(lb.name, outcome.release)
                 protect = [outcome.release, *([outcome.live] if outcome.live else [])]
-                lb.target.run(push.script_prune(lb.lb.root, self.deploy.keep_releases, protect))
+                lb.target.step(push.script_prune(lb.lb.root, self.deploy.keep_releases, protect))
                 release.prune(self.spool.releases(lb.name), self.deploy.keep_releases,
                               set(protect))
             except (OSError, push.PushError) as e:
@@ -432,8 +452,8 @@ class Deployer:
     def _switch_and_probe(self, lb: _Lb, outcome: LbOutcome) -> str | None:
         """Switch, reload, probe; the problem if any (the caller switches back)."""
         root = lb.lb.root
-        done = lb.target.run(push.script_go_live(root, outcome.release, lb.lb.reload))
-        if done.status in (push.SWITCH_FAILED, push.STEP_BUSY):
+        done = lb.target.step(push.script_go_live(root, outcome.release, lb.lb.reload))
+        if done.status in (push.SWITCH_FAILED, push.STEP_BUSY, push.NOT_OURS):
             return f"cannot switch {root}/current: {done.output.strip()}"
         if done.status != 0:
             return f"'{' '.join(lb.lb.reload)}' failed: {done.output.strip()}"
@@ -531,4 +551,4 @@ def _recover(local: Path) -> Manifest:
     return Manifest(sites=sites, claims={n: r.owner for r in sites.values() for n in r.names})
 
 
-__all__ = ["DeployError", "Deployer", "LbOutcome", "Report", "site_file"]
+__all__ = ["DeployError", "Deployer", "LbOutcome", "Report"]

@@ -23,7 +23,7 @@ from certbot_epages.deploy import lineages
 from certbot_epages.deploy.deployer import Deployer, DeployError, Report
 from certbot_epages.deploy.spool import Spool
 from certbot_epages.errors import ConfigError, EpagesError
-from certbot_epages.inventory import validate_domain
+from certbot_epages.names import validate_domain
 
 
 def _pending_dir(settings: epages_config.Config) -> Path:
@@ -103,11 +103,16 @@ def _hook(deferred: bool) -> int:
         return 0
     try:
         print(Deployer(settings).lineages([lineage]).summary())
-    except EpagesError as e:
+    except Exception as e:
         # certbot ignores a failing deploy hook: keep the lineage for the next
-        # 'certbot-epages deploy --pending' (or sync) instead of losing it.
-        defer(settings, lineage)
-        raise DeployError(f"{e} (recorded for 'certbot-epages deploy --pending')") from None
+        # 'certbot-epages deploy --pending' (or sync) instead of losing it, whatever failed.
+        try:
+            defer(settings, lineage)
+        except EpagesError as also:
+            raise DeployError(f"{e}; and recording the lineage failed too: {also}") from e
+        if isinstance(e, EpagesError):
+            raise DeployError(f"{e} (recorded for 'certbot-epages deploy --pending')") from None
+        raise
     return 0
 
 

@@ -18,6 +18,7 @@ import contextlib
 import queue
 import re
 import shlex
+import shutil
 import subprocess
 import threading
 import time
@@ -48,6 +49,7 @@ class Target:
     def __init__(self, lb: LoadBalancerConfig, control_dir: Path, timeout: float = 120) -> None:
         self.lb = lb
         self.timeout = timeout
+        self.owner: str | None = None  # this run's token, once it holds the deploy lock
         self._ssh = [
             "ssh", *lb.ssh_options,
             # After the operator's options: ssh keeps the first value given for an option.
@@ -56,6 +58,9 @@ class Target:
             "-o", "ControlMaster=auto",
             "-o", f"ControlPath={control_dir}/%C",
             "-o", "ControlPersist=60",
+            # A dead network ends the session (and frees the deploy lock) within a minute.
+            "-o", "ServerAliveInterval=15",
+            "-o", "ServerAliveCountMax=4",
         ]
 
     @property
@@ -67,6 +72,16 @@ class Target:
             return ["sh", "-c", script]
         # ssh joins its arguments into one string for the remote shell: hand it one, quoted.
         return [*self._ssh, "--", self.lb.ssh, shlex.join(["sh", "-c", script])]
+
+    def step(self, body: str) -> Result:
+        """Run a step of this run's deploy, under the step lock.
+
+        It runs only while this run still holds the deploy lock: a step left waiting by a run
+        that gave up never runs late.
+        """
+        if self.owner is None:
+            raise PushError(f"{self.name}: a deploy step without the deploy lock")
+        return self.run(_step(self.lb.root, body, self.owner))
 
     def run(self, script: str) -> Result:
         """Run ``script`` with sh on the load balancer; output is stdout and stderr together."""
@@ -98,8 +113,10 @@ class Target:
         """
         argv = self._argv(script_hold_lock(self.lb.root, owner, timeout))
         try:
+            # A session of its own: Ctrl-C must not free the lock while a rollback still runs.
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, errors="replace")
+                                    stderr=subprocess.STDOUT, text=True, errors="replace",
+                                    start_new_session=True)
         except OSError as e:
             raise PushError(f"cannot run {argv[0]}: {e.strerror}") from None
         lines: queue.Queue[str | None] = queue.Queue()
@@ -121,6 +138,7 @@ class Target:
                 except queue.Empty:
                     raise PushError(f"no deploy lock on {self.name} within {timeout:g}s") from None
                 if line == "LOCKED":
+                    self.owner = owner
                     break
                 if line is None:
                     proc.wait(timeout=10)
@@ -136,6 +154,7 @@ class Target:
                 said.append(line)
             yield
         finally:
+            self.owner = None
             with contextlib.suppress(OSError):
                 assert proc.stdin is not None
                 proc.stdin.close()
@@ -149,16 +168,32 @@ class Target:
                 proc.stdout.close()
 
     def pull(self, release_id: str, dest: Path, link_dest: Path | None) -> None:
-        """Copy the load balancer's release ``release_id`` into the local directory ``dest``."""
+        """Copy the load balancer's release ``release_id`` to the local directory ``dest``.
+
+        The copy lands in a temporary directory first and replaces ``dest`` only when complete:
+        a pull cut short never leaves a release whose manifest says more than it holds.
+        """
         source_dir = f"{self.lb.root}/releases/{release_id}/"
         source = source_dir if self.lb.is_local else f"{_rsync_host(self.lb.ssh)}:{source_dir}"
+        tmp = dest.parent / f".{dest.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
         argv = ["rsync", "-a", "-s", "--delete", "--mkpath"]
-        if link_dest is not None:
-            argv.append(f"--link-dest={link_dest}")
+        for linked in (dest, link_dest):
+            if linked is not None and linked.is_dir():
+                argv.append(f"--link-dest={linked.resolve()}")  # unchanged files: hard links
         if not self.lb.is_local:
             argv += ["-e", shlex.join(self._ssh)]
-        argv += ["--", source, f"{dest}/"]
-        self._rsync(argv, f"rsync from {source}")
+        argv += ["--", source, f"{tmp}/"]
+        try:
+            self._rsync(argv, f"rsync from {source}")
+            old = dest.parent / f".{dest.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if dest.exists():
+                dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def rsync(self, source: Path, release_id: str, link_dest: str | None) -> int:
         """Copy a local release to ``<root>/releases/<id>/``; returns the bytes sent."""
@@ -210,8 +245,9 @@ def _last(text: str) -> str:
 SWITCH_FAILED = 97  # exit status of a script whose switch of `current` failed
 RESTORE_FAILED = 98  # ... whose switch back failed
 STEP_BUSY = 96  # ... that did not get the step lock
+NOT_OURS = 95  # ... whose run no longer holds the deploy lock
 LOCK_BUSY = 75  # ... of the run lock's session when the lock stayed taken
-STEP_LOCK_TIMEOUT = 600
+STEP_LOCK_TIMEOUT = 60  # below Target's timeout: a step never waits longer than its caller
 
 
 def _switch(root: str, target: str | None) -> str:
@@ -223,21 +259,29 @@ def _switch(root: str, target: str | None) -> str:
     return f"ln -sfn {link} {r}/.current.new && mv -Tf {r}/.current.new {r}/current"
 
 
-def _step(root: str, body: str) -> str:
-    """``body`` under the step lock (fd 8, closed for the commands the body runs)."""
+def _step(root: str, body: str, owner: str) -> str:
+    """``body`` under the step lock, and only while ``owner`` holds the deploy lock.
+
+    The step lock is fd 8, closed for the commands the body runs (a daemon they start must not
+    hold it).
+    """
     r = shlex.quote(root)
+    busy = shlex.quote(f"a step of another deploy holds {root}/.step.lock")
+    gone = shlex.quote("this deploy no longer holds the deploy lock; the step did not run")
     return "\n".join([
         f"mkdir -p {r}/releases || exit 1",
         f"exec 8>>{r}/.step.lock || exit 1",
-        f"flock -w {STEP_LOCK_TIMEOUT} 8 || {{ echo 'a step of another deploy holds "
-        f"{root}/.step.lock'; exit {STEP_BUSY}; }}",
+        f"flock -w {STEP_LOCK_TIMEOUT} 8 || {{ echo {busy}; exit {STEP_BUSY}; }}",
+        f"if [ \"$(cat {r}/.deploy.owner 2>/dev/null)\" != {shlex.quote(owner)} ] || "
+        f"flock -n {r}/.deploy.lock true; then echo {gone}; exit {NOT_OURS}; fi",
         body,
     ])
 
 
-def _command(argv: Sequence[str]) -> str:
-    """An operator's command, without the lock's descriptor, stderr into stdout."""
-    return f"{shlex.join(argv)} 8>&- 2>&1"
+def _command(argv: Sequence[str], output: str | None = None) -> str:
+    """An operator's command without the lock's descriptor, stderr with stdout (or a file)."""
+    target = f"> {shlex.quote(output)} 2>&1" if output else "2>&1"
+    return f"{shlex.join(argv)} 8>&- {target}"
 
 
 def script_hold_lock(root: str, owner: str, timeout: float) -> str:
@@ -247,9 +291,10 @@ def script_hold_lock(root: str, owner: str, timeout: float) -> str:
         f"mkdir -p {r} || exit 1",
         f"exec 9>>{r}/.deploy.lock || exit 1",
         "if ! flock -n 9; then",
-        f"  printf 'BUSY %s\\n' \"$(cat {r}/.deploy.owner 2>/dev/null)\"",
+        f"  printf 'BUSY %s\\n' \"$(cat {r}/.deploy.owner.info 2>/dev/null)\"",
         f"  flock -w {int(timeout)} 9 || exit {LOCK_BUSY}",
         "fi",
+        f"printf '%s pid %s\\n' {shlex.quote(owner)} $$ > {r}/.deploy.owner.info",
         f"printf '%s\\n' {shlex.quote(owner)} > {r}/.deploy.owner",
         "echo LOCKED",
         "exec cat >/dev/null",
@@ -259,7 +304,7 @@ def script_hold_lock(root: str, owner: str, timeout: float) -> str:
 def script_prepare(root: str) -> str:
     """Print ``CURRENT=<live release id>`` and, if it has one, ``MANIFEST=<its sha256>``."""
     r = shlex.quote(root)
-    return _step(root, "\n".join([
+    return "\n".join([
         f"target=$(readlink {r}/current 2>/dev/null) || target=",
         'id=${target##*/}',
         'printf "CURRENT=%s\\n" "$id"',
@@ -270,7 +315,7 @@ def script_prepare(root: str) -> str:
         '    sum=$(sha256sum < "$m") && printf "MANIFEST=%s\\n" "${sum%% *}"',
         "  fi",
         "fi",
-    ]))
+    ])
 
 
 @dataclass(frozen=True)
@@ -284,7 +329,7 @@ class Live:
 
 def read_live(target: Target) -> Live:
     """The release a load balancer serves now, and the checksum of its manifest."""
-    result = target.run(script_prepare(target.lb.root))
+    result = target.step(script_prepare(target.lb.root))
     values = dict(line.split("=", 1) for line in result.output.splitlines() if "=" in line)
     if result.status != 0 or "CURRENT" not in values:
         raise PushError(f"{target.name}: cannot prepare {target.lb.root}: "
@@ -335,55 +380,50 @@ def script_test(root: str, candidate: str, live: str | None, test: Sequence[str]
     an interrupt or termination of the script itself puts it back too.
     """
     restore = _switch(root, live)
-    out = shlex.quote(f"{root}/.test-output")
-    return _step(root, "\n".join([
+    out = f"{root}/.test-output"
+    return "\n".join([
         "trap '' HUP PIPE",
         f"trap '{restore.replace(chr(39), chr(39) + chr(92) + chr(39) + chr(39))}; exit 99' "
         "INT TERM",
         _switch(root, candidate) + f" || exit {SWITCH_FAILED}",
-        f"{_command(test)} > {out}",
+        _command(test, out),
         "status=$?",
         "trap - INT TERM",
         restore + f" || exit {RESTORE_FAILED}",
-        f"cat {out}; rm -f {out}",
+        f"cat {shlex.quote(out)}; rm -f {shlex.quote(out)}",
         "exit $status",
-    ]))
+    ])
 
 
 def script_go_live(root: str, candidate: str, reload: Sequence[str]) -> str:
     """Switch ``current`` to the candidate and reload."""
-    return _step(root, f"{_switch(root, candidate)} || exit {SWITCH_FAILED}\n{_command(reload)}")
-
-
-def script_reload(root: str, reload: Sequence[str]) -> str:
-    """Reload nginx without switching (it runs something other than ``current``)."""
-    return _step(root, _command(reload))
+    return f"{_switch(root, candidate)} || exit {SWITCH_FAILED}\n{_command(reload)}"
 
 
 def script_roll_back(root: str, live: str | None, reload: Sequence[str]) -> str:
     """Switch ``current`` back to the release that served before, and reload."""
-    return _step(root, f"{_switch(root, live)} || exit {RESTORE_FAILED}\n{_command(reload)}")
+    return f"{_switch(root, live)} || exit {RESTORE_FAILED}\n{_command(reload)}"
 
 
 def script_discard(root: str, release: str, live: str | None) -> str:
     """Remove a candidate that never went live; first put `current` back if it points there."""
     r = shlex.quote(root)
-    return _step(root, "\n".join([
+    return "\n".join([
         f'if [ "$(readlink {r}/current 2>/dev/null)" = {shlex.quote(f"releases/{release}")} ]; '
         f"then {_switch(root, live)}; fi",
         f"rm -rf {shlex.quote(f'{root}/releases/{release}')}",
-    ]))
+    ])
 
 
 def script_prune(root: str, keep: int, protect: Sequence[str]) -> str:
     """Delete the oldest releases beyond ``keep``, sparing the ``protect`` ids."""
     r = shlex.quote(root)
     spared = " ".join(shlex.quote(p) for p in protect) or "''"
-    return _step(root, "\n".join([
+    return "\n".join([
         f"cd {r}/releases || exit 0",
         f"ls -1 | grep -E '^[0-9]{{8}}T[0-9]{{6}}Z-[0-9a-f]{{4}}$' | sort | head -n -{int(keep)} |",
         "while read -r id; do",
         f"  case \" {spared} \" in *\" $id \"*) continue ;; esac",
         '  rm -rf -- "$id"',
         "done",
-    ]))
+    ])

@@ -46,14 +46,8 @@ from typing import Any
 import jinja2
 
 from certbot_epages.errors import EpagesError
-from certbot_epages.inventory import (
-    TEMPLATE_NAME_RE,
-    VAR_NAME_RE,
-    Shop,
-    site_file,
-    validate_domain,
-    validate_var,
-)
+from certbot_epages.inventory import TEMPLATE_NAME_RE, VAR_NAME_RE, Shop, validate_var
+from certbot_epages.names import site_file, validate_domain
 from certbot_epages.resources import jinja_env, templates_dir
 
 SUFFIX = ".conf.j2"

@@ -75,10 +75,10 @@ class Spool:
         tmp.replace(base / "live")
 
     def remove_unfinished(self, name: str) -> None:
-        """Delete half-built releases a killed run left (``.<id>.tmp``)."""
+        """Delete half-built releases and pulls a killed run left (``.<id>.tmp``, ``.old``)."""
         releases = self.releases(name)
         if releases.is_dir():
-            for leftover in releases.glob(".*.tmp"):
+            for leftover in [*releases.glob(".*.tmp"), *releases.glob(".*.old")]:
                 shutil.rmtree(leftover, ignore_errors=True)
 
     @contextlib.contextmanager

@@ -151,21 +151,26 @@ def locate(
     return Location(domain=domain, chain=chain, zone=zone, record=record)
 
 
+def may_write(domain: str, record: dns.name.Name, zone: dns.name.Name, template: str) -> bool:
+    """Whether our signed writes for ``domain`` may touch ``record`` in ``zone``.
+
+    Only an ``_acme-challenge`` name below the zone apex, or the delegation target we told the
+    customer to use: a CNAME (or a cleanup hook's input) pointing at ``_dmarc.<zone>`` or the
+    apex would otherwise let a customer add TXT records, and placeholder deletions, where they
+    do harm.
+    """
+    return record != zone and record.is_subdomain(zone) and (
+        record.labels[0].lower() == CHALLENGE_LABEL.encode()
+        or record == delegation_target(domain, template)
+    )
+
+
 def _check_record(
     domain: str, chain: tuple[dns.name.Name, ...], zone: dns.name.Name, template: str
 ) -> None:
-    """The customer controls the CNAME, so it must not steer our signed writes onto any name.
-
-    The record written is an ``_acme-challenge`` name (or the delegation target we told the
-    customer to use), never the zone apex: a CNAME to ``_dmarc.<zone>`` or to the apex would
-    otherwise let a customer add TXT records, and placeholder deletions, where they do harm.
-    """
+    """The customer controls the CNAME, so it must not steer our signed writes onto any name."""
     record = chain[-1]
-    allowed = record != zone and (
-        record.labels[0].lower() == b"_acme-challenge"
-        or record == delegation_target(domain, template)
-    )
-    if not allowed:
+    if not may_write(domain, record, zone, template):
         raise DelegationError(
             f"{domain}: the CNAME chain {format_chain(chain)} ends at {record}, which is not an "
             f"_acme-challenge name; point {chain[0]} at "

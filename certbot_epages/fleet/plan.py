@@ -13,6 +13,10 @@ from datetime import datetime, timedelta
 
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.inventory import Shop
+from certbot_epages.names import lineage_name, platform_of
+
+__all__ = ["Plan", "Step", "Unit", "is_due", "lineage_name", "make_plan", "platform_of",
+           "renewal_time", "units"]
 
 # What to do with a unit.
 ISSUE = "issue"  # no lineage yet
@@ -52,23 +56,6 @@ class Plan:
     def of(self, action: str) -> list[Step]:
         """The steps with ``action``."""
         return [s for s in self.steps if s.action == action]
-
-
-def lineage_name(domain: str) -> str:
-    """The lineage (``--cert-name``) of a unit: the shop's domain, or ``wildcard.<base>``.
-
-    ``wildcard.<base>`` (for ``*.<base>``) can collide neither with a shop on ``<base>`` itself
-    nor with a shop below it: those ride on the wildcard and have no lineage of their own.
-    """
-    return f"wildcard.{domain[2:]}" if domain.startswith("*.") else domain
-
-
-def platform_of(name: str, platform_domains: Sequence[str]) -> str | None:
-    """The platform domain ``name`` is a direct subdomain of (what ``*.platform`` covers)."""
-    for platform in platform_domains:
-        if name.endswith("." + platform) and "." not in name[: -len(platform) - 1]:
-            return platform
-    return None
 
 
 def units(

@@ -8,22 +8,21 @@ failures, last sync) is how monitoring learns of a certificate that is not being
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from certbot_epages.config import Config, LoadBalancerConfig
-from certbot_epages.deploy import lineages, manifest, push
+from certbot_epages.config import Config
+from certbot_epages.deploy import lineages, served
 from certbot_epages.deploy.lineages import Lineage
-from certbot_epages.deploy.spool import Spool, control_dir
 from certbot_epages.fleet import plan as planning
-from certbot_epages.inventory import Inventory, site_file
+from certbot_epages.inventory import Inventory
+from certbot_epages.names import site_file
+from certbot_epages.ownership import Conflict
 
 if TYPE_CHECKING:
     from certbot_epages.fleet.sync import SyncReport
@@ -41,10 +40,12 @@ def _iso(when: datetime | float | None) -> str | None:
 
 def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, report: SyncReport,
           known: Mapping[str, Lineage], now: float,
-          riders: Mapping[str, tuple[str, str]] | None = None) -> Path:
+          riders: Mapping[str, tuple[str, str]] | None = None,
+          conflicts: Sequence[Conflict] = ()) -> Path:
     """Record every domain's state after a sync; also the Prometheus file if configured.
 
-    ``riders`` holds, for platform shops whose own name fails the preflight, (reason, fix).
+    ``riders`` holds, for platform shops whose own name fails the preflight, (reason, fix);
+    ``conflicts`` the entries refused because their names belong to someone else.
     """
     by_lineage = {o.step.unit.lineage: o for o in report.outcomes}
     target = settings.fleet.state_dir / STATUS_FILE
@@ -61,6 +62,7 @@ def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, repor
         lineage = known.get(lineage_name)
         entry: dict[str, Any] = {
             "domain": shop.domain,
+            "shop": shop.owner,
             "names": list(shop.server_names),
             "status": shop.status,
             "lineage": lineage_name if lineage else None,
@@ -81,11 +83,22 @@ def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, repor
             entry["last_error"], entry["fix"] = riders[shop.domain]
             entry["next_action"] = "fix DNS; the shop is served once its name points here"
         domains[shop.domain] = entry
+    for conflict in conflicts:
+        shop = conflict.shop
+        key = shop.domain if shop.domain not in domains else f"{shop.domain} (shop {shop.owner})"
+        domains[key] = {
+            "domain": shop.domain, "shop": shop.owner, "names": list(shop.server_names),
+            "status": shop.status, "lineage": None, "certificate": False,
+            "certificate_names": [], "expires": None, "challenge": None, "state": "conflict",
+            "last_error": conflict.reason, "fix": conflict.fix, "owner": conflict.other,
+            "next_action": "none: never ordered or deployed while the conflict lasts",
+        }
     for problem in inventory.problems:
         # The shop software learns about entries it sent that could not be used at all.
         key = problem.domain or f"(entry {problem.index})"
         domains.setdefault(key, {
-            "domain": key, "names": [], "status": "invalid", "lineage": None,
+            "domain": key, "shop": problem.owner, "names": [], "status": "invalid",
+            "lineage": None,
             "certificate": False, "certificate_names": [], "expires": None, "challenge": None,
             "state": "invalid", "last_error": problem.message,
             "fix": "correct the entry in the shop software's export",
@@ -158,40 +171,13 @@ def collect(settings: Config, *, now: float) -> dict[str, Any]:
 
 
 def _live_releases(settings: Config) -> tuple[dict[str, tuple[str, set[str]]], dict[str, str]]:
-    """Per load balancer: the release it serves and that release's sites.
-
-    Asked of the load balancer itself; where it cannot be asked, the deploy state's copy is
-    shown, with why.
-    """
+    """Per load balancer: the release it serves and that release's sites (and why not)."""
     if settings.deploy is None:
         return {}, {}
-    deploy = settings.deploy
-    cache = Spool(deploy.spool)
-
-    def ask(lb: LoadBalancerConfig, control: Path) -> tuple[str, str | None, set[str], str | None]:
-        target = push.Target(lb, control, timeout=30)
-        try:
-            release_id, data = push.read_manifest(target)
-            if release_id is None:
-                return lb.name, None, set(), None
-            sites = set() if data is None else set(manifest.loads(data, release_id).sites)
-            return lb.name, release_id, sites, None
-        except (push.PushError, manifest.ManifestError) as e:
-            cached = cache.live(lb.name)
-            sites = set()
-            if cached is not None:
-                with contextlib.suppress(OSError, manifest.ManifestError):
-                    sites = set(manifest.loads((cached / manifest.FILENAME).read_bytes()).sites)
-            return (lb.name, None if cached is None else cached.name, sites,
-                    f"{e} (shown: the deploy state's copy)")
-        finally:
-            target.close()
-
-    with control_dir() as control, ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(lambda lb: ask(lb, control), deploy.load_balancers))
-    live = {name: (release_id, sites) for name, release_id, sites, _ in answers
-            if release_id is not None}
-    return live, {name: error for name, _, _, error in answers if error}
+    answers = served.read_all(settings.deploy)
+    live = {a.lb: (a.release, set(a.manifest.sites) if a.manifest else set())
+            for a in answers if a.release is not None}
+    return live, {a.lb: a.error for a in answers if a.error}
 
 
 def render_table(document: Mapping[str, Any]) -> str:
@@ -231,8 +217,17 @@ def write_prometheus(path: Path, document: Mapping[str, Any]) -> None:
         "# TYPE certbot_epages_domain_failing gauge",
     ]
     for domain, e in sorted(document["domains"].items()):
-        failing = 1 if e.get("state") in ("failed", "blocked") else 0
+        failing = 1 if e.get("state") in ("failed", "blocked", "conflict") else 0
         lines.append(f'certbot_epages_domain_failing{{domain="{_label(domain)}"}} {failing}')
+    lines += [
+        "# HELP certbot_epages_ownership_conflict An entry refused because another shop (or "
+        "the platform) owns some of its names.",
+        "# TYPE certbot_epages_ownership_conflict gauge",
+    ]
+    for _, e in sorted(document["domains"].items()):
+        if e.get("state") == "conflict":
+            lines.append(f'certbot_epages_ownership_conflict{{domain="{_label(e["domain"])}",'
+                         f'shop="{_label(str(e.get("shop")))}"}} 1')
     last = document.get("last_sync")
     if last:
         stamp = datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from cryptography import x509
 
+from certbot_epages import ownership
 from certbot_epages.config import Config
-from certbot_epages.deploy import lineages
+from certbot_epages.deploy import lineages, served
 from certbot_epages.deploy.deployer import Deployer, Report
 from certbot_epages.deploy.render import TemplateSet
 from certbot_epages.dns import client as dns_client
@@ -106,9 +107,13 @@ class Sync:
         with self._locked():
             for problem in inventory.problems:
                 self.say(f"inventory: {problem}")
+            resolution = self._resolve(inventory)
+            for conflict in resolution.conflicts:
+                self.say(f"refused: {conflict}; fix: {conflict.fix}")
             now = self.clock()
             known = {lin.name: lin for lin in lineages.scan(self.certbot_dir)}
-            the_plan = planning.make_plan(inventory.shops, known, self.fleet.platform_domains,
+            the_plan = planning.make_plan(resolution.inventory.shops, known,
+                                          self.fleet.platform_domains,
                                           datetime.fromtimestamp(now, timezone.utc),
                                           self._renewal_windows(known))
             ledger = Ledger.load(self.ledger_path)
@@ -123,10 +128,25 @@ class Sync:
             self._execute(queue, ledger, report)
             self._deploy(report, inventory)
             known = {lin.name: lin for lin in lineages.scan(self.certbot_dir)}
-            status.write(self.settings, inventory, the_plan, report, known, self.clock(),
-                         self._check_riders(the_plan))
+            status.write(self.settings, resolution.inventory, the_plan, report, known,
+                         self.clock(), self._check_riders(the_plan), resolution.conflicts)
             self.say(self._summary(report))
             return report
+
+    def _resolve(self, inventory: Inventory) -> ownership.Resolution:
+        """Who may have which name, against what the load balancers record.
+
+        Nothing is ordered for a name that belongs to another shop (the deploy decides again,
+        under its locks, against what it finds then).
+        """
+        recorded = []
+        if self.settings.deploy is not None:
+            for answer in served.read_all(self.settings.deploy):
+                if answer.error:
+                    self.say(f"{answer.lb}: {answer.error}")
+                if answer.manifest is not None:
+                    recorded.append(answer.manifest.claims)
+        return ownership.resolve(inventory, recorded, ownership.rules_for(self.settings))
 
     def _resolver(self) -> preflight.DnsResolver:
         """One resolver for the run's preflights: its CAA answers are cached across them."""

@@ -33,10 +33,11 @@ def _shops(sandbox: Sandbox) -> list[dict[str, Any]]:
     up = {"upstream": sandbox.backend}
 
     def shop(domain: str, *aliases: str, template: str = "custom-domain") -> dict[str, Any]:
-        return {"domain": domain, "aliases": list(aliases), "template": template, "vars": up}
+        return {"domain": domain, "aliases": list(aliases), "template": template, "vars": up,
+                "shop": f"id-{domain}"}
 
     return [
-        shop("*.platform.test", template="platform-wildcard"),
+        {**shop("*.platform.test", template="platform-wildcard"), "shop": "platform"},
         *(shop(f"p{i:02d}.platform.test") for i in range(1, 17)),  # ride on the wildcard
         *(shop(f"h{i}.custom.test", f"www.h{i}.custom.test") for i in range(1, 5)),  # HTTP-01
         *(shop(f"d{i}.custom.test", f"www.d{i}.custom.test") for i in range(1, 5)),  # DNS-01
@@ -93,15 +94,15 @@ def test_first_sync_issues_the_good_deploys_them_and_orders_nothing_for_the_brok
     assert done.returncode == 0, done.stdout + done.stderr
     assert "sync: 11 done, 0 kept, 0 failed, 3 blocked" in done.stdout
     assert "[11/11]" in done.stdout and "ETA" in done.stdout
-    expected = {"wildcard.platform.test", "shop.test", "direct.test",
+    expected = {"wildcard_.platform.test", "shop.test", "direct.test",
                 *(f"h{i}.custom.test" for i in range(1, 5)),
                 *(f"d{i}.custom.test" for i in range(1, 5))}
     assert _lineages(fleet) == expected  # nothing ordered for the broken ones
     ledger = json.loads((fleet.directory / "fleet" / "ledger.json").read_text())
     assert len(ledger["orders"]) == 11
 
-    wildcard = _fingerprint(fleet, "wildcard.platform.test")
-    for name, lineage in (("p07.platform.test", "wildcard.platform.test"),
+    wildcard = _fingerprint(fleet, "wildcard_.platform.test")
+    for name, lineage in (("p07.platform.test", "wildcard_.platform.test"),
                           ("h2.custom.test", "h2.custom.test"),
                           ("www.d3.custom.test", "d3.custom.test"),
                           ("www.shop.test", "shop.test")):
@@ -111,7 +112,7 @@ def test_first_sync_issues_the_good_deploys_them_and_orders_nothing_for_the_brok
     status = _status(fleet)["domains"]
     assert status["h1.custom.test"]["challenge"] == "http-01"
     assert status["d1.custom.test"]["challenge"] == "dns-01"
-    assert status["p03.platform.test"]["lineage"] == "wildcard.platform.test"
+    assert status["p03.platform.test"]["lineage"] == "wildcard_.platform.test"
     assert set(status["h1.custom.test"]["live"]) == {"lb1", "lb2"}
     for domain, reason in BROKEN.items():
         entry = status[domain]

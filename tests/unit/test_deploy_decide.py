@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from certbot_epages import ownership
 from certbot_epages.deploy import decide
 from certbot_epages.deploy.decide import Base
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.deploy.manifest import Manifest, ManifestError, SiteRecord, loads
 from certbot_epages.inventory import Inventory, Problem, Shop, parse_inventory, site_file
+from certbot_epages.ownership import Resolution
 
 pytestmark = pytest.mark.unit
 
@@ -45,9 +47,19 @@ def inventory(*shops: Shop, problems: tuple[Problem, ...] = ()) -> Inventory:
     return Inventory(shops=shops, problems=problems)
 
 
+def resolved(inv: Inventory, live: Base | None = None) -> Resolution:
+    recorded = [] if live is None else [live.known.claims]
+    return ownership.resolve(inv, recorded, ownership.Rules())
+
+
 def full(inv: Inventory, known: list[Lineage], live: Base,
          failures: dict[str, str] | None = None) -> decide.Composition:
-    return decide.compose(live, decide.select(inv, known), inv, failures=failures)
+    return decide.compose(live, decide.select(resolved(inv, live), known), failures=failures)
+
+
+def partial(inv: Inventory, known: list[Lineage], live: Base,
+            renewed: set[str]) -> decide.Composition:
+    return decide.compose(live, decide.select(resolved(inv, live), known, renewed=renewed))
 
 
 def test_a_first_deploy_ships_every_covered_active_shop() -> None:
@@ -55,7 +67,9 @@ def test_a_first_deploy_ships_every_covered_active_shop() -> None:
     comp = full(inv, [lineage("one.test", ["one.test", "www.one.test"])], Base(None, None))
     assert set(comp.rendered) == {"one.test.conf"}
     assert comp.certs == {"one.test": decide.NEW}
-    assert comp.claims == {"one.test": "one.test", "www.one.test": "one.test"}
+    # two.test waits for its certificate, but its names are its own already.
+    assert comp.claims == {"one.test": "one.test", "www.one.test": "one.test",
+                           "two.test": "two.test", "www.two.test": "two.test"}
     assert comp.kept == {} and comp.dropped == {}
 
 
@@ -101,8 +115,8 @@ def test_suspended_and_deleted_shops_are_dropped(status: str) -> None:
     live = base(record("one.test"), record("two.test"))
     comp = full(inv, [lineage("two.test", ["two.test", "www.two.test"])], live)
     assert comp.dropped == {"one.test.conf": f"the shop is {status}"}
-    partial = decide.compose(live, decide.select(inv, [], renewed=["two.test"]), inv)
-    assert partial.dropped == {"one.test.conf": f"the shop is {status}"}
+    comp = partial(inv, [], live, {"two.test"})
+    assert comp.dropped == {"one.test.conf": f"the shop is {status}"}
 
 
 def test_a_partial_deploy_carries_everything_else_over() -> None:
@@ -110,7 +124,7 @@ def test_a_partial_deploy_carries_everything_else_over() -> None:
     known = [lineage("one.test", ["one.test", "www.one.test"]),
              lineage("two.test", ["two.test", "www.two.test"])]
     live = base(record("one.test"), record("two.test"), record("unlisted.test"))
-    comp = decide.compose(live, decide.select(inv, known, renewed={"two.test"}), inv)
+    comp = partial(inv, known, live, {"two.test"})
     assert set(comp.rendered) == {"two.test.conf"}
     assert set(comp.sites) == {"one.test.conf", "two.test.conf", "unlisted.test.conf"}
     assert comp.certs == {"one.test": decide.LIVE, "two.test": decide.NEW,
@@ -120,10 +134,8 @@ def test_a_partial_deploy_carries_everything_else_over() -> None:
 def test_a_partial_deploy_on_an_unreadable_manifest_refuses() -> None:
     inv = inventory(shop("one.test"))
     broken = Base("20260101T000000Z-0001", None, "not valid JSON")
-    selection = decide.select(inv, [lineage("one.test", ["one.test", "www.one.test"])],
-                              renewed={"one.test"})
     with pytest.raises(decide.DecisionError, match="deploy --all"):
-        decide.compose(broken, selection, inv)
+        partial(inv, [lineage("one.test", ["one.test", "www.one.test"])], broken, {"one.test"})
 
 
 def test_a_full_deploy_on_a_recovered_manifest_takes_owners_from_the_inventory() -> None:
@@ -204,3 +216,45 @@ def test_a_manifest_round_trips_and_format_one_still_reads() -> None:
 def test_a_corrupt_manifest_raises_never_reads_as_empty(data: bytes, message: str) -> None:
     with pytest.raises(ManifestError, match=message):
         loads(data, "lb1 manifest")
+
+
+def test_a_missing_live_release_refuses_partial_deploys_and_needs_force() -> None:
+    inv = inventory(shop("one.test"))
+    known = [lineage("one.test", ["one.test", "www.one.test"])]
+    missing = Base("20260101T000000Z-0001", None, "current points at a missing release",
+                   missing=True)
+    with pytest.raises(decide.DecisionError, match="deploy --all"):
+        partial(inv, known, missing, {"one.test"})
+    comp = full(inv, known, missing)
+    problem = decide.removal_problem(missing, comp, force=False)
+    assert problem is not None and "--force" in problem
+    assert decide.removal_problem(missing, comp, force=True) is None
+
+
+def test_sites_recorded_before_shop_ids_are_kept_by_domain() -> None:
+    # A format-1 manifest names owners by domain; the entry now carries a shop id.
+    inv = parse_inventory(
+        [{"domain": "one.test", "shop": "42", "template": "custom-domain", "vars": {"x": "a;"}},
+         {"domain": "two.test", "shop": "43", "template": "custom-domain",
+          "aliases": ["new.two.test"], "vars": {"upstream": "h:1"}}],
+        templates=["custom-domain"])
+    comp = full(inv, [lineage("two.test", ["two.test"])],
+                base(record("one.test"), record("two.test")))
+    assert set(comp.kept) == {"one.test.conf", "two.test.conf"}
+
+
+def test_an_invalid_entry_that_says_suspended_is_not_kept() -> None:
+    inv = parse_inventory([{"domain": "one.test", "template": "gone", "status": "suspended"}],
+                          templates=["custom-domain"])
+    comp = full(inv, [], base(record("one.test"), record("two.test"), record("three.test")))
+    assert "one.test.conf" in comp.dropped
+
+
+def test_a_partial_deploy_that_would_take_names_from_another_site_refuses() -> None:
+    # Shop 7 moves x.test from its site a.test to its site b.test: a.test must be rendered
+    # again without it, which only a full deploy does.
+    live = base(SiteRecord("a.test", ("a.test", "x.test"), "7", "a.test", FP_OLD))
+    inv = inventory(shop("a.test", shop_id="7", aliases=()),
+                    shop("b.test", shop_id="7", aliases=("x.test",)))
+    with pytest.raises(decide.DecisionError, match="moved from a.test.conf"):
+        partial(inv, [lineage("b.test", ["b.test", "x.test"])], live, {"b.test"})

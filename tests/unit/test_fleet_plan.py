@@ -43,13 +43,13 @@ def test_platform_shops_ride_on_one_wildcard_and_custom_shops_get_their_own() ->
              shop("paused.example", status="suspended")]
     found, riders = units(shops, PLATFORM)
     by_name = {u.lineage: u for u in found}
-    assert set(by_name) == {"wildcard.platform.example", "shop.example"}
-    assert by_name["wildcard.platform.example"].names == ("*.platform.example",)
-    assert set(by_name["wildcard.platform.example"].shops) == {"a.platform.example",
+    assert set(by_name) == {"wildcard_.platform.example", "shop.example"}
+    assert by_name["wildcard_.platform.example"].names == ("*.platform.example",)
+    assert set(by_name["wildcard_.platform.example"].shops) == {"a.platform.example",
                                                                "b.platform.example"}
     assert by_name["shop.example"].names == ("shop.example", "www.shop.example")
-    assert riders == {"a.platform.example": "wildcard.platform.example",
-                      "b.platform.example": "wildcard.platform.example"}
+    assert riders == {"a.platform.example": "wildcard_.platform.example",
+                      "b.platform.example": "wildcard_.platform.example"}
 
 
 def test_a_deeper_platform_name_is_not_covered_by_the_wildcard() -> None:
@@ -172,6 +172,6 @@ def test_a_shop_on_the_platform_apex_does_not_take_the_wildcards_lineage() -> No
     found, riders = units([shop("platform.example"), shop("a.platform.example")], PLATFORM)
     assert {u.lineage: u.names for u in found} == {
         "platform.example": ("platform.example",),
-        "wildcard.platform.example": ("*.platform.example",),
+        "wildcard_.platform.example": ("*.platform.example",),
     }
-    assert riders == {"a.platform.example": "wildcard.platform.example"}
+    assert riders == {"a.platform.example": "wildcard_.platform.example"}

@@ -255,29 +255,19 @@ def test_bad_entry_is_a_problem_and_the_rest_loads(bad: object, message: str) ->
 def test_problem_names_the_entry() -> None:
     inventory = parse([entry(domain="evil.com; include /etc/shadow")])
     (problem,) = inventory.problems
-    assert problem == Problem(0, "evil.com; include /etc/shadow", problem.message)
+    assert problem == Problem(0, "evil.com; include /etc/shadow", problem.message, status="active")
     assert str(problem).startswith("inventory entry 0 (evil.com; include /etc/shadow): ")
     assert parse([{"template": "x"}]).problems[0].domain is None
     newline = parse([entry(domain="a\nb")]).problems[0]
     assert newline.domain == "a\\nb"
 
 
-def test_duplicates_later_entry_is_a_problem() -> None:
-    inventory = parse(
-        [
-            entry(domain="a.example", aliases=["www.a.example"]),
-            entry(domain="b.example"),
-            entry(domain="WWW.A.example."),
-            entry(domain="c.example", aliases=["b.example"]),
-            entry(domain="d.example", aliases=["a.example"]),
-        ]
-    )
-    assert [s.domain for s in inventory.shops] == ["a.example", "b.example"]
-    assert [(p.index, p.message) for p in inventory.problems] == [
-        (2, "www.a.example is already claimed by entry 0"),
-        (3, "b.example is already claimed by entry 1"),
-        (4, "a.example is already claimed by entry 0"),
-    ]
+def test_every_valid_entry_loads_whoever_else_lists_its_names() -> None:
+    # Who gets a name is decided against what the load balancers serve (ownership.py), never
+    # by the order of entries.
+    inventory = parse([entry(domain="a.example"), entry(domain="d.example", aliases=["a.example"])])
+    assert [s.domain for s in inventory.shops] == ["a.example", "d.example"]
+    assert inventory.problems == ()
 
 
 def test_a_rejected_entry_claims_no_names() -> None:
@@ -514,19 +504,17 @@ def test_unreachable_url() -> None:
         load_inventory("http://127.0.0.1:9/inventory", templates=TEMPLATES, timeout=2)
 
 
-def test_an_inactive_entry_never_keeps_an_active_shop_from_its_names() -> None:
-    data = [
-        {"domain": "old.example", "aliases": ["shop.example"], "template": "custom-domain",
-         "status": "deleted"},
-        {"domain": "shop.example", "template": "custom-domain"},
-    ]
-    inventory = parse_inventory(data, templates=["custom-domain"])
-    assert [s.domain for s in inventory.shops] == ["shop.example"]
-    assert len(inventory.problems) == 1 and inventory.problems[0].index == 0
-    assert "claimed by entry 1" in inventory.problems[0].message
-
-
 @pytest.mark.parametrize("upstream", ["unix:/var/run/docker.sock:", "10.0.0.5:99999", "a_b:80"])
 def test_upstream_is_host_and_port_only(upstream: str) -> None:
     with pytest.raises(ValueError, match="'upstream' must be host:port"):
         validate_var("upstream", upstream)
+
+
+def test_domains_are_mapped_with_idna_2008_not_2003() -> None:
+    assert validate_domain("straße.test") == "xn--strae-oqa.test"  # IDNA 2003: strasse.test
+    assert validate_domain("xn--strae-oqa.test") == "xn--strae-oqa.test"
+    for rejected in ("☃.test", "xn--n3h.test"):  # a symbol IDNA 2008 disallows
+        with pytest.raises(ValueError, match="IDNA 2008"):
+            validate_domain(rejected)
+    inventory = parse([entry(domain="☃.test")])
+    assert inventory.shops == () and "IDNA 2008" in inventory.problems[0].message

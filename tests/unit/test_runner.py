@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,18 @@ def test_ctrl_c_exits_130(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_the_body_status_passes_through() -> None:
     assert runner.run("x", lambda: 3) == 3
+
+
+def test_the_traceback_file_name_never_takes_a_path_from_the_program_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def body() -> int:
+        raise RuntimeError("x")
+
+    runner.run("certbot-epages-cleanup-hook: ../../etc/evil", body)
+    err = capsys.readouterr().err
+    log = Path(err.split("traceback is in ")[1].split(";")[0])
+    try:
+        assert ".." not in log.name and log.parent == Path(tempfile.gettempdir())
+    finally:
+        log.unlink()

@@ -1,0 +1,59 @@
+"""The scripts run on a load balancer: quoting, and the locks they take (run with sh here)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from certbot_epages.deploy import push
+
+pytestmark = pytest.mark.unit
+
+
+def _sh(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30,
+                          check=False)
+
+
+def test_a_step_refuses_to_run_once_its_run_no_longer_holds_the_deploy_lock(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "it's; touch pwned"  # quotes and separators stay data
+    done = _sh(push._step(str(root), "echo ran", "host pid 1 run ab"))
+    assert done.returncode == push.NOT_OURS and "ran" not in done.stdout
+    assert "no longer holds the deploy lock" in done.stdout
+    assert not (tmp_path / "pwned").exists() and (root / "releases").is_dir()
+
+
+def test_a_step_runs_while_its_run_holds_the_deploy_lock(tmp_path: Path) -> None:
+    root = tmp_path / "lb"
+    owner = "host pid 1 run ab"
+    holder = subprocess.Popen(["sh", "-c", push.script_hold_lock(str(root), owner, 10)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "LOCKED"
+        done = _sh(push._step(str(root), "echo ran", owner))
+        assert done.returncode == 0 and done.stdout.strip() == "ran"
+        other = _sh(push._step(str(root), "echo ran", "another run"))
+        assert other.returncode == push.NOT_OURS
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    # The session ended: the lock is free, and the step no longer runs.
+    assert _sh(push._step(str(root), "echo ran", owner)).returncode == push.NOT_OURS
+
+
+def test_the_test_writes_the_commands_whole_output_to_its_file_first(tmp_path: Path) -> None:
+    root = tmp_path / "lb"
+    (root / "releases" / "20260101T000000Z-abcd").mkdir(parents=True)
+    script = push.script_test(str(root), "20260101T000000Z-abcd", None,
+                              ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    done = _sh(script)
+    assert done.returncode == 3
+    assert done.stdout.split() == ["out", "err"] and done.stderr == ""
+    assert not (root / "current").exists()  # put back: there was no live release
