@@ -777,9 +777,10 @@ def _parse_fleet(node: _Node | None) -> FleetConfig:
     defaults = FleetConfig()
     platform = f.opt("platform_domains")
     domains = () if platform is None else platform.strings()
+    normalised = []
     for index, name in enumerate(domains):
         try:
-            validate_domain(name, allow_wildcard=False)
+            normalised.append(validate_domain(name, allow_wildcard=False))
         except ValueError:
             platform.child(index, name).expected(  # type: ignore[union-attr]
                 "a domain name such as platform.example"
@@ -805,7 +806,7 @@ def _parse_fleet(node: _Node | None) -> FleetConfig:
             platform_shop_node.expected("a shop id as the inventory's 'shop' (letters, digits "
                                         "and . _ : @ / + = -)")
     return FleetConfig(
-        platform_domains=tuple(d.rstrip(".").lower() for d in domains),
+        platform_domains=tuple(normalised),
         lb_addresses=tuple(addresses),
         ca_identities=defaults.ca_identities if identities is None else identities.strings(
             non_empty=True),

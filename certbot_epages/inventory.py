@@ -52,7 +52,13 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 import yaml
 
 from certbot_epages.errors import EpagesError
-from certbot_epages.names import SHOP_ID_RE, printable, site_file, validate_domain
+from certbot_epages.names import (
+    SHOP_ID_RE,
+    implicit_owner,
+    printable,
+    site_file,
+    validate_domain,
+)
 from certbot_epages.netaddr import HostPort
 
 __all__ = ["Inventory", "InventoryError", "Problem", "Shop", "load_inventory",
@@ -102,8 +108,12 @@ class Shop:
 
     @property
     def owner(self) -> str:
-        """Who the shop's names belong to: its shop id, else its domain."""
-        return self.shop if self.shop is not None else self.domain
+        """Who the shop's names belong to: its shop id, else the entry's own domain.
+
+        An entry without an id is an owner no id can spell (``<domain> (no shop id)``), so no
+        entry can pose as it by choosing an id.
+        """
+        return self.shop if self.shop is not None else implicit_owner(self.domain)
 
     @property
     def is_active(self) -> bool:
@@ -304,7 +314,9 @@ def _identity(entry: object) -> tuple[str | None, str | None, str | None]:
     status = status if status in STATUSES else None
     if isinstance(shop, str) and SHOP_ID_RE.fullmatch(shop):
         return name, shop, status
-    return name, name, status
+    if shop is not None:
+        return name, None, status  # an id that is not valid names nobody
+    return name, None if name is None else implicit_owner(name), status
 
 
 def _parse_entry(

@@ -12,11 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import idna
-
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # A shop id: nothing that could end an nginx directive or need quoting anywhere.
 SHOP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
+# Owners that no shop id can spell (ids have no blanks): an entry without an id, and a name
+# recorded before shop ids existed (format 1 manifests, manifests rebuilt from files).
+IMPLICIT_OWNER = "{domain} (no shop id)"
+LEGACY_OWNER = "{domain} (before shop ids)"
 WILDCARD_FILE = "_wildcard_"
 WILDCARD_LINEAGE = "wildcard_"  # '_' never appears in a domain: no lineage name collides
 
@@ -66,6 +68,8 @@ def validate_domain(name: object, *, allow_wildcard: bool = True) -> str:
 
 
 def _idna(text: str, shown: str) -> str:
+    import idna  # only for internationalised names: the hooks' plain names need no tables
+
     try:
         return idna.encode(text, uts46=True, transitional=False).decode("ascii")
     except idna.IDNAError as e:
@@ -85,6 +89,8 @@ def _check_label(label: str, shown: str) -> None:
         )
     if label.startswith("xn--"):
         # An A-label must be what IDNA 2008 makes of its U-label.
+        import idna
+
         try:
             unicode = idna.decode(label)
             if idna.encode(unicode, uts46=True, transitional=False).decode() != label:
@@ -92,6 +98,21 @@ def _check_label(label: str, shown: str) -> None:
         except (idna.IDNAError, UnicodeError) as e:
             raise ValueError(f"{shown}: label {printable(label)} is not a valid IDNA 2008 "
                              f"A-label: {e}") from None
+
+
+def implicit_owner(domain: str) -> str:
+    """The owner of an entry without a shop id."""
+    return IMPLICIT_OWNER.format(domain=domain)
+
+
+def legacy_owner(domain: str) -> str:
+    """The owner recorded for a site from before shop ids."""
+    return LEGACY_OWNER.format(domain=domain)
+
+
+def is_legacy_owner(owner: str) -> bool:
+    """Whether ``owner`` was recorded before shop ids (so which entry it is, is unknown)."""
+    return owner.endswith(LEGACY_OWNER.format(domain=""))
 
 
 def site_file(domain: str) -> str:

@@ -27,8 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from certbot_epages.config import Config
+from certbot_epages.errors import ConfigError
 from certbot_epages.inventory import Inventory, Shop
-from certbot_epages.names import base_of, is_within, platform_of
+from certbot_epages.names import LEGACY_OWNER, base_of, is_legacy_owner, is_within, platform_of
 
 
 @dataclass(frozen=True)
@@ -71,64 +72,108 @@ class Resolution:
 def resolve(inventory: Inventory, recorded: Sequence[Mapping[str, str]],
             rules: Rules) -> Resolution:
     """Decide every entry's claim against what the load balancers record (one map each)."""
-    owners_of: dict[str, set[str]] = {}
-    for claims in recorded:
-        for name, owner in claims.items():
-            owners_of.setdefault(name, set()).add(owner)
     listed: dict[str, set[str]] = {}  # name -> owners whose valid, undeleted entries list it
     for shop in inventory.shops:
         if shop.status != "deleted":
             for name in shop.server_names:
                 listed.setdefault(name, set()).add(shop.owner)
     invalid_owners = {p.owner for p in inventory.problems if p.owner is not None}
+    invalid_names = {p.name for p in inventory.problems if p.name is not None}
+    held: dict[str, str] = {}
+    owners_of: dict[str, set[str]] = {}
+    for claims in recorded:
+        for name, recorded_owner in claims.items():
+            owner = (_migrate(name, recorded_owner, listed, invalid_names, held)
+                     if is_legacy_owner(recorded_owner) else recorded_owner)
+            if owner is not None:
+                owners_of.setdefault(name, set()).add(owner)
 
     def still_claims(owner: str, name: str) -> bool:
-        return owner in listed.get(name, set()) or owner in invalid_owners
+        return (owner in listed.get(name, set()) or owner in invalid_owners
+                or (is_legacy_owner(owner) and name in held))
 
     live: dict[str, str] = {}  # name -> the one recorded owner who still claims it
-    held: dict[str, str] = {}
     for name, owners in owners_of.items():
         claiming = sorted(o for o in owners if still_claims(o, name))
         if len(claiming) > 1:
             held[name] = (f"the load balancers record different owners for {name} "
                           f"({', '.join(claiming)})")
-        elif claiming:
+        elif claiming and name not in held:
             live[name] = claiming[0]
     live_wildcards = {base_of(n): o for n, o in live.items() if n.startswith("*.")}
+    twice = _listed_twice(inventory.shops)
 
     granted: list[Shop] = []
     conflicts: list[Conflict] = []
-    seen: dict[tuple[str, str], str] = {}  # (owner, name) -> the domain of the entry listing it
     for shop in inventory.shops:
         if shop.status == "deleted":
-            # A deleted entry releases names and makes sync delete a lineage: only for names
-            # nobody else has or lists.
-            foreign = [n for n in shop.server_names
-                       if (shop.owner not in owners_of[n] if n in owners_of
-                           else bool(listed.get(n, set()) - {shop.owner}))]
-            if foreign:
-                conflicts.append(Conflict(
-                    shop, tuple(foreign), f"a deleted entry for {', '.join(foreign)}, which "
-                    "another shop has or lists", "remove the entry", None))
-            else:
-                granted.append(shop)
-            continue
-        conflict = (_reserved(shop, rules)
-                    or _taken(shop, live, held, listed, live_wildcards, rules)
-                    or _twice(shop, seen))
+            conflict = _reserved(shop, rules) or _foreign_deletion(shop, owners_of, listed)
+        else:
+            conflict = (_reserved(shop, rules) or twice.get(id(shop))
+                        or _taken(shop, live, held, listed, live_wildcards, rules))
         if conflict is not None:
             conflicts.append(conflict)
-            continue
-        granted.append(shop)
-    claims = {name: shop.owner for shop in granted if shop.status != "deleted"
-              for name in shop.server_names}
-    for name, owner in live.items():
-        if owner in invalid_owners:
-            claims.setdefault(name, owner)  # an invalid entry keeps what its owner has
+        else:
+            granted.append(shop)
+    # Recorded: the names their owners still claim (served, suspended, or an owner's invalid
+    # entry), and the names of suspended shops. Served names are added by the deploy.
+    claims = dict(live)
+    for shop in granted:
+        if shop.status == "suspended":
+            claims.update(dict.fromkeys(shop.server_names, shop.owner))
     return Resolution(
         inventory=Inventory(shops=tuple(granted), problems=inventory.problems),
         conflicts=tuple(conflicts), held=held, claims=claims,
     )
+
+
+def _migrate(name: str, legacy: str, listed: Mapping[str, set[str]],
+             invalid_names: set[str], held: dict[str, str]) -> str | None:
+    """Who a name recorded before shop ids belongs to now: the one owner that lists it.
+
+    Several owners listing it: nobody may tell which one had it, so it is held. Nobody listing
+    it: released, unless an invalid entry of its domain may still be the one.
+    """
+    owners = sorted(listed.get(name, set()))
+    if len(owners) == 1:
+        return owners[0]
+    if len(owners) > 1:
+        held[name] = (f"{name} was recorded before shop ids, and shops {', '.join(owners)} "
+                      "list it")
+        return None
+    domain = legacy[: -len(LEGACY_OWNER.format(domain=""))]
+    return legacy if domain in invalid_names else None
+
+
+def _listed_twice(shops: Sequence[Shop]) -> dict[int, Conflict]:
+    """Every entry of an owner that lists a name in more than one of its entries."""
+    entries: dict[tuple[str, str], list[Shop]] = {}
+    for shop in shops:
+        if shop.status != "deleted":
+            for name in shop.server_names:
+                entries.setdefault((shop.owner, name), []).append(shop)
+    out: dict[int, Conflict] = {}
+    for (owner, name), listing in entries.items():
+        if len(listing) < 2:
+            continue
+        domains = ", ".join(s.domain for s in listing)
+        for shop in listing:
+            out.setdefault(id(shop), Conflict(
+                shop, (name,), f"{name} is listed by more than one entry of shop {owner} "
+                f"({domains})", f"list {name} in one entry of shop {owner} only"))
+    return out
+
+
+def _foreign_deletion(shop: Shop, owners_of: Mapping[str, set[str]],
+                      listed: Mapping[str, set[str]]) -> Conflict | None:
+    """A deleted entry releases names and makes sync delete a lineage: only its own names."""
+    foreign = [n for n in shop.server_names
+               if (shop.owner not in owners_of[n] if n in owners_of
+                   else bool(listed.get(n, set()) - {shop.owner}))]
+    if not foreign:
+        return None
+    return Conflict(shop, tuple(foreign), f"a deleted entry for {', '.join(foreign)}, which "
+                    "another shop has or lists", "remove the entry")
 
 
 def _reserved(shop: Shop, rules: Rules) -> Conflict | None:
@@ -206,34 +251,29 @@ def _taken(shop: Shop, live: Mapping[str, str], held: Mapping[str, str],
 
 def _owned(shop: Shop, name: str, owner: str) -> Conflict:
     return Conflict(
-        shop, (name,), f"{name} is served for shop {owner}, whose entry still lists it",
+        shop, (name,), f"{name} belongs to shop {owner}, whose entry still lists it",
         f"remove {name} from shop {shop.owner}'s entry; it can move only once shop {owner} "
         "releases it (drops it from its entry, or is deleted)", owner)
 
 
-def _twice(shop: Shop, seen: dict[tuple[str, str], str]) -> Conflict | None:
-    for name in shop.server_names:
-        first = seen.get((shop.owner, name))
-        if first is not None:
-            return Conflict(shop, (name,), f"{name} is listed twice by shop {shop.owner} "
-                            f"(also in the entry of {first})",
-                            f"list {name} in one entry of shop {shop.owner} only")
-    for name in shop.server_names:
-        seen[(shop.owner, name)] = shop.domain
-    return None
-
-
 def rules_for(settings: Config) -> Rules:
-    """The rules a config implies: platform domains and shop, the delegation's zone."""
+    """The rules a config implies: platform domains and shop, the challenge zone.
+
+    The challenge zone is what the delegation puts after ``{domain}``
+    (``_acme-challenge.{domain}.dyn.platform.example`` gives ``dyn.platform.example``): the
+    names customers delegate into, never a shop's.
+    """
     zone = None
     if settings.dns is not None:
-        import dns.name
-
-        from certbot_epages.dns import chain
-
-        target = chain.delegation_target("shop.invalid", settings.dns.delegation)
-        found = chain.choose_zone(target, [dns.name.from_text(z.name) for z in settings.dns.zones])
-        if found is not None:
-            zone = found.to_text(omit_final_dot=True).lower()
+        template = settings.dns.delegation.rstrip(".").lower()
+        head, marker, tail = template.partition("{domain}.")
+        if marker and tail and "{" not in tail:
+            zone = tail
+    for platform in settings.fleet.platform_domains:
+        if zone is not None and is_within(platform, zone):
+            raise ConfigError(
+                f"{settings.source}: fleet.platform_domains: {platform} lies in the challenge "
+                f"zone {zone} (dns.delegation), which holds no shop names; delegate into a "
+                "zone of its own, such as _acme-challenge.{domain}.dyn.<platform domain>")
     return Rules(platform_domains=settings.fleet.platform_domains,
                  platform_shop=settings.fleet.platform_shop, challenge_zone=zone)

@@ -21,7 +21,7 @@ from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.deploy.manifest import Manifest, SiteRecord
 from certbot_epages.errors import EpagesError
 from certbot_epages.inventory import Inventory, Shop
-from certbot_epages.names import site_file
+from certbot_epages.names import is_legacy_owner, site_file
 from certbot_epages.ownership import Resolution
 
 NEW = "new"  # a certificate from certbot's lineage
@@ -81,6 +81,8 @@ class Selection:
     unready: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     full: bool = True
+    renewed: frozenset[str] | None = None  # a partial deploy's lineages
+    known: dict[str, Lineage] = field(default_factory=dict)  # every lineage certbot has
     unready_domains: dict[str, str] = field(default_factory=dict)  # domain -> reason
     claims: dict[str, str] = field(default_factory=dict)
     held: frozenset[str] = frozenset()
@@ -95,6 +97,7 @@ class Composition:
     kept: dict[str, str] = field(default_factory=dict)  # site -> why it stays as it is
     dropped: dict[str, str] = field(default_factory=dict)  # site -> why it goes
     certs: dict[str, str] = field(default_factory=dict)  # lineage -> NEW | LIVE
+    lineages: dict[str, Lineage] = field(default_factory=dict)  # the NEW ones
     claims: dict[str, str] = field(default_factory=dict)  # name -> owner
     notes: list[str] = field(default_factory=list)
 
@@ -114,6 +117,8 @@ def select(
     """
     inventory = resolution.inventory
     selection = Selection(inventory=inventory, full=renewed is None,
+                          renewed=None if renewed is None else frozenset(renewed),
+                          known={lin.name: lin for lin in known},
                           claims=dict(resolution.claims), held=frozenset(resolution.held))
     for conflict in resolution.conflicts:
         line = f"{conflict}; fix: {conflict.fix}"
@@ -161,8 +166,6 @@ def compose(
             "'certbot-epages deploy --all', which rebuilds it from what the release holds"
         )
     live = base.known
-    if base.manifest is None and base.recovered is not None:
-        live = _reowned(live, inventory)
     comp = Composition()
     for cand in selection.candidates:
         if cand.site in failed:
@@ -175,8 +178,8 @@ def compose(
     for cand in selection.candidates:
         if cand.site in failed:
             unready.setdefault(cand.shop.owner, failed[cand.site])
-    # An entry that cannot ship keeps what serves for its owner, and for its domain (a site
-    # recorded before the entry had a shop id, or an entry whose id is itself invalid).
+    # An entry that cannot ship keeps what serves for its owner (and, for a site recorded
+    # before shop ids, what serves for its domain).
     unready_domains = dict(selection.unready_domains)
     unready_domains.update({c.shop.domain: failed[c.site] for c in selection.candidates
                             if c.site in failed})
@@ -198,29 +201,34 @@ def compose(
                                   f"{served_by_new[overlap[0]]}")
             continue
         shop = shops.get(site)
-        if shop is not None and shop.owner == record.owner and not shop.is_active:
+        legacy = is_legacy_owner(record.owner)  # recorded before shop ids: known by domain
+        if shop is not None and not shop.is_active and (
+                shop.owner == record.owner or (legacy and shop.domain == record.domain)):
             comp.dropped[site] = f"the shop is {shop.status}"
             continue
         if not selection.full:
             comp.sites[site] = record
             continue
-        why = (unready.get(record.owner) or invalid.get(record.owner)
-               or unready_domains.get(record.domain) or invalid_domains.get(record.domain))
+        why = unready.get(record.owner) or invalid.get(record.owner)
+        if why is None and legacy:
+            why = unready_domains.get(record.domain) or invalid_domains.get(record.domain)
         if why is None:
             comp.dropped[site] = "no longer in the inventory"
             continue
         comp.sites[site] = record
         comp.kept[site] = why
 
-    new_lineages = {c.lineage.name: c.lineage for c in comp.rendered.values()}
+    comp.lineages = {c.lineage.name: c.lineage for c in comp.rendered.values()}
     for site, record in comp.sites.items():
         if site in comp.rendered:
             comp.certs[record.lineage] = NEW
             continue
-        fresh = new_lineages.get(record.lineage)
+        fresh = comp.lineages.get(record.lineage) or _renewed(record, selection)
         if fresh is None:
             comp.certs.setdefault(record.lineage, LIVE)
             continue
+        comp.lineages[fresh.name] = fresh
+        comp.certs[record.lineage] = NEW
         # The lineage ships anew for another site: this one gets the new certificate too.
         comp.sites[site] = SiteRecord(record.domain, record.names, record.owner,
                                       record.lineage, fresh.fingerprint)
@@ -273,17 +281,16 @@ def describe_divergence(bases: Mapping[str, Base]) -> str | None:
             "release builds on what it serves")
 
 
-def _reowned(recovered: Manifest, inventory: Inventory) -> Manifest:
-    """A recovered manifest with the owners the inventory names.
 
-    A manifest read off site files names no owners: take them from the inventory entry that
-    has the site's domain (valid or not), else the domain itself.
+def _renewed(record: SiteRecord, selection: Selection) -> Lineage | None:
+    """certbot's newer certificate of a site that stays as it is, if it still fits the site.
+
+    A refused or unready shop keeps its config but not an expiring certificate: its lineage's
+    renewal ships (in a partial deploy, only the renewed lineages').
     """
-    owners: dict[str, str] = {p.name: p.owner for p in inventory.problems
-                              if p.name is not None and p.owner is not None}
-    owners.update({shop.domain: shop.owner for shop in inventory.shops})
-    sites = {site: SiteRecord(r.domain, r.names, owners.get(r.domain, r.owner), r.lineage,
-                              r.fingerprint)
-             for site, r in recovered.sites.items()}
-    return Manifest(sites=sites, claims={n: r.owner for r in sites.values() for n in r.names})
-
+    fresh = selection.known.get(record.lineage)
+    if fresh is None or fresh.fingerprint == record.fingerprint:
+        return None
+    if selection.renewed is not None and fresh.name not in selection.renewed:
+        return None
+    return fresh if all(fresh.covers(n) for n in record.names) else None

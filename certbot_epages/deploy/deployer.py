@@ -40,6 +40,7 @@ from certbot_epages.deploy.render import RenderError, TemplateSet, lb_cert_dir, 
 from certbot_epages.deploy.spool import Spool, control_dir, sha256_of
 from certbot_epages.errors import ConfigError, EpagesError
 from certbot_epages.inventory import Inventory, load_inventory
+from certbot_epages.names import legacy_owner
 from certbot_epages.resources import jinja_env
 
 logger = logging.getLogger(__name__)
@@ -306,8 +307,7 @@ class Deployer:
         for line in comp.notes:
             report.note(f"{lb.name}: {line}")
         lb.comp = comp
-        files = self._files(lb, comp, rendered, {c.lineage.name: c.lineage
-                                                 for c in comp.rendered.values()}, report)
+        files = self._files(lb, comp, rendered, comp.lineages, report)
         problem = decide.removal_problem(lb.base, comp, force=force)
         if problem is not None:
             raise DeployError(f"{lb.name}: {problem}")
@@ -546,8 +546,8 @@ def _recover(local: Path) -> Manifest:
                 leaf = x509.load_pem_x509_certificates(
                     (local / "certs" / lineage / "fullchain.pem").read_bytes())[0]
                 fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
-        sites[path.name] = SiteRecord(domain, names or (domain,), domain, lineage or "-",
-                                      fingerprint)
+        sites[path.name] = SiteRecord(domain, names or (domain,), legacy_owner(domain),
+                                      lineage or "-", fingerprint)
     return Manifest(sites=sites, claims={n: r.owner for r in sites.values() for n in r.names})
 
 

@@ -10,9 +10,12 @@ is the truth about what that load balancer serves. Format 2::
                                  "lineage": ..., "fingerprint": ...}},
      "claims": {"<name>": "<owner>"}}
 
-``claims`` holds every name an owner has (served or not: a suspended shop keeps its names).
+``claims`` holds every name an owner has: the names its sites serve, and the names of its
+suspended shops.
 Format 1 (a plain mapping of site file to ``domain``, ``names``, ``lineage`` and
-``fingerprint``, written before owners existed) is still read: each site's owner is its domain.
+``fingerprint``, written before owners existed) is still read: each site's owner is then
+``<domain> (before shop ids)``, which :mod:`certbot_epages.ownership` hands to the one entry
+that lists the name (and holds when several do).
 Reading never guesses: a manifest that does not parse raises :class:`ManifestError`.
 """
 
@@ -26,6 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from certbot_epages.errors import EpagesError
+from certbot_epages.names import legacy_owner
 
 FILENAME = "manifest.json"
 FORMAT = 2
@@ -115,12 +119,12 @@ def _format1(raw: Mapping[str, Any]) -> Manifest:
         record = SiteRecord(
             domain=domain,
             names=_names(entry.get("names", [domain]), name),
-            owner=domain,
+            owner=legacy_owner(domain),
             lineage=_text(entry["lineage"], f"{name}.lineage"),
             fingerprint=_fingerprint(entry["fingerprint"], name),
         )
         sites[site] = record
-        claims.update(dict.fromkeys(record.names, domain))
+        claims.update(dict.fromkeys(record.names, record.owner))
     return Manifest(sites=sites, claims=claims, format=1)
 
 

@@ -34,6 +34,7 @@ class Unit:
     names: tuple[str, ...]
     shops: tuple[str, ...]  # domains of the inventory entries it serves
     wildcard_of: str | None = None  # the platform domain, for a platform wildcard
+    frozen: bool = False  # renewed as it is: its shop's entry is refused for now
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,22 @@ def make_plan(
     platform_domains: Sequence[str],
     now: datetime,
     windows: Mapping[str, datetime] | None = None,
+    frozen: Sequence[Shop] = (),
 ) -> Plan:
     """One step per unit, and a deletion for each deleted shop's lineage.
 
     ``windows`` holds, per lineage, the start of the CA's ARI renewal window where known.
+    ``frozen`` are active shops whose entry is refused (an ownership conflict): their
+    existing lineage is still renewed with the names it has, so what they serve never expires
+    while the conflict lasts; nothing else is done for them.
     """
     needed, riders = units(shops, platform_domains)
+    taken = {u.lineage for u in needed}
+    for shop in frozen:
+        name = lineage_name(shop.domain)
+        if shop.is_active and name in lineages and name not in taken:
+            taken.add(name)
+            needed.append(Unit(name, lineages[name].names, (shop.domain,), frozen=True))
     plan = Plan(riders=riders)
     for unit in needed:
         found = lineages.get(unit.lineage)
@@ -125,7 +136,7 @@ def make_plan(
             plan.steps.append(Step(unit, ISSUE, "no certificate yet"))
             continue
         lineage = found
-        if set(lineage.names) != set(unit.names):
+        if set(lineage.names) != set(unit.names) and not unit.frozen:
             missing = sorted(set(unit.names) - set(lineage.names))
             extra = sorted(set(lineage.names) - set(unit.names))
             why = "names changed: " + ", ".join(
@@ -142,7 +153,15 @@ def make_plan(
     wanted = {u.lineage for u in needed}
     for shop in shops:
         name = lineage_name(shop.domain)
-        if shop.status == "deleted" and name in lineages and name not in wanted:
-            unit = Unit(name, lineages[name].names, (shop.domain,))
-            plan.steps.append(Step(unit, DELETE, "the shop was deleted"))
+        found = lineages.get(name)
+        if shop.status != "deleted" or found is None or name in wanted:
+            continue
+        # Only a lineage that holds nothing but this entry's names, and covers no other shop.
+        if not set(found.names) <= set(shop.server_names):
+            continue
+        if any(other is not shop and other.status != "deleted"
+               and any(found.covers(n) for n in other.server_names) for other in shops):
+            continue
+        plan.steps.append(Step(Unit(name, found.names, (shop.domain,)), DELETE,
+                               "the shop was deleted"))
     return plan

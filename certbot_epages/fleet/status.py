@@ -86,12 +86,18 @@ def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, repor
     for conflict in conflicts:
         shop = conflict.shop
         key = shop.domain if shop.domain not in domains else f"{shop.domain} (shop {shop.owner})"
+        # A refused shop may still serve (and renew) what it had: keep its expiry in sight.
+        lineage_name = planning.lineage_name(shop.domain)
+        lineage = known.get(lineage_name) if key == shop.domain else None
         domains[key] = {
             "domain": shop.domain, "shop": shop.owner, "names": list(shop.server_names),
-            "status": shop.status, "lineage": None, "certificate": False,
-            "certificate_names": [], "expires": None, "challenge": None, "state": "conflict",
-            "last_error": conflict.reason, "fix": conflict.fix, "owner": conflict.other,
-            "next_action": "none: never ordered or deployed while the conflict lasts",
+            "status": shop.status, "lineage": lineage_name if lineage else None,
+            "certificate": lineage is not None,
+            "certificate_names": list(lineage.names) if lineage else [],
+            "expires": _iso(lineage.not_after) if lineage else None, "challenge": None,
+            "state": "conflict", "last_error": conflict.reason, "fix": conflict.fix,
+            "owner": conflict.other,
+            "next_action": "nothing new is ordered or deployed for it while the conflict lasts",
         }
     for problem in inventory.problems:
         # The shop software learns about entries it sent that could not be used at all.

@@ -115,7 +115,8 @@ class Sync:
             the_plan = planning.make_plan(resolution.inventory.shops, known,
                                           self.fleet.platform_domains,
                                           datetime.fromtimestamp(now, timezone.utc),
-                                          self._renewal_windows(known))
+                                          self._renewal_windows(known),
+                                          frozen=[c.shop for c in resolution.conflicts])
             ledger = Ledger.load(self.ledger_path)
             ledger.prune(now, self.limits)
             if self.dry_run:

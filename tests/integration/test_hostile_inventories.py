@@ -95,7 +95,7 @@ def test_sync_refuses_hostile_claims_and_a_released_name_moves_on_a_later_run(
     done = _run(platform, config, "sync")
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "refused: shop.test (shop 666): shop.test is served for shop 1001" in out
+    assert "refused: shop.test (shop 666): shop.test belongs to shop 1001" in out
     assert "refused: *.shop.test (shop 667): *.shop.test would cover shop.test" in out
     assert "refused: platform.test (shop 668): platform.test belongs to the platform" in out
     assert "refused: a.b.platform.test (shop 669)" in out
@@ -156,8 +156,8 @@ def test_deploy_all_keeps_names_with_their_owner_even_after_a_lost_spool(
     ])
     done = _run(platform, config, "deploy", "--all")
     assert done.returncode == 0, done.stderr
-    assert "one.test (shop 666): one.test is served for shop 1" in done.stdout
-    assert "mine.test (shop 2): one.test is served for shop 1" in done.stdout
+    assert "one.test (shop 666): one.test belongs to shop 1" in done.stdout
+    assert "mine.test (shop 2): one.test belongs to shop 1" in done.stdout
     for name in ("one.test", "mine.test"):
         assert set(served(platform, name).values()) == {fingerprints[name]}
     for lb in platform.lbs:

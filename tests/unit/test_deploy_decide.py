@@ -13,6 +13,7 @@ from certbot_epages.deploy.decide import Base
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.deploy.manifest import Manifest, ManifestError, SiteRecord, loads
 from certbot_epages.inventory import Inventory, Problem, Shop, parse_inventory, site_file
+from certbot_epages.names import implicit_owner, legacy_owner
 from certbot_epages.ownership import Resolution
 
 pytestmark = pytest.mark.unit
@@ -34,7 +35,8 @@ def shop(domain: str, status: str = "active", shop_id: str | None = None,
 
 
 def record(domain: str, owner: str | None = None, fingerprint: str = FP_OLD) -> SiteRecord:
-    return SiteRecord(domain, (domain, f"www.{domain}"), owner or domain, domain, fingerprint)
+    return SiteRecord(domain, (domain, f"www.{domain}"), owner or implicit_owner(domain), domain,
+                      fingerprint)
 
 
 def base(*records: SiteRecord, release: str = "20260101T000000Z-0001") -> Base:
@@ -67,9 +69,9 @@ def test_a_first_deploy_ships_every_covered_active_shop() -> None:
     comp = full(inv, [lineage("one.test", ["one.test", "www.one.test"])], Base(None, None))
     assert set(comp.rendered) == {"one.test.conf"}
     assert comp.certs == {"one.test": decide.NEW}
-    # two.test waits for its certificate, but its names are its own already.
-    assert comp.claims == {"one.test": "one.test", "www.one.test": "one.test",
-                           "two.test": "two.test", "www.two.test": "two.test"}
+    # Only what serves is recorded: two.test's names become its own once it serves them.
+    owner = implicit_owner("one.test")
+    assert comp.claims == {"one.test": owner, "www.one.test": owner}
     assert comp.kept == {} and comp.dropped == {}
 
 
@@ -79,8 +81,11 @@ def test_an_active_shop_without_a_covering_certificate_keeps_what_serves() -> No
                 base(record("one.test")))
     assert comp.rendered == {}
     assert "no certificate" in comp.kept["one.test.conf"]
-    assert comp.sites["one.test.conf"] == record("one.test")
-    assert comp.certs == {"one.test": decide.LIVE}
+    # Its config stays; its lineage's newer certificate still fits what it serves: it ships.
+    assert comp.sites["one.test.conf"] == record("one.test", fingerprint=FP_NEW)
+    assert comp.certs == {"one.test": decide.NEW}
+    stale = full(inv, [lineage("one.test", ["one.test"])], base(record("one.test")))
+    assert stale.certs == {"one.test": decide.LIVE}  # it would not cover www.one.test
 
 
 def test_an_invalid_entry_keeps_what_serves_even_with_a_long_name() -> None:
@@ -106,7 +111,7 @@ def test_a_template_failure_keeps_what_serves() -> None:
                 base(record("one.test")), failures={"one.test.conf": "lb1: undefined x"})
     assert comp.rendered == {}
     assert comp.kept == {"one.test.conf": "lb1: undefined x"}
-    assert comp.sites["one.test.conf"].fingerprint == FP_OLD
+    assert comp.sites["one.test.conf"].fingerprint == FP_NEW  # the renewal still ships
 
 
 @pytest.mark.parametrize("status", ["suspended", "deleted"])
@@ -139,19 +144,18 @@ def test_a_partial_deploy_on_an_unreadable_manifest_refuses() -> None:
 
 
 def test_a_full_deploy_on_a_recovered_manifest_takes_owners_from_the_inventory() -> None:
-    recovered = Manifest(sites={"one.test.conf": record("one.test")})
+    recovered = Manifest(sites={"one.test.conf": record("one.test", legacy_owner("one.test"))})
     live = Base("20260101T000000Z-0001", None, "not valid JSON", recovered)
     inv = parse_inventory([{"domain": "one.test", "shop": "7", "template": "nope"}],
                           templates=["custom-domain"])
     comp = full(inv, [], live)
     assert "one.test.conf" in comp.kept
-    assert comp.sites["one.test.conf"].owner == "7"
 
 
 def test_a_shop_that_moved_to_a_new_domain_drops_its_old_site() -> None:
     moved = shop("b.test", aliases=("a.test",))
     comp = full(inventory(moved), [lineage("b.test", ["a.test", "b.test"])],
-                base(SiteRecord("a.test", ("a.test",), "b.test", "a.test", FP_OLD)))
+                base(SiteRecord("a.test", ("a.test",), moved.owner, "a.test", FP_OLD)))
     assert set(comp.rendered) == {"b.test.conf"}
     assert comp.dropped == {"a.test.conf": "a.test now served by b.test.conf"}
 
@@ -161,8 +165,10 @@ def test_a_kept_site_whose_lineage_ships_anew_gets_the_new_fingerprint() -> None
     inv = parse_inventory(
         [{"domain": "a.p.test", "template": "custom-domain", "vars": {"upstream": "h:1"}},
          {"domain": "b.p.test", "template": "bad"}], templates=["custom-domain"])
-    live = base(SiteRecord("a.p.test", ("a.p.test",), "a.p.test", "wildcard.p.test", FP_OLD),
-                SiteRecord("b.p.test", ("b.p.test",), "b.p.test", "wildcard.p.test", FP_OLD))
+    live = base(SiteRecord("a.p.test", ("a.p.test",), implicit_owner("a.p.test"),
+                           "wildcard.p.test", FP_OLD),
+                SiteRecord("b.p.test", ("b.p.test",), implicit_owner("b.p.test"),
+                           "wildcard.p.test", FP_OLD))
     comp = full(inv, [wildcard], live)
     assert comp.sites["b.p.test.conf"].fingerprint == FP_NEW
     assert comp.certs == {"wildcard.p.test": decide.NEW}
@@ -201,8 +207,8 @@ def test_a_manifest_round_trips_and_format_one_still_reads() -> None:
     old = loads(b'{"one.test.conf": {"domain": "one.test", "lineage": "one.test", '
                 b'"fingerprint": "' + FP_OLD.encode() + b'", "names": ["one.test"]}}')
     assert old.format == 1
-    assert old.sites["one.test.conf"].owner == "one.test"
-    assert old.claims == {"one.test": "one.test"}
+    assert old.sites["one.test.conf"].owner == legacy_owner("one.test")
+    assert old.claims == {"one.test": legacy_owner("one.test")}
 
 
 @pytest.mark.parametrize("data, message", [
@@ -239,7 +245,8 @@ def test_sites_recorded_before_shop_ids_are_kept_by_domain() -> None:
           "aliases": ["new.two.test"], "vars": {"upstream": "h:1"}}],
         templates=["custom-domain"])
     comp = full(inv, [lineage("two.test", ["two.test"])],
-                base(record("one.test"), record("two.test")))
+                base(record("one.test", legacy_owner("one.test")),
+                     record("two.test", legacy_owner("two.test"))))
     assert set(comp.kept) == {"one.test.conf", "two.test.conf"}
 
 

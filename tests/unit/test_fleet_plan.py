@@ -175,3 +175,36 @@ def test_a_shop_on_the_platform_apex_does_not_take_the_wildcards_lineage() -> No
         "wildcard_.platform.example": ("*.platform.example",),
     }
     assert riders == {"a.platform.example": "wildcard_.platform.example"}
+
+
+def test_a_refused_shop_keeps_its_lineage_renewed_with_the_names_it_has() -> None:
+    # Its entry now lists a name another shop has: nothing new, but no expiry either.
+    refused = shop("victim.example", "www.victim.example", "taken.example")
+    lineages = {"victim.example": lineage("victim.example", "victim.example",
+                                          "www.victim.example", age_days=70)}
+    plan = make_plan([], lineages, PLATFORM, NOW, frozen=[refused])
+    (step,) = plan.steps
+    assert step.action == RENEW
+    assert step.unit.names == ("victim.example", "www.victim.example")
+    fresh = {"victim.example": lineage("victim.example", "victim.example")}
+    assert [s.action for s in make_plan([], fresh, PLATFORM, NOW, frozen=[refused]).steps] == [
+        KEEP]
+
+
+def test_a_deleted_entry_deletes_only_a_lineage_of_its_own_names() -> None:
+    lineages = {
+        "wildcard.shop.example": lineage("wildcard.shop.example", "*.shop.example"),
+        "gone.example": lineage("gone.example", "gone.example", "www.gone.example"),
+        "shared.example": lineage("shared.example", "shared.example"),
+    }
+    shops = [
+        # A tenant's deleted entry named like another lineage: that lineage holds other names.
+        shop("wildcard.shop.example", status="deleted"),
+        shop("gone.example", "www.gone.example", status="deleted"),
+        # Covered by the deleted shop's lineage, but someone else's now (suspended).
+        shop("shared.example", status="deleted"),
+        shop("shared.example", status="suspended"),
+    ]
+    deletes = [s.unit.lineage for s in make_plan(shops, lineages, PLATFORM, NOW).steps
+               if s.action == DELETE]
+    assert deletes == ["gone.example"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_a_live_name_stays_with_its_owner_whatever_the_order(attacker_first: boo
     assert granted(result) == ["victim.test"]
     assert [c.shop.owner for c in result.conflicts] == ["666"]
     conflict = result.conflicts[0]
-    assert "served for shop 1" in conflict.reason and conflict.other == "1"
+    assert "belongs to shop 1" in conflict.reason and conflict.other == "1"
     assert "shop 666" in conflict.fix
     assert result.claims["victim.test"] == "1"
 
@@ -63,7 +64,7 @@ def test_an_alias_of_another_shops_name_refuses_the_whole_entry() -> None:
     result = resolved(entry("victim.test", "1"), entry("mine.test", "2", aliases=("victim.test",)),
                       live={"victim.test": "1", "mine.test": "2"})
     assert granted(result) == ["victim.test"]
-    assert "victim.test is served for shop 1" in refused(result)["mine.test"]
+    assert "victim.test belongs to shop 1" in refused(result)["mine.test"]
 
 
 def test_a_suspended_owner_keeps_its_names() -> None:
@@ -81,9 +82,9 @@ def test_a_released_name_can_be_claimed_by_another_owner() -> None:
                        entry("shared.test", "2"), live=live)
     assert refused(deleted) == {}
     assert granted(deleted) == ["old.test", "shared.test"]
-    assert deleted.claims == {"shared.test": "2"}
+    assert deleted.claims == {}  # shop 2's once it serves it
     gone = resolved(entry("shared.test", "2"), live=live)
-    assert granted(gone) == ["shared.test"] and gone.claims == {"shared.test": "2"}
+    assert granted(gone) == ["shared.test"] and gone.claims == {}
 
 
 def test_a_deleted_entry_for_another_shops_name_is_refused() -> None:
@@ -107,17 +108,45 @@ def test_a_new_name_claimed_by_two_owners_goes_to_neither() -> None:
     assert all("at once" in reason for reason in refused(result).values())
 
 
-def test_the_same_owner_listing_a_name_twice_keeps_the_first() -> None:
+def test_the_same_owner_listing_a_name_twice_gets_neither_entry() -> None:
+    # Neither entry wins by its place in the list.
     result = resolved(entry("a.test", "1"), entry("b.test", "1", aliases=("a.test",)))
-    assert granted(result) == ["a.test"]
-    assert "listed twice by shop 1" in refused(result)["b.test"]
+    assert granted(result) == []
+    assert "listed by more than one entry of shop 1" in refused(result)["b.test"]
+
+
+def test_an_entry_without_an_id_cannot_pose_as_another_entry_without_one() -> None:
+    # Both own "shop.test (no shop id)": listed first, the copy must not win.
+    result = resolved(entry("shop.test", aliases=()),
+                      entry("shop.test", aliases=("www.shop.test",)),
+                      live={"shop.test": "shop.test (no shop id)"})
+    assert granted(result) == []
+    suspended = resolved(entry("shop.test", status="suspended"), entry("shop.test"),
+                         live={"shop.test": "shop.test (no shop id)"})
+    assert granted(suspended) == []
+
+
+def test_an_id_cannot_spell_an_entry_without_one() -> None:
+    result = resolved(entry("victim.test"), entry("evil.test", "victim.test",
+                                                  aliases=("victim.test",)),
+                      live={"victim.test": "victim.test (no shop id)"})
+    assert granted(result) == ["victim.test"]
+
+
+def test_names_recorded_before_shop_ids_go_to_the_one_entry_that_lists_them() -> None:
+    legacy = {"shop.test": "shop.test (before shop ids)"}
+    migrated = resolved(entry("shop.test", "4711"), live=legacy)
+    assert granted(migrated) == ["shop.test"]
+    # Two entries list it: nobody can tell which one had it; it is held.
+    contested = resolved(entry("shop.test", "4711"), entry("shop.test"), live=legacy)
+    assert granted(contested) == [] and "before shop ids" in contested.held["shop.test"]
 
 
 def test_entries_without_shop_ids_are_their_own_owners() -> None:
     result = resolved(entry("a.test"), entry("b.test", aliases=("a.test",)),
-                      live={"a.test": "a.test"})
+                      live={"a.test": "a.test (no shop id)"})
     assert granted(result) == ["a.test"]
-    assert "served for shop a.test" in refused(result)["b.test"]
+    assert "belongs to shop a.test (no shop id)" in refused(result)["b.test"]
 
 
 def test_load_balancers_that_disagree_hold_the_name() -> None:
@@ -192,3 +221,32 @@ def test_without_a_platform_shop_nobody_has_the_platform_names() -> None:
                      rules)
     assert result.inventory.shops == ()
     assert "set fleet.platform_shop" in result.conflicts[0].fix
+
+
+def test_the_challenge_zone_is_what_the_delegation_puts_after_the_domain(
+    tmp_path: Path,
+) -> None:
+    from certbot_epages import config
+    from certbot_epages.errors import ConfigError
+    from certbot_epages.ownership import rules_for
+
+    def settings(delegation: str, platform: str) -> config.Config:
+        key = tmp_path / "k.key"
+        key.write_text('key "k" { algorithm hmac-sha256; secret "c2VjcmV0c2VjcmV0c2VjcmV0"; };\n')
+        key.chmod(0o600)
+        return config.parse({
+            "dns": {"tsig_keys": {"k": {"file": str(key)}},
+                    "zones": [{"name": "platform.example", "primaries": ["127.0.0.1"],
+                               "key": "k"}],
+                    "delegation": delegation},
+            "fleet": {"platform_domains": [platform], "platform_shop": "p"},
+        }, tmp_path / "epages.yaml")
+
+    # The managed zone is the whole platform domain; the challenge names live below dyn.
+    rules = rules_for(settings("_acme-challenge.{domain}.dyn.platform.example",
+                               "platform.example"))
+    assert rules.challenge_zone == "dyn.platform.example"
+    result = resolve(inventory(entry("shop.platform.example", "7")), [], rules)
+    assert [s.domain for s in result.inventory.shops] == ["shop.platform.example"]
+    with pytest.raises(ConfigError, match="lies in the challenge zone"):
+        rules_for(settings("_acme-challenge.{domain}.platform.example", "x.platform.example"))
