@@ -283,7 +283,7 @@ class Sandbox:
         """The running sandbox in ``directory``."""
         state = State.load(directory)
         dns = state.dns if state.dns in primary.KINDS else "bind"
-        return cls(Path(state.directory), state.base, dns)  # type: ignore[arg-type]
+        return cls(Path(state.directory), state.base, dns)
 
     @classmethod
     def up(cls, directory: Path, *, timeout: float = 30.0, dns: Kind = "bind") -> Sandbox:
