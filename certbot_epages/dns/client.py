@@ -379,8 +379,10 @@ class DnsClient:
         for entry in self._journal.to_clean():
             zone_name = dns.name.from_text(entry.zone)
             if not self.manages(zone_name):
+                # Said once, then forgotten: no later run could do better.
                 failures.append(f'"{entry.value}" at {entry.record}: zone {entry.zone} is not '
-                                f"managed any more; delete it by hand")
+                                f"managed any more; delete it by hand if it is still there")
+                self._journal.forget([entry.written])
                 continue
             by_zone[zone_name].append(entry)
         for zone_name, entries in by_zone.items():

@@ -321,3 +321,15 @@ def test_a_later_run_removes_stale_values_of_ended_runs_before_adding(tmp_path: 
     client(server, j).add([(loc_b, "other")])
     assert server.txt[N(A)] == {"fresh"}  # ours is younger, and ME still runs
     assert sorted(e.value for e in j.entries()) == ["fresh", "other"]
+
+
+def test_a_stale_value_in_a_zone_no_longer_managed_is_reported_once(tmp_path: Path) -> None:
+    RUNNING_NOW.clear()
+    clock = Clock()
+    j = journal(tmp_path, clock, stale_after=1)
+    j.claim([("old.example.", "_acme-challenge.old.example.", "v")], GONE, timeout=0)
+    clock.now += 2
+    removed, failures = client(Server(), j).clean_stale()
+    assert removed == [] and len(failures) == 1
+    assert "zone old.example. is not managed any more; delete it by hand" in failures[0]
+    assert j.entries() == []
