@@ -199,10 +199,10 @@ class DnsClient:
         except KeyError:
             raise DNSError(f"zone {name} is not managed by this client") from None
 
-    def kind(self, server: HostPort) -> servers.Kind:
-        """Which software answers at ``server`` (asked once; "" if it does not say)."""
+    def kind(self, server: HostPort, zone: dns.name.Name) -> servers.Kind:
+        """Which software answers at ``server`` for ``zone`` (asked once; "" if unknown)."""
         if server not in self._kinds:
-            self._kinds[server] = self._identify(server)
+            self._kinds[server] = self._identify(server, zone)
         return self._kinds[server]
 
     # --- changes ---------------------------------------------------------------------------
@@ -265,7 +265,7 @@ class DnsClient:
                 return
             lacking = [v for v in values if v not in served]
             if lacking:
-                kind = self.kind(server)
+                kind = self.kind(server, zone.name)
                 shown = ", ".join(f'"{v}"' for v in lacking)
                 raise UpdateError(
                     f"{server}{servers.label(kind)} answered NOERROR to the UPDATE for zone "
@@ -295,7 +295,7 @@ class DnsClient:
                 )
             except PropagationError as e:
                 primary = self._accepted.get(zone_name) or self._zone(zone_name).primaries[0]
-                hint = servers.notify_advice(self.kind(primary), zone_name)
+                hint = servers.notify_advice(self.kind(primary, zone_name), zone_name)
                 raise PropagationError(
                     f"zone {zone_name}: {e}" + (f"; {hint}" if hint else "")
                 ) from None

@@ -9,15 +9,19 @@ only picks the words of the advice; when it is unknown, the advice covers all th
 from __future__ import annotations
 
 import re
+import secrets
 import socket
 from typing import Literal
 
 import dns.exception
+import dns.flags
 import dns.message
-import dns.query
+import dns.name
+import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.TXT
+import dns.tsig
 
 from certbot_epages.dns.keys import TsigKey
 from certbot_epages.netaddr import HostPort
@@ -48,6 +52,17 @@ def kind_from_version(text: str | None) -> Kind:
         return "knot"
     if "bind" in lowered or _BIND_VERSION.match(text.strip()):
         return "bind"
+    return ""
+
+
+def kind_from_behaviour(response: dns.message.Message) -> Kind:
+    """The server software shown by its answer to a query signed with a key nobody has.
+
+    PowerDNS answers NOTAUTH without any TSIG record; BIND and Knot answer NOTAUTH with TSIG
+    error BADKEY. So this tells PowerDNS apart even when its version string is changed.
+    """
+    if response.rcode() == dns.rcode.NOTAUTH and not response.had_tsig:
+        return "pdns"
     return ""
 
 
@@ -148,16 +163,55 @@ def notify_advice(kind: Kind, zone: object) -> str:
 # --- I/O -------------------------------------------------------------------------------------
 
 
-def identify(server: HostPort, timeout: float = 1.0) -> Kind:
-    """Ask ``server`` for ``version.bind`` (class CH); "" when it does not answer or say."""
+def identify(server: HostPort, zone: dns.name.Name | None = None, timeout: float = 1.0) -> Kind:
+    """Which software answers at ``server``; "" when neither question tells.
+
+    First its ``version.bind``; if that does not say, and ``zone`` is given, its answer to a
+    query for the zone signed with a key nobody has.
+    """
+    kind = by_version(server, timeout)
+    if kind or zone is None:
+        return kind
+    return by_behaviour(server, zone, timeout)
+
+
+def by_version(server: HostPort, timeout: float = 1.0) -> Kind:
+    """The software named by ``server``'s ``version.bind`` (class CH), or ""."""
     query = dns.message.make_query("version.bind.", dns.rdatatype.TXT, dns.rdataclass.CH)
-    try:
-        address = socket.getaddrinfo(server.host, server.port, type=socket.SOCK_DGRAM)[0][4][0]
-        response = dns.query.udp(query, str(address), timeout=timeout, port=server.port)
-    except (OSError, dns.exception.DNSException, ValueError):
-        return ""
-    for rrset in response.answer:
+    response = _exchange(server, query, timeout)
+    for rrset in response.answer if response is not None else ():
         for rdata in rrset:
             if isinstance(rdata, dns.rdtypes.ANY.TXT.TXT):
                 return kind_from_version(b"".join(rdata.strings).decode("ascii", "replace"))
     return ""
+
+
+def by_behaviour(server: HostPort, zone: dns.name.Name, timeout: float = 1.0) -> Kind:
+    """The software shown by ``server``'s answer to an unknown key (see kind_from_behaviour)."""
+    response = _exchange(server, unknown_key_query(zone), timeout)
+    return kind_from_behaviour(response) if response is not None else ""
+
+
+def unknown_key_query(zone: dns.name.Name) -> dns.message.Message:
+    """A SOA query for ``zone`` signed with a random key that no server knows."""
+    query = dns.message.make_query(zone, dns.rdatatype.SOA)
+    query.flags &= ~dns.flags.RD
+    name = dns.name.from_text(f"certbot-epages-{secrets.token_hex(6)}.invalid.")
+    query.use_tsig(dns.tsig.Key(name, secrets.token_bytes(32), dns.tsig.HMAC_SHA256))
+    return query
+
+
+def _exchange(
+    server: HostPort, query: dns.message.Message, timeout: float
+) -> dns.message.Message | None:
+    """One UDP question; the answer unvalidated (it may carry a TSIG error), or None."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            server.host, server.port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(timeout)
+            sock.sendto(query.to_wire(), address)
+            response = dns.message.from_wire(sock.recv(65535), keyring=False)
+    except (OSError, dns.exception.DNSException, ValueError):
+        return None
+    return response if response.id == query.id else None

@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: The shape of :func:`dns.query.tcp`: ``(message, where, timeout, port) -> response``.
 Transport = Callable[[dns.message.Message, str, float, int], dns.message.Message]
-#: ``server -> kind``: which software answers there (only for the words of advice).
-Identify = Callable[[HostPort], Kind]
+#: ``(server, zone) -> kind``: which software answers there (only for the words of advice).
+Identify = Callable[[HostPort, dns.name.Name], Kind]
 
 # TSIG errors (RFC 8945 section 3) as they come back in a response's TSIG record.
 BADSIG, BADKEY, BADTIME = 16, 17, 18
@@ -204,7 +204,7 @@ class _Diagnosis:
     identify: Identify | None
 
     def explain(self, rcode: dns.rcode.Rcode, *, signed: bool, tsig_error: int) -> str:
-        kind = self.identify(self.server) if self.identify is not None else ""
+        kind = self.identify(self.server, self.zone) if self.identify is not None else ""
         key_known = self.key_known() if tsig_error == BADKEY else None
         return explain_rcode(rcode, self.server, self.zone, self.key, signed=signed,
                              tsig_error=tsig_error, kind=kind, key_known=key_known)
@@ -340,7 +340,7 @@ def _explain_exception(error: dns.exception.DNSException, diagnosis: _Diagnosis)
     if isinstance(error, dns.tsig.BadTime):
         return f"the answer of {server} for zone {zone} is signed at a skewed time; {_BAD_TIME}"
     if isinstance(error, dns.exception.FormError) and "requires a TSIG" in str(error):
-        kind = diagnosis.identify(server) if diagnosis.identify is not None else ""
+        kind = diagnosis.identify(server, zone) if diagnosis.identify is not None else ""
         return (
             f"{server}{servers.label(kind)} answered the UPDATE for zone {zone} without a TSIG "
             f"signature (an unsigned error response), which usually means it did not accept "

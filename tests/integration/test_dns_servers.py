@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.name
 import dns.query
 import dns.rcode
 import dns.update
@@ -33,6 +34,7 @@ from epages_testlib import (
 )
 
 from certbot_epages import config
+from certbot_epages.dns import servers
 from certbot_epages.dns.client import from_config
 from certbot_epages.dns.keys import load_key_file
 from certbot_epages.errors import UpdateError
@@ -45,6 +47,7 @@ pytestmark = pytest.mark.integration
 PLACEHOLDER = ".empty"
 BIN = Path(sys.executable).parent
 NAMES = {"bind": "(BIND)", "knot": "(Knot DNS)", "pdns": "(PowerDNS)"}
+N = dns.name.from_text
 
 
 @pytest.fixture(scope="session")
@@ -281,6 +284,16 @@ def test_a_delete_applied_after_its_timeout_gets_the_placeholder_back(
     assert done.returncode == 0, done.stdout + done.stderr
     assert f'removed "{value}" at {name}' in done.stdout and "not confirmed" in done.stdout
     settled(platform, name)
+
+
+def test_the_server_is_told_by_its_version_and_powerdns_also_by_its_behaviour(
+    platform: Sandbox,
+) -> None:
+    server, zone = HostPort(platform.ip.primary, 53), N(platform.zones.challenge + ".")
+    assert servers.identify(server, zone) == platform.dns
+    assert servers.by_version(server) == platform.dns
+    # With its version string changed, PowerDNS still shows by how it answers an unknown key.
+    assert servers.by_behaviour(server, zone) == ("pdns" if platform.dns == "pdns" else "")
 
 
 def test_knot_reads_the_key_file_keymgr_wrote(knot_sandbox: Sandbox) -> None:

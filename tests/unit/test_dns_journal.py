@@ -228,7 +228,7 @@ def client(server: Server, j: Journal | None, run: Run = ME, kind: str = "") -> 
     return DnsClient(
         [ManagedZone(N(ZONE), (P1,), KEY, (P1,))], resolvers=[P1],
         delegation="_acme-challenge.{domain}." + ZONE, transport=server.transport,
-        query=server.query, identify=lambda s: kind,  # type: ignore[arg-type,return-value]
+        query=server.query, identify=lambda s, z: kind,  # type: ignore[arg-type,return-value]
         journal=j, run=run, propagation_timeout=0.05,
     )
 

@@ -88,3 +88,23 @@ def test_unknown_format_shows_the_inline_form_and_hides_the_secret(tmp_path: Pat
 ])
 def test_kind_from_version(version: str | None, kind: str) -> None:
     assert kind_from_version(version) == kind
+
+
+def test_kind_from_behaviour_tells_powerdns_by_its_unsigned_notauth() -> None:
+    import dns.message
+    import dns.name
+    import dns.rcode
+
+    from certbot_epages.dns.servers import kind_from_behaviour, unknown_key_query
+
+    query = unknown_key_query(dns.name.from_text("dyn.platform.example."))
+    assert query.had_tsig and str(query.keyname).endswith(".invalid.")
+    unsigned = dns.message.make_response(dns.message.make_query("x.", "SOA"))
+    unsigned.set_rcode(dns.rcode.NOTAUTH)
+    assert kind_from_behaviour(unsigned) == "pdns"
+    badkey = dns.message.make_response(query)
+    badkey.set_rcode(dns.rcode.NOTAUTH)
+    badkey.use_tsig(query.keyring, tsig_error=17)
+    assert kind_from_behaviour(badkey) == ""
+    unsigned.set_rcode(dns.rcode.REFUSED)
+    assert kind_from_behaviour(unsigned) == ""

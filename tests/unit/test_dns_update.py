@@ -230,7 +230,7 @@ def test_send_update_unsigned_refused_is_a_key_problem() -> None:
 
     with pytest.raises(UpdateError) as info:
         send_update(message, ZONE, [P1], KEY, timeout=3, transport=transport,
-                    identify=lambda server: "pdns")
+                    identify=lambda server, zone: "pdns")
     text = str(info.value)
     assert "192.0.2.1:53 (PowerDNS) answered REFUSED (unsigned)" in text
     assert "a key problem, not the update policy" in text
@@ -253,7 +253,7 @@ def test_send_update_signed_refused_is_a_policy_problem_in_the_servers_terms(
     transport = fake_transport([dns.rcode.REFUSED], [])
     with pytest.raises(UpdateError) as info:
         send_update(message, ZONE, [P1], KEY, timeout=3, transport=transport,
-                    identify=lambda server: kind)  # type: ignore[arg-type,return-value]
+                    identify=lambda server, zone: kind)  # type: ignore[arg-type,return-value]
     text = str(info.value)
     assert "answered REFUSED to the UPDATE" in text and "a policy problem" in text
     assert advice in text
@@ -294,7 +294,7 @@ def test_badkey_from_a_server_that_signs_a_signed_query_is_its_acl() -> None:
 
     with pytest.raises(UpdateError) as info:
         send_update(message, ZONE, [P1, P2], KEY, timeout=3, transport=transport,
-                    identify=lambda server: "knot")
+                    identify=lambda server, zone: "knot")
     text = str(info.value)
     assert "192.0.2.1:53 (Knot DNS) answered NOTAUTH with TSIG error BADKEY" in text
     assert "a policy problem: the server knows key acme-update" in text
@@ -312,7 +312,7 @@ def test_badkey_from_a_server_that_does_not_know_the_key() -> None:
 
     with pytest.raises(UpdateError) as info:
         send_update(message, ZONE, [P1], KEY, timeout=3, transport=transport,
-                    identify=lambda server: "knot")
+                    identify=lambda server, zone: "knot")
     text = str(info.value)
     assert "answered NOTAUTH with TSIG error BADKEY" in text
     assert "does not know a key named acme-update with algorithm hmac-sha512" in text
@@ -342,7 +342,7 @@ def test_notimp_names_powerdns_bind_backend(kind: str, expected: str) -> None:
     with pytest.raises(UpdateError) as info:
         send_update(message, ZONE, [P1], KEY, timeout=3,
                     transport=fake_transport([dns.rcode.NOTIMP], []),
-                    identify=lambda server: kind)  # type: ignore[arg-type,return-value]
+                    identify=lambda server, zone: kind)  # type: ignore[arg-type,return-value]
     assert expected in str(info.value)
 
 
@@ -487,7 +487,7 @@ def test_client_add_and_remove_messages() -> None:
     client = DnsClient(
         [ManagedZone(ZONE, (P1, P2), KEY, None)], resolvers=[P1],
         delegation="_acme-challenge.{domain}.dyn.platform.example.", transport=transport,
-        query=query, identify=lambda server: "",
+        query=query, identify=lambda server, zone: "",
     )
     loc_a = Location("shop.example", (N("_acme-challenge.shop.example."), RECORD), ZONE, RECORD)
     loc_b = Location("x.dyn.platform.example", (other,), ZONE, other)
