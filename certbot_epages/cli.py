@@ -1,4 +1,7 @@
-"""``certbot-epages``: the operator's command line (sandbox; later check, deploy, sync, status)."""
+"""``certbot-epages``: the operator's command line.
+
+Subcommands: check, deploy, sync, status, http01-snippet, sandbox.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from certbot_epages import __version__, config
-from certbot_epages.errors import ConfigError, EpagesError
+from certbot_epages import __version__, config, runner
+from certbot_epages.errors import EpagesError
 from certbot_epages.inventory import validate_domain
 from certbot_epages.sandbox import commands as sandbox_commands
 
@@ -157,8 +160,7 @@ def _check(args: argparse.Namespace) -> int:
     from certbot_epages.dns import check, client
 
     settings = config.load(args.config)
-    if settings.dns is None:
-        raise ConfigError(f"{settings.source}: no 'dns' section; check needs dns.zones")
+    dns_settings = settings.need_dns("check")
     if not args.domains and not args.clean:
         raise EpagesError("name at least one DOMAIN to check, or use --clean")
     domains = []
@@ -167,7 +169,7 @@ def _check(args: argparse.Namespace) -> int:
             domains.append(validate_domain(domain))
         except ValueError as e:
             raise EpagesError(f"{domain!r} is not a domain name: {e}") from None
-    dns_client = client.from_config(settings.dns)
+    dns_client = client.from_config(dns_settings)
     cleaned = check.clean(dns_client) if args.clean else None
     reports = [check.check_domain(dns_client, domain) for domain in domains]
     if cleaned is not None:
@@ -188,14 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    try:
-        status: int = args.func(args)
-    except EpagesError as e:
-        print(f"certbot-epages {args.command}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return status
+    return runner.run(f"certbot-epages {args.command}", lambda: int(args.func(args)),
+                      verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import dns.exception
 import dns.name
 
 from certbot_epages import config as epages_config
-from certbot_epages import http01
+from certbot_epages import http01, runner
 from certbot_epages.dns import client as dns_client
 from certbot_epages.dns.chain import Location
 from certbot_epages.errors import ConfigError, EpagesError
@@ -322,11 +322,13 @@ def _http_cleanup(settings: epages_config.Config, challenge: Challenge) -> None:
 
 
 def _run(name: str, action: str, argv: Sequence[str] | None) -> int:
-    if argv:
-        print(f"{name}: takes no arguments; certbot passes everything in CERTBOT_* variables",
-              file=sys.stderr)
+    verbose = list(argv or ()) in (["-v"], ["--verbose"])
+    if argv and not verbose:
+        print(f"{name}: takes no arguments but -v; certbot passes everything in CERTBOT_* "
+              "variables", file=sys.stderr)
         return 2
-    try:
+
+    def body() -> int:
         challenge = read_environment(os.environ)
         settings = epages_config.load()
         if action == "auth":
@@ -338,14 +340,9 @@ def _run(name: str, action: str, argv: Sequence[str] | None) -> int:
             _dns_cleanup(settings, challenge)
         else:
             _http_cleanup(settings, challenge)
-    except EpagesError as e:
-        message = " ".join(str(e).split())
-        print(f"{name}: {challenge_label()}{message}", file=sys.stderr)
-        return 1
-    except Exception as e:  # noqa: BLE001 - certbot shows hook stderr: one line, not a traceback
-        print(f"{name}: {challenge_label()}unexpected {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return runner.run(f"{name}: {challenge_label()}".rstrip(": "), body, verbose=verbose)
 
 
 def challenge_label() -> str:
