@@ -4,7 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEBS := bind9 bind9-dnsutils pebble nginx rsync openssh-server openssh-client iproute2
+DEBS := bind9 bind9-dnsutils pebble nginx rsync openssh-server openssh-client iproute2 \
+	knot pdns-server pdns-backend-sqlite3 pdns-backend-bind
 WHEEL = $(wildcard dist/certbot_epages-*.whl)
 PYTEST_ARGS ?=
 

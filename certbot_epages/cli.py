@@ -38,8 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         "signed probe update (added, awaited on every authoritative server, deleted again) and "
         "what each authoritative server answers. Exits 1 if any domain is not ready.",
     )
-    check.add_argument("domains", nargs="+", metavar="DOMAIN")
+    check.add_argument("domains", nargs="*", metavar="DOMAIN")
     check.add_argument("--json", action="store_true", help="print JSON for machines")
+    check.add_argument("--clean", action="store_true",
+                       help="first delete what ended runs left in DNS (values older than "
+                       "dns.stale_after, deletes that were not confirmed)")
     check.set_defaults(func=_check)
     deploy = sub.add_parser(
         "deploy", help="render nginx configs and push them with certificates to the LBs",
@@ -158,6 +161,8 @@ def _check(args: argparse.Namespace) -> int:
 
     settings = config.load(args.config)
     dns_settings = settings.need_dns("check")
+    if not args.domains and not args.clean:
+        raise EpagesError("name at least one DOMAIN to check, or use --clean")
     domains = []
     for domain in args.domains:
         try:
@@ -165,12 +170,16 @@ def _check(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise EpagesError(f"{domain!r} is not a domain name: {e}") from None
     dns_client = client.from_config(dns_settings)
+    cleaned = check.clean(dns_client) if args.clean else None
     reports = [check.check_domain(dns_client, domain) for domain in domains]
+    if cleaned is not None:
+        print(check.render_clean(cleaned), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in reports], indent=2))
-    else:
+    elif reports:
         print("\n".join(check.render(r) for r in reports))
-    return 0 if all(r.ready for r in reports) else 1
+    failed = cleaned is not None and bool(cleaned.failures)
+    return 0 if all(r.ready for r in reports) and not failed else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

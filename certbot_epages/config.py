@@ -34,6 +34,7 @@ from certbot_epages.netaddr import HostPort
 DEFAULT_PATH = Path("/etc/letsencrypt/epages.yaml")
 ENV_VAR = "CERTBOT_EPAGES_CONFIG"
 DEFAULT_SPOOL = Path("/var/lib/certbot-epages/spool")
+DEFAULT_DNS_STATE = Path("/var/lib/certbot-epages/dns")
 DEFAULT_CERTBOT_DIR = Path("/etc/letsencrypt")
 
 Http01Mode = Literal["files", "stateless"]
@@ -64,6 +65,8 @@ class DnsConfig:
     placeholder: str | None
     propagation_timeout: float
     allow_weak_algorithms: bool
+    state_dir: Path = DEFAULT_DNS_STATE  # claims and the journal of values written
+    stale_after: float = 3600.0  # seconds before an ended run's values are removed
 
     def zone_for(self, name: str) -> ZoneConfig | None:
         """Return the zone holding ``name`` (longest suffix on label boundaries), or None."""
@@ -490,7 +493,7 @@ def _parse_dns(node: _Node) -> DnsConfig:
     f = node.mapping(
         (
             "tsig_keys", "zones", "resolvers", "delegation", "ttl", "placeholder",
-            "propagation_timeout", "allow_weak_algorithms",
+            "propagation_timeout", "allow_weak_algorithms", "state_dir", "stale_after",
         )
     )
     weak = f.opt("allow_weak_algorithms")
@@ -528,6 +531,8 @@ def _parse_dns(node: _Node) -> DnsConfig:
     if f.has("placeholder"):
         placeholder = _parse_placeholder(f.node.child("placeholder", f.values["placeholder"]))
     timeout = f.opt("propagation_timeout")
+    state_dir = f.opt("state_dir")
+    stale_after = f.opt("stale_after")
     return DnsConfig(
         tsig_keys=MappingProxyType(dict(tsig_keys)),
         zones=tuple(zones),
@@ -537,6 +542,8 @@ def _parse_dns(node: _Node) -> DnsConfig:
         placeholder=placeholder,
         propagation_timeout=120.0 if timeout is None else timeout.positive_number(),
         allow_weak_algorithms=allow_weak,
+        state_dir=DEFAULT_DNS_STATE if state_dir is None else state_dir.local_path(),
+        stale_after=3600.0 if stale_after is None else stale_after.positive_number(),
     )
 
 

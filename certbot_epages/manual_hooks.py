@@ -135,21 +135,30 @@ def _spool_dir() -> Path:
 def _certbot_pid() -> int:
     """The PID of the certbot process that runs this hook (our nearest 'certbot' ancestor).
 
-    It keys the spool, so two certbot runs for the same names never share pending values.
+    It keys the spool, so two certbot runs for the same names never share pending values, and
+    owns the run's claims on challenge names. A certbot started some other way (``python -c``)
+    is taken to be the nearest ancestor that is not a shell (certbot runs hooks with sh -c).
     """
     pid = os.getppid()
+    fallback = None
     for _ in range(8):
         try:
             stat_line = Path(f"/proc/{pid}/stat").read_text()
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             break
-        if any(Path(arg.decode("utf-8", "replace")).name == "certbot" for arg in cmdline[:2]):
+        names = [Path(arg.decode("utf-8", "replace")).name for arg in cmdline[:2]]
+        if "certbot" in names:
             return pid
+        if fallback is None and names[0] not in _SHELLS:
+            fallback = pid
         pid = int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
         if pid <= 1:
             break
-    return os.getppid()
+    return fallback or os.getppid()
+
+
+_SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "busybox"})
 
 
 @contextlib.contextmanager
@@ -233,7 +242,10 @@ def _location(client: dns_client.DnsClient, entry: Mapping[str, object],
 def _dns_client(settings: epages_config.Config) -> dns_client.DnsClient:
     if settings.dns is None:
         raise ConfigError(f"{settings.source}: no 'dns' section; DNS-01 needs dns.zones")
-    return dns_client.from_config(settings.dns)
+    from certbot_epages.dns.journal import Run
+
+    # The certbot run owns what its hooks write: its claims span all of the run's hook calls.
+    return dns_client.from_config(settings.dns, run=Run.of(_certbot_pid()))
 
 
 def _dns_auth(settings: epages_config.Config, challenge: Challenge) -> str:

@@ -24,6 +24,7 @@ from certbot_epages.errors import SandboxError
 from certbot_epages.netaddr import HostPort
 from certbot_epages.sandbox.pki import SandboxCA
 from certbot_epages.sandbox.platform import Sandbox, running
+from certbot_epages.sandbox.primary import Kind
 from certbot_epages.sandbox.processes import wait_until
 
 T = TypeVar("T")
@@ -166,7 +167,20 @@ def shop_sites(lb_root: str | Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def fresh_sandbox() -> Iterator[Sandbox]:
+def fresh_sandbox(dns: Kind = "bind") -> Iterator[Sandbox]:
     """A sandbox of its own in a fresh directory, stopped and removed even when a test fails."""
-    with sandbox_dir() as directory, running(directory) as sandbox:
+    with sandbox_dir() as directory, running(directory, dns=dns) as sandbox:
         yield sandbox
+
+
+def epages(sandbox: Sandbox, *args: str, config: Path | None = None,
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``certbot-epages ARGS`` with the sandbox's (or the given) config."""
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "certbot_epages.cli", "--config",
+         str(config or sandbox.config_path), *args],
+        env={**os.environ, **sandbox.env()}, capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )

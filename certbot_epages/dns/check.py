@@ -14,6 +14,7 @@ import dns.name
 
 from certbot_epages.dns import propagation
 from certbot_epages.dns.client import DnsClient
+from certbot_epages.dns.journal import Entry
 from certbot_epages.errors import DNSError
 
 
@@ -40,6 +41,33 @@ class DomainReport:
     probe: str | None = None  # "accepted, seen by every server", or what went wrong
     servers: list[ServerView] = field(default_factory=list)
     error: str | None = None
+
+
+@dataclass
+class CleanReport:
+    """What ``check --clean`` deleted, and what it could not."""
+
+    removed: list[Entry]
+    failures: list[str]
+
+
+def clean(client: DnsClient) -> CleanReport:
+    """Delete what ended runs left in the managed zones (see DnsClient.clean_stale)."""
+    removed, failures = client.clean_stale()
+    return CleanReport(removed, failures)
+
+
+def render_clean(report: CleanReport) -> str:
+    """One line per value removed or left, for people."""
+    if not report.removed and not report.failures:
+        return "clean: nothing left by ended runs"
+    lines = [
+        f'clean: removed "{e.value}" at {e.record} (written by {e.run}'
+        + (", its delete was not confirmed)" if e.deleting else ", which has ended)")
+        for e in report.removed
+    ]
+    lines.extend(f"clean: FAILED {failure}" for failure in report.failures)
+    return "\n".join(lines)
 
 
 def check_domain(client: DnsClient, domain: str) -> DomainReport:

@@ -7,6 +7,7 @@ the resolvers used to follow CNAMEs, and the delegation template customers are t
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,8 +22,9 @@ import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
 import dns.resolver
 
-from certbot_epages.dns import chain, propagation, update
+from certbot_epages.dns import chain, propagation, servers, update
 from certbot_epages.dns.chain import Location
+from certbot_epages.dns.journal import Entry, Journal, Run, Written
 from certbot_epages.dns.keys import TsigKey
 from certbot_epages.errors import DNSError, PropagationError, UpdateError
 from certbot_epages.netaddr import HostPort
@@ -46,6 +48,11 @@ class ManagedZone:
     primaries: tuple[HostPort, ...]
     key: TsigKey
     nameservers: tuple[HostPort, ...] | None = None
+
+
+def written(records: Records) -> list[Written]:
+    """(zone, record, value) of each record, as the journal keeps them."""
+    return [(str(location.zone), str(location.record), value) for location, value in records]
 
 
 def group_by_zone(records: Records) -> dict[dns.name.Name, dict[dns.name.Name, list[str]]]:
@@ -72,6 +79,11 @@ class DnsClient:
         propagation_timeout: float = 120.0,
         timeout: float = 5.0,
         transport: update.Transport | None = None,
+        query: propagation.Query = propagation.query_txt,
+        identify: update.Identify = servers.identify,
+        journal: Journal | None = None,
+        run: Run | None = None,
+        claim_timeout: float | None = None,
     ) -> None:
         self._zones = {zone.name.canonicalize(): zone for zone in zones}
         self._resolvers = tuple(resolvers) if resolvers is not None else None
@@ -81,6 +93,17 @@ class DnsClient:
         self._propagation_timeout = propagation_timeout
         self._timeout = timeout
         self._transport = transport or update.tcp_transport
+        self._query = query
+        self._identify = identify
+        self._kinds: dict[HostPort, servers.Kind] = {}
+        # Claims and the journal: who wrote what (None: nothing is recorded, no claims).
+        self._journal = journal
+        self._run = run if run is not None else Run.of(os.getpid())
+        # A claim is held through the propagation wait, the CA's validation and cleanup.
+        self._claim_timeout = (
+            claim_timeout if claim_timeout is not None else propagation_timeout + 300.0
+        )
+        self._accepted: dict[dns.name.Name, HostPort] = {}
         self._resolver: dns.resolver.Resolver | None = None
         self._nameservers: dict[dns.name.Name, dict[HostPort, str]] = {}
         if placeholder is not None:
@@ -176,6 +199,12 @@ class DnsClient:
         except KeyError:
             raise DNSError(f"zone {name} is not managed by this client") from None
 
+    def kind(self, server: HostPort, zone: dns.name.Name) -> servers.Kind:
+        """Which software answers at ``server`` for ``zone`` (asked once; "" if unknown)."""
+        if server not in self._kinds:
+            self._kinds[server] = self._identify(server, zone)
+        return self._kinds[server]
+
     # --- changes ---------------------------------------------------------------------------
 
     def _send(
@@ -187,7 +216,7 @@ class DnsClient:
         message = update.build_update(zone.name, changes, self._ttl, zone.key)
         server = update.send_update(
             message, zone.name, primaries or zone.primaries, zone.key,
-            timeout=self._timeout, transport=self._transport,
+            timeout=self._timeout, transport=self._transport, identify=self.kind,
         )
         logger.info(
             "UPDATE zone %s at %s (key %s): %d name(s), %d value(s) added, %d deleted",
@@ -199,8 +228,14 @@ class DnsClient:
     def add(self, records: Records) -> dict[dns.name.Name, HostPort]:
         """Add every value in one signed UPDATE per zone, deleting the placeholder there.
 
-        Returns, per zone, the primary that accepted the update.
+        First cleans up after ended runs, and claims the names (waiting while another run on
+        this host holds one). After each NOERROR, the primary that took the update is asked
+        once: a value it does not serve fails at once, naming it (a dropped update is not a
+        slow secondary). Returns, per zone, the primary that accepted the update.
         """
+        if self._journal is not None:
+            self.clean_stale()
+            self._journal.claim(written(records), self._run, timeout=self._claim_timeout)
         accepted: dict[dns.name.Name, HostPort] = {}
         for zone_name, names in group_by_zone(records).items():
             zone = self._zone(zone_name)
@@ -213,8 +248,31 @@ class DnsClient:
                 )
                 for name, values in names.items()
             ]
-            accepted[zone_name] = self._send(zone, changes)
+            server = self._send(zone, changes)
+            accepted[zone_name] = self._accepted[zone_name] = server
+            self._confirm(zone, server, names)
         return accepted
+
+    def _confirm(
+        self, zone: ManagedZone, server: HostPort, names: dict[dns.name.Name, list[str]]
+    ) -> None:
+        """Ask the primary that answered NOERROR whether it serves what it took."""
+        for name, values in names.items():
+            try:
+                served = self._query(server, name, min(self._timeout, 2.0))
+            except DNSError as e:  # a primary that does not answer queries proves nothing
+                logger.info("cannot confirm the update at %s: %s", server, e)
+                return
+            lacking = [v for v in values if v not in served]
+            if lacking:
+                kind = self.kind(server, zone.name)
+                shown = ", ".join(f'"{v}"' for v in lacking)
+                raise UpdateError(
+                    f"{server}{servers.label(kind)} answered NOERROR to the UPDATE for zone "
+                    f"{zone.name} signed with key {zone.key.name}, but does not serve {shown} at "
+                    f"{name}: it dropped the update; "
+                    f"{servers.dropped_advice(kind, zone.key, name)}"
+                )
 
     def wait(self, records: Records) -> None:
         """Return once every authoritative server of each zone returns every value."""
@@ -233,9 +291,14 @@ class DnsClient:
                     timeout=max(deadline - time.monotonic(), 0.0),
                     query_timeout=min(self._timeout, 2.0),
                     labels={s: label for s, label in labels.items() if label},
+                    query=self._query,
                 )
             except PropagationError as e:
-                raise PropagationError(f"zone {zone_name}: {e}") from None
+                primary = self._accepted.get(zone_name) or self._zone(zone_name).primaries[0]
+                hint = servers.notify_advice(self.kind(primary, zone_name), zone_name)
+                raise PropagationError(
+                    f"zone {zone_name}: {e}" + (f"; {hint}" if hint else "")
+                ) from None
 
     def servers(self, zone_name: dns.name.Name) -> dict[HostPort, str]:
         """The zone's authoritative servers (configured, or from its NS records) and NS names."""
@@ -253,45 +316,97 @@ class DnsClient:
 
         A value already gone is fine. The placeholder is added, at the primary that took the
         deletion, only where no TXT is left (checked atomically by an update prerequisite).
+        Values whose removal failed stay in the journal, marked for a later run to finish
+        (a delete that timed out may still be applied and leave the name without TXT).
         """
         failures: list[str] = []
         for zone_name, names in group_by_zone(records).items():
             # Every zone and name gets its chance: one failure must not strand the others.
-            try:
-                zone = self._zone(zone_name)
-                changes = [
-                    update.Change(record=name, delete=tuple(values))
-                    for name, values in names.items()
-                ]
-                server = self._send(zone, changes)
-            except DNSError as e:
-                failures.append(str(e))
-                continue
-            if self._placeholder is None:
-                continue
-            for name in names:
-                try:
-                    message = update.build_placeholder(
-                        zone.name, name, self._placeholder, self._ttl, zone.key
-                    )
-                    update.send_update(
-                        message, zone.name, (server,), zone.key, timeout=self._timeout,
-                        transport=self._transport,
-                        tolerate=frozenset({dns.rcode.YXRRSET, dns.rcode.NXRRSET}),
-                    )
-                except DNSError as e:
-                    failures.append(f"placeholder at {name}: {e}")
-                    continue
-                logger.info(
-                    "UPDATE zone %s at %s: placeholder at %s unless other TXT remain",
-                    zone.name, server, name,
-                )
+            problems = self._remove(zone_name, names)
+            done = [(str(zone_name), str(name), v) for name, vs in names.items() for v in vs]
+            if self._journal is not None:
+                if problems:
+                    self._journal.mark_deleting(done)
+                else:
+                    self._journal.forget(done)
+            failures.extend(problems)
         if failures:
             raise UpdateError("; ".join(failures))
 
+    def _remove(self, zone_name: dns.name.Name, names: dict[dns.name.Name, list[str]]) -> list[str]:
+        """Delete values at names of one zone, then re-assert the placeholder; the failures."""
+        failures: list[str] = []
+        try:
+            zone = self._zone(zone_name)
+            changes = [update.Change(record=name, delete=tuple(values))
+                       for name, values in names.items()]
+            server = self._send(zone, changes)
+        except DNSError as e:
+            return [str(e)]
+        if self._placeholder is None:
+            return []
+        for name in names:
+            try:
+                message = update.build_placeholder(
+                    zone.name, name, self._placeholder, self._ttl, zone.key
+                )
+                update.send_update(
+                    message, zone.name, (server,), zone.key, timeout=self._timeout,
+                    transport=self._transport,
+                    tolerate=frozenset({dns.rcode.YXRRSET, dns.rcode.NXRRSET}),
+                    identify=self.kind,
+                )
+            except DNSError as e:
+                failures.append(f"placeholder at {name}: {e}")
+                continue
+            logger.info(
+                "UPDATE zone %s at %s: placeholder at %s unless other TXT remain",
+                zone.name, server, name,
+            )
+        return failures
 
-def from_config(settings: DnsConfig) -> DnsClient:
-    """The client for the ``dns`` section of epages.yaml."""
+    def clean_stale(self) -> tuple[list[Entry], list[str]]:
+        """Delete what ended runs left: stale values, and deletes that were not confirmed.
+
+        Returns what was removed and what could not be (each failure is also logged; the
+        entry stays for the next try). Names get their placeholder back where no TXT is left.
+        """
+        if self._journal is None:
+            return [], []
+        removed: list[Entry] = []
+        failures: list[str] = []
+        by_zone: dict[dns.name.Name, list[Entry]] = defaultdict(list)
+        for entry in self._journal.to_clean():
+            zone_name = dns.name.from_text(entry.zone)
+            if not self.manages(zone_name):
+                # Said once, then forgotten: no later run could do better.
+                failures.append(f'"{entry.value}" at {entry.record}: zone {entry.zone} is not '
+                                f"managed any more; delete it by hand if it is still there")
+                self._journal.forget([entry.written])
+                continue
+            by_zone[zone_name].append(entry)
+        for zone_name, entries in by_zone.items():
+            names: dict[dns.name.Name, list[str]] = defaultdict(list)
+            for entry in entries:
+                names[dns.name.from_text(entry.record)].append(entry.value)
+            problems = self._remove(zone_name, dict(names))
+            if problems:
+                failures.extend(problems)
+                continue
+            self._journal.forget(e.written for e in entries)
+            removed.extend(entries)
+            for entry in entries:
+                logger.info('removed "%s" at %s, left by %s%s', entry.value, entry.record,
+                            entry.run, " (its delete was not confirmed)" if entry.deleting else "")
+        for failure in failures:
+            logger.warning("cleaning up after ended runs: %s", failure)
+        return removed, failures
+
+
+def from_config(
+    settings: DnsConfig, *, run: Run | None = None, timeout: float = 5.0
+) -> DnsClient:
+    """The client for the ``dns`` section of epages.yaml, writing as ``run`` (default: us)."""
     zones = [
         ManagedZone(
             name=dns.name.from_text(zone.name),
@@ -308,4 +423,7 @@ def from_config(settings: DnsConfig) -> DnsClient:
         ttl=settings.ttl,
         placeholder=settings.placeholder,
         propagation_timeout=settings.propagation_timeout,
+        timeout=timeout,
+        journal=Journal(settings.state_dir, stale_after=settings.stale_after),
+        run=run,
     )

@@ -1,4 +1,4 @@
-"""TSIG keys: BIND key files (as ``tsig-keygen`` writes them) and inline secrets.
+"""TSIG keys: key files of BIND (``tsig-keygen``) and Knot (``keymgr -t``), inline secrets.
 
 Secrets never appear in ``repr``, logs or error messages.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 import dns.exception
 import dns.name
 import dns.tsig
+import yaml
 
 from certbot_epages.errors import ConfigError
 
@@ -110,7 +111,10 @@ def _check_mode(path: Path, mode: int, what: str) -> None:
 
 
 def load_key_file(path: Path, name: str, *, allow_weak: bool) -> TsigKey:
-    """Read key ``name`` from a BIND key file (``tsig-keygen`` output; ``nsupdate -k`` reads it)."""
+    """Read key ``name`` from a key file.
+
+    BIND's format (``tsig-keygen``, what ``nsupdate -k`` reads) or Knot's YAML (``keymgr -t``).
+    """
     try:
         # Check the mode of what was opened, not of whatever the path names a moment earlier.
         with open(path, "rb") as f:
@@ -120,11 +124,11 @@ def load_key_file(path: Path, name: str, *, allow_weak: bool) -> TsigKey:
         raise ConfigError(f"{path}: cannot read the TSIG key file: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the TSIG key file is not UTF-8 text") from None
-    text = _COMMENT_OR_STRING.sub(lambda m: m[0] if m[0].startswith('"') else " ", text)
+    bind_text = _COMMENT_OR_STRING.sub(lambda m: m[0] if m[0].startswith('"') else " ", text)
     found = []
-    for block in _KEY_BLOCK.finditer(text):
+    for block in _KEY_BLOCK.finditer(bind_text):
         found.append(block["name"])
-        if block["name"].rstrip(".").lower() != name.rstrip(".").lower():
+        if not _same_name(block["name"], name):
             continue
         values = {m["word"]: m["value"] for m in _STATEMENT.finditer(block["body"])}
         missing = [w for w in ("algorithm", "secret") if w not in values]
@@ -134,10 +138,54 @@ def load_key_file(path: Path, name: str, *, allow_weak: bool) -> TsigKey:
             block["name"], values["algorithm"], values["secret"],
             allow_weak=allow_weak, where=str(path),
         )
+    if not found:
+        knot = _knot_keys(text)
+        if knot is not None:
+            return _from_knot(path, knot, name, allow_weak=allow_weak)
     seen = f"; it holds {', '.join(repr(n) for n in found)}" if found else "; it holds no key block"
     raise ConfigError(
         f"{path}: no key named {name!r}{seen}. The key name in epages.yaml must match the "
-        f"name BIND knows (the quoted name after 'key')"
+        f"name BIND knows (the quoted name after 'key'). Key files in BIND's format "
+        f"(tsig-keygen) and Knot's (keymgr -t) are read; for any other, give the key inline: "
+        f"{{algorithm: hmac-sha512, secret: \"...\"}}"
+    )
+
+
+def _same_name(a: str, b: str) -> bool:
+    return a.rstrip(".").lower() == b.rstrip(".").lower()
+
+
+def _knot_keys(text: str) -> list[dict[object, object]] | None:
+    """The ``key:`` list of Knot's YAML (``keymgr -t`` output or a knot.conf), else None."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None  # no details: the parser would quote the line, which may hold the secret
+    if not isinstance(data, dict) or not isinstance(data.get("key"), list):
+        return None
+    return [item for item in data["key"] if isinstance(item, dict)]
+
+
+def _from_knot(
+    path: Path, entries: list[dict[object, object]], name: str, *, allow_weak: bool
+) -> TsigKey:
+    ids = [str(entry.get("id")) for entry in entries]
+    for entry in entries:
+        if not _same_name(str(entry.get("id")), name):
+            continue
+        missing = [w for w in ("algorithm", "secret") if not isinstance(entry.get(w), str)]
+        if missing:
+            raise ConfigError(
+                f"{path}: Knot key {name!r} has no {' and no '.join(missing)} (as text)"
+            )
+        return make_key(
+            str(entry["id"]).rstrip("."), str(entry["algorithm"]), str(entry["secret"]),
+            allow_weak=allow_weak, where=str(path),
+        )
+    raise ConfigError(
+        f"{path}: no key named {name!r} in this Knot key file; it holds "
+        f"{', '.join(repr(i) for i in ids) or 'no key'}. The key name in epages.yaml must match "
+        f"the key's id"
     )
 
 

@@ -5,6 +5,7 @@ Servers are asked directly (RD flag cleared), polled at a short interval until a
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -40,6 +41,17 @@ class QueryFailed(DNSError):
     """A server gave no usable answer (timeout, SERVFAIL, REFUSED, not authoritative)."""
 
 
+class Unreachable(QueryFailed):
+    """The host cannot send to the address at all (no route, no IPv6): nothing was asked."""
+
+
+# What the socket layer says at once when a host has no way to an address (family).
+_UNREACHABLE = frozenset({
+    errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL,
+    errno.EPFNOSUPPORT, errno.EPROTONOSUPPORT,
+})
+
+
 # --- pure ------------------------------------------------------------------------------------
 
 
@@ -58,6 +70,28 @@ def missing_values(expected: Expected, seen: Seen) -> Missing:
         if lacks:
             missing[server] = lacks
     return missing
+
+
+def excuse_unreachable(
+    missing: Missing,
+    unreachable: set[HostPort],
+    answered: set[HostPort],
+    labels: Mapping[HostPort, str],
+) -> Missing:
+    """Drop addresses this host cannot reach while another address of the same server answers.
+
+    A name server with an AAAA record on a host without IPv6 is not "lacking the value": it
+    is the same server as its IPv4 address, which is asked instead. Addresses are the same
+    server when they have the same label (the NS name they were found under).
+    """
+    def excused(server: HostPort) -> bool:
+        name = labels.get(server)
+        return server in unreachable and bool(name) and any(
+            other != server and labels.get(other) == name and other not in unreachable
+            for other in answered
+        )
+
+    return {server: lacks for server, lacks in missing.items() if not excused(server)}
 
 
 def format_missing(
@@ -121,7 +155,10 @@ def ask(
     except dns.exception.Timeout:
         raise QueryFailed(f"no answer within {timeout:.2f}s") from None
     except OSError as e:
-        raise QueryFailed(e.strerror or str(e) or type(e).__name__) from None
+        reason = e.strerror or str(e) or type(e).__name__
+        if e.errno in _UNREACHABLE:
+            raise Unreachable(f"unreachable from this host: {reason}") from None
+        raise QueryFailed(reason) from None
     except dns.exception.DNSException as e:
         raise QueryFailed(f"bad answer: {type(e).__name__}: {e}") from None
     return response
@@ -160,7 +197,8 @@ def wait_for(
     """Poll until every server returns every expected value; PropagationError at the deadline.
 
     Only the (server, name) pairs still lacking something are asked again. A failed query
-    counts as "not yet"; its reason is kept for the error message.
+    counts as "not yet"; its reason is kept for the error message. An address this host cannot
+    reach at all does not count while another address with the same label answers.
     """
     if not servers:
         raise DNSError("no authoritative servers to check; configure the zone's name servers")
@@ -168,6 +206,10 @@ def wait_for(
     deadline = start + timeout
     seen: dict[HostPort, dict[dns.name.Name, set[str]]] = {s: {} for s in servers}
     errors: dict[HostPort, str] = {}
+    labels = labels or {}
+    unreachable: set[HostPort] = set()
+    answered: set[HostPort] = set()
+    excused: set[HostPort] = set()
     polls = 0
     def ask(pair: tuple[HostPort, dns.name.Name]) -> tuple[HostPort, dns.name.Name,
                                                           set[str] | DNSError]:
@@ -179,19 +221,28 @@ def wait_for(
             return server, name, e
 
     # All questions of a round go out at once: a dead server must not hold up the others.
+    missing = missing_values(expected, seen)
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(servers) * len(expected)))) as pool:
         while True:
             polls += 1
-            pairs = [(server, name) for server, names in missing_values(expected, seen).items()
-                     for name in names]
+            pairs = [(server, name) for server, names in missing.items() for name in names]
             for server, name, answer in pool.map(ask, pairs):
                 if isinstance(answer, DNSError):
                     errors[server] = str(answer)
                     logger.debug("%s for %s: %s", server, name, answer)
+                    if isinstance(answer, Unreachable):
+                        unreachable.add(server)
                 else:
                     seen[server][name] = answer
                     errors.pop(server, None)
-            missing = missing_values(expected, seen)
+                    answered.add(server)
+                    unreachable.discard(server)
+            still = missing_values(expected, seen)
+            missing = excuse_unreachable(still, unreachable, answered, labels)
+            for server in sorted(set(still) - set(missing) - excused):
+                excused.add(server)
+                logger.info("%s %s: %s; asking its other address(es) instead", labels[server],
+                            server, errors.get(server, "unreachable"))
             now = clock()
             if not missing:
                 logger.info(

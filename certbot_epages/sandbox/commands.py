@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from certbot_epages.sandbox import primary
 from certbot_epages.sandbox.platform import Sandbox
 
 DEFAULT_DIR = Path("/tmp/certbot-epages-sandbox")
@@ -23,9 +24,10 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "sandbox",
         help="run a local platform (BIND, pebble, nginx load balancers, sshd) on loopback",
-        description="A real local platform for trying things and for tests: BIND primary, "
-        "secondary and resolver, pebble, two nginx load balancers behind sshd, and the HTTP-01 "
-        "challenge service, each on its own loopback address. Needs root.",
+        description="A real local platform for trying things and for tests: a primary name "
+        "server (BIND, Knot DNS or PowerDNS), BIND secondary and resolver, pebble, two nginx "
+        "load balancers behind sshd, and the HTTP-01 challenge service, each on its own "
+        "loopback address. Needs root.",
     )
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
@@ -47,11 +49,15 @@ def register(sub: Any) -> None:
         if name == "demo":
             action.add_argument("--keep", action="store_true",
                                 help="leave the sandbox running afterwards")
+        if name in ("up", "demo"):
+            action.add_argument("--dns", choices=primary.KINDS, default="bind",
+                                help="the primary name server's software: BIND (default), "
+                                "Knot DNS or PowerDNS")
         action.set_defaults(func=func)
 
 
 def _up(args: argparse.Namespace) -> int:
-    sandbox = Sandbox.up(args.dir or default_dir())
+    sandbox = Sandbox.up(args.dir or default_dir(), dns=args.dns)
     print(usage(sandbox))
     return 0
 
@@ -81,7 +87,7 @@ def _lag(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from certbot_epages.sandbox import demo
 
-    return demo.run(args.dir or default_dir(), keep=args.keep)
+    return demo.run(args.dir or default_dir(), keep=args.keep, dns=args.dns)
 
 
 def usage(sandbox: Sandbox) -> str:
@@ -89,7 +95,8 @@ def usage(sandbox: Sandbox) -> str:
     ip, d = sandbox.ip, sandbox.directory
     return "\n".join([
         f"sandbox running in {d}",
-        f"  BIND primary   {ip.primary}:53   (zones {', '.join(vars(sandbox.zones).values())})",
+        f"  primary        {ip.primary}:53   {primary.NAMES[sandbox.dns]} "
+        f"(zones {', '.join(vars(sandbox.zones).values())})",
         f"  BIND secondary {ip.secondary}:53   ({sandbox.zones.challenge}, by zone transfer)",
         f"  resolver       {ip.resolver}:53   (pebble validates through it)",
         f"  pebble         {sandbox.acme_url}",

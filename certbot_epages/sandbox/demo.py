@@ -1,7 +1,7 @@
 """``make demo``: the whole platform flow on the sandbox, narrated for a newcomer.
 
-1. The sandbox comes up (BIND primary, secondary and resolver, pebble, two load balancers
-   behind sshd, the challenge service).
+1. The sandbox comes up (primary name server, BIND secondary and resolver, pebble, two load
+   balancers behind sshd, the challenge service).
 2. ``certbot-epages sync`` reads the sandbox's shop list and has certbot issue: the platform
    wildcard and a shop's own domain through CNAME-delegated DNS-01 (``epages-dns``), a custom
    domain over HTTP-01 through the challenge service, then deploys to both load balancers.
@@ -28,18 +28,20 @@ from certbot_epages.inventory import load_inventory
 from certbot_epages.resources import templates_dir
 from certbot_epages.sandbox.commands import usage
 from certbot_epages.sandbox.platform import Sandbox
+from certbot_epages.sandbox.primary import NAMES, Kind
 
 
 def _step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def run(directory: Path, *, keep: bool) -> int:
+def run(directory: Path, *, keep: bool, dns: Kind = "bind") -> int:
     """Bring the sandbox up, sync, show what every load balancer serves, tear down."""
     _step(f"starting the sandbox in {directory}")
     started = time.monotonic()
-    sandbox = Sandbox.up(directory)
-    print(f"   up in {time.monotonic() - started:.1f} s: BIND {sandbox.ip.primary} (primary), "
+    sandbox = Sandbox.up(directory, dns=dns)
+    print(f"   up in {time.monotonic() - started:.1f} s: {NAMES[dns]} {sandbox.ip.primary} "
+          f"(primary), BIND "
           f"{sandbox.ip.secondary} (secondary), {sandbox.ip.resolver} (the CA's resolver); "
           f"pebble {sandbox.acme_url}; lb1 {sandbox.ip.lb1}, lb2 {sandbox.ip.lb2}; "
           f"challenge service {sandbox.ip.challenge}")

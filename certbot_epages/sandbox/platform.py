@@ -7,7 +7,8 @@ while two sandboxes side by side never collide:
 ====================  ==========  ==================================================
 server                address     role
 ====================  ==========  ==================================================
-BIND primary          127.A.B.1   every zone; RFC 2136 updates of TXT by TSIG key
+primary               127.A.B.1   every zone; RFC 2136 updates of TXT by TSIG key
+                                  (BIND, or Knot DNS or PowerDNS: see :mod:`.primary`)
 BIND secondary        127.A.B.2   the challenge zone, by NOTIFY + zone transfer
 BIND resolver         127.A.B.3   the CA's resolver (pebble), cache capped at 1 s
 transfer relay        127.A.B.5   secondary -> primary transfers; can hold them back
@@ -18,17 +19,19 @@ sshd                  .11 .12 .20 how deploys reach the load balancers and chall
 ====================  ==========  ==================================================
 
 ``named`` only listens on addresses configured on an interface, so the three DNS addresses are
-added to ``lo`` (root needed) and removed again at teardown.
+added to ``lo`` (root needed) and removed again at teardown. The secondary's NS name also has an
+IPv6 address that this host cannot reach (a route of type ``unreachable`` for a documentation
+prefix, added and removed with the sandbox): every propagation wait meets a name server with an
+address family it cannot use, as on a host without IPv6.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import ipaddress
 import json
 import os
 import random
-import secrets
 import shutil
 import socket
 import ssl
@@ -47,8 +50,9 @@ import dns.rdatatype
 
 from certbot_epages.errors import SandboxError
 from certbot_epages.resources import jinja_env
-from certbot_epages.sandbox import processes
+from certbot_epages.sandbox import primary, processes
 from certbot_epages.sandbox.pki import SandboxCA
+from certbot_epages.sandbox.primary import Kind
 
 KEY_NAME = "acme-update"
 ACME_PORT = 14000
@@ -110,6 +114,12 @@ class Addresses:
         return f"{self.base}.20"
 
     @property
+    def unreachable_v6(self) -> str:
+        """An IPv6 address of the secondary's NS name that no route leads to."""
+        _, a, b = self.base.split(".")
+        return f"2001:db8:{a}:{b}::2"
+
+    @property
     def named(self) -> tuple[str, ...]:
         """The addresses ``named`` listens on: they must exist on ``lo``."""
         return (self.primary, self.secondary, self.resolver)
@@ -146,7 +156,9 @@ class State:
 
     directory: str
     base: str
+    dns: str = "bind"  # the primary's software
     added_addresses: list[str] = field(default_factory=list)
+    added_routes: list[str] = field(default_factory=list)
     processes: list[processes.Recorded] = field(default_factory=list)
 
     def save(self) -> None:
@@ -174,10 +186,12 @@ class State:
 class Sandbox:
     """A sandbox platform rooted at ``directory``: paths, addresses, and start/stop."""
 
-    def __init__(self, directory: Path, base: str) -> None:
+    def __init__(self, directory: Path, base: str, dns: Kind = "bind") -> None:
         self.directory = directory.resolve()
         self.ip = Addresses(base)
+        self.dns: Kind = dns
         self.zones = ZONES
+        self.aaaa = False  # whether the secondary's NS name has its unreachable IPv6 address
         d = self.directory
         self.key_file = d / "dns" / f"{KEY_NAME}.key"
         self.ca_bundle = d / "pki" / "ca.crt"
@@ -268,11 +282,15 @@ class Sandbox:
     def open(cls, directory: Path) -> Sandbox:
         """The running sandbox in ``directory``."""
         state = State.load(directory)
-        return cls(Path(state.directory), state.base)
+        dns = state.dns if state.dns in primary.KINDS else "bind"
+        return cls(Path(state.directory), state.base, dns)
 
     @classmethod
-    def up(cls, directory: Path, *, timeout: float = 30.0) -> Sandbox:
-        """Create and start a sandbox in ``directory``; stop everything again if any part fails."""
+    def up(cls, directory: Path, *, timeout: float = 30.0, dns: Kind = "bind") -> Sandbox:
+        """Create and start a sandbox in ``directory``; stop everything again if any part fails.
+
+        ``dns`` picks the primary's software: BIND, Knot DNS ("knot") or PowerDNS ("pdns").
+        """
         directory = directory.resolve()
         if (directory / STATE_FILE).exists():
             state = State.load(directory)
@@ -281,14 +299,16 @@ class Sandbox:
                     f"a sandbox is already running in {directory}; stop it with "
                     f"'certbot-epages sandbox down --dir {directory}'"
                 )
-        _require_root_tools()
+        _require_root_tools(dns)
         _clear_stopped_sandbox(directory)
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o755)  # nginx workers (nobody) must reach the webroot
         _require_traversable(directory)
-        sandbox = cls(directory, _free_block())
-        state = State(str(sandbox.directory), sandbox.ip.base)
+        sandbox = cls(directory, _free_block(), dns)
+        state = State(str(sandbox.directory), sandbox.ip.base, dns)
         try:
+            state.added_routes = _add_unreachable_route(sandbox.ip.unreachable_v6)
+            sandbox.aaaa = _unreachable(sandbox.ip.unreachable_v6)
             sandbox._write_files()
             state.added_addresses = _add_addresses(sandbox.ip.named)
             state.save()
@@ -318,6 +338,7 @@ class Sandbox:
             "key_file": str(self.key_file),
             "webroot": str(self.webroot),
             "lbs": [asdict(lb) for lb in self.lbs],
+            "dns": self.dns,
             "ssh_key": str(self.ssh_key),
             "known_hosts": str(self.known_hosts),
             "backend": self.backend,
@@ -335,12 +356,13 @@ class Sandbox:
             (d / sub).mkdir(exist_ok=True)
         os.chmod(d / "dns", 0o700)
         os.chmod(d / "ssh", 0o700)
-        self._write_key()
+        primary.write_key(self.dns, self.key_file, KEY_NAME)
         self._write_zones()
-        for server in ("primary", "secondary", "resolver"):
+        for server in ("secondary", "resolver"):
             (d / "dns" / server).mkdir(exist_ok=True)
             self._render(f"named-{server}.conf.j2", d / "dns" / server / "named.conf",
                          dir=str(d / "dns" / server))
+        primary.write_config(self.dns, d / "dns" / "primary", self._context())
         self._render("root.hint.j2", d / "dns" / "resolver" / "root.hint")
 
         ca = SandboxCA(d / "pki")
@@ -388,12 +410,6 @@ class Sandbox:
                      prefix=lb.prefix, root=lb.root, address=lb.address,
                      challenge_proxy=http01_snippet)
 
-    def _write_key(self) -> None:
-        secret = base64.b64encode(secrets.token_bytes(64)).decode()
-        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f'key "{KEY_NAME}" {{\n\talgorithm hmac-sha512;\n\tsecret "{secret}";\n}};\n')
-
     def _write_zones(self) -> None:
         z, ip = self.zones, self.ip
         lbs = (ip.lb1, ip.lb2)
@@ -412,6 +428,7 @@ class Sandbox:
             z.platform: (
                 [f"ns1.{z.platform}", f"ns2.{z.platform}"],
                 [f"ns1 IN A {ip.primary}", f"ns2 IN A {ip.secondary}",
+                 *([f"ns2 IN AAAA {ip.unreachable_v6}"] if self.aaaa else []),
                  f"dyn IN NS ns1.{z.platform}.", f"dyn IN NS ns2.{z.platform}.",
                  f"_acme-challenge IN CNAME _acme-challenge.{z.platform}.{z.challenge}.",
                  *a("*")],
@@ -487,8 +504,9 @@ class Sandbox:
         }
         pebble_env.pop("PEBBLE_VA_ALWAYS_VALID", None)
         commands: list[tuple[str, list[str], dict[str, str] | None]] = [
+            (self.primary_process, primary.command(self.dns, d / "dns" / "primary"), None),
             *((f"named-{s}", [named, "-g", "-n", "1", "-c", str(d / "dns" / s / "named.conf")],
-               None) for s in ("primary", "secondary", "resolver")),
+               None) for s in ("secondary", "resolver")),
             ("transfer-relay", [sys.executable, "-m", "certbot_epages.sandbox.relay",
                                 "--listen", f"{self.ip.relay}:53", "--to", f"{self.ip.primary}:53",
                                 "--delay-file", str(self.transfer_delay_file)], None),
@@ -507,12 +525,18 @@ class Sandbox:
             state.save()
         self._wait_ready(state.processes, timeout)
 
+    @property
+    def primary_process(self) -> str:
+        """The name the primary's process is recorded under (``named-primary`` for BIND)."""
+        return {"bind": "named-primary", "knot": "knotd-primary", "pdns": "pdns-primary"}[
+            self.dns]
+
     def _wait_ready(self, procs: list[processes.Recorded], timeout: float) -> None:
         by_name = {p.name: p for p in procs}
         z, ip = self.zones, self.ip
         checks: list[tuple[str, Callable[[], object], str]] = [
             ("the primary to serve " + z.platform,
-             lambda: _authoritative(ip.primary, z.platform), "named-primary"),
+             lambda: _authoritative(ip.primary, z.platform), self.primary_process),
             ("the secondary to load " + z.challenge,
              lambda: _authoritative(ip.secondary, z.challenge), "named-secondary"),
             ("the transfer relay", lambda: _authoritative(ip.relay, z.challenge),
@@ -542,7 +566,11 @@ def _teardown(state: State) -> list[str]:
     for address in state.added_addresses:
         subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"],
                        capture_output=True, check=False, timeout=10)
+    for prefix in state.added_routes:
+        subprocess.run(["ip", "-6", "route", "del", "unreachable", prefix],
+                       capture_output=True, check=False, timeout=10)
     state.added_addresses = []
+    state.added_routes = []
     if Path(state.directory).exists():
         state.save()
     return killed
@@ -561,16 +589,18 @@ def _run(argv: list[str]) -> str:
     return done.stdout
 
 
-def _require_root_tools() -> None:
+def _require_root_tools(dns: Kind) -> None:
     if os.geteuid() != 0:
         raise SandboxError("the sandbox needs root (named must listen on added loopback "
                            "addresses, nginx and sshd on ports below 1024)")
     missing = [t for t in ("named", "nginx", "sshd", "pebble", "ssh-keygen", "ip")
                if not (shutil.which(t) or Path(f"/usr/sbin/{t}").exists())]
+    missing += primary.missing_programs(dns)
     if missing:
         raise SandboxError(
             f"missing programs: {', '.join(missing)}; install them with: apt-get install "
-            "bind9 bind9-dnsutils pebble nginx rsync openssh-server openssh-client iproute2"
+            "bind9 bind9-dnsutils pebble nginx rsync openssh-server openssh-client iproute2 "
+            + primary.PACKAGES
         )
 
 
@@ -637,6 +667,24 @@ def _add_addresses(addresses: tuple[str, ...]) -> list[str]:
     return added
 
 
+def _add_unreachable_route(address: str) -> list[str]:
+    """Make ``address``'s /64 unreachable from this host (no packet leaves); what was added."""
+    prefix = str(ipaddress.ip_network(f"{address}/64", strict=False))
+    done = subprocess.run(["ip", "-6", "route", "add", "unreachable", prefix],
+                          capture_output=True, check=False, timeout=10)
+    return [prefix] if done.returncode == 0 else []
+
+
+def _unreachable(address: str) -> bool:
+    """Whether sending to ``address`` fails at once on this host (connecting UDP sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.connect((address, 53))
+    except OSError:
+        return True
+    return False
+
+
 def _authoritative(server: str, zone: str) -> bool | None:
     query = dns.message.make_query(zone, dns.rdatatype.SOA)
     query.flags &= ~dns.flags.RD
@@ -675,9 +723,9 @@ def _ssh_banner(address: str) -> bool:
 
 
 @contextlib.contextmanager
-def running(directory: Path, *, timeout: float = 30.0) -> Iterator[Sandbox]:
+def running(directory: Path, *, timeout: float = 30.0, dns: Kind = "bind") -> Iterator[Sandbox]:
     """A sandbox for the duration of a ``with`` block; stopped even when the block fails."""
-    sandbox = Sandbox.up(directory, timeout=timeout)
+    sandbox = Sandbox.up(directory, timeout=timeout, dns=dns)
     try:
         yield sandbox
     finally:

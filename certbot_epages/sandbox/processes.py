@@ -6,6 +6,7 @@ process, ``certbot-epages sandbox down``) stops exactly what was started and nev
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -91,7 +92,11 @@ def stop(records: Sequence[Recorded], timeout: float = 10.0) -> list[str]:
     while any(alive(r) for r in records) and time.monotonic() < deadline:
         time.sleep(0.02)
     for rec in records:
-        _children.pop(rec.pid, None)
+        child = _children.pop(rec.pid, None)
+        if child is not None:
+            # alive() may have seen the zombie in /proc before poll() reaped it: reap it now.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=1)
     return killed
 
 

@@ -196,10 +196,14 @@ def test_check_reports_ready_and_broken_domains_and_leaves_no_probe(sandbox: San
     good, broken = json.loads(done.stdout)
     assert good["ready"] and good["zone"] == f"{sandbox.zones.challenge}."
     assert good["primary"] == f"{sandbox.ip.primary}:53"
+    # ns2 also has an IPv6 address this host cannot reach: it does not hold the check up.
+    v6 = f"[{sandbox.ip.unreachable_v6}]:53"
     assert {s["address"] for s in good["servers"]} == {
-        f"{sandbox.ip.primary}:53", f"{sandbox.ip.secondary}:53"}
+        f"{sandbox.ip.primary}:53", f"{sandbox.ip.secondary}:53", v6}
     assert all(any(v.startswith("certbot-epages-check-") for v in s["values"])
-               for s in good["servers"])
+               for s in good["servers"] if s["address"] != v6)
+    (unreachable,) = [s for s in good["servers"] if s["address"] == v6]
+    assert "unreachable from this host" in unreachable["error"]
     assert not broken["ready"]
     assert f"_acme-challenge.foreign.{customer}. CNAME" in broken["error"]
     _settled_clean(sandbox, customer)

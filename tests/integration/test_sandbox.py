@@ -108,6 +108,9 @@ def _second_sandbox(sandbox: Sandbox, directory: Path) -> None:
     other = Sandbox.up(directory)
     try:
         assert other.ip.base != sandbox.ip.base
+        routes = subprocess.run(["ip", "-6", "route", "show"], capture_output=True, text=True,
+                                check=True).stdout
+        assert f"unreachable {other.ip.unreachable_v6.removesuffix('::2')}::/64" in routes
         assert "hostmaster" not in txt_at(other.ip.primary, f"x.{other.zones.challenge}.")
     finally:
         state = [p for p in _state(other)]
@@ -117,6 +120,9 @@ def _second_sandbox(sandbox: Sandbox, directory: Path) -> None:
     addresses = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True,
                                text=True, check=True).stdout
     assert f"{other.ip.base}." not in addresses
+    routes = subprocess.run(["ip", "-6", "route", "show"], capture_output=True, text=True,
+                            check=True).stdout
+    assert other.ip.unreachable_v6.removesuffix("::2") + "::/64" not in routes
     # The session's sandbox was not disturbed.
     assert sandbox.running() == [p.name for p in _state(sandbox)]
 

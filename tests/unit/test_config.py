@@ -191,6 +191,8 @@ def test_minimal_sections_and_defaults(etc: Path) -> None:
     assert cfg.dns.ttl == 60
     assert cfg.dns.propagation_timeout == 120
     assert cfg.dns.delegation == "_acme-challenge.{domain}.dyn.platform.example"
+    assert cfg.dns.state_dir == Path("/var/lib/certbot-epages/dns")
+    assert cfg.dns.stale_after == 3600
     assert cfg.http01 is not None
     assert cfg.http01.targets == ()
     assert cfg.http01.self_check == ()
@@ -203,7 +205,8 @@ def test_explicit_values(etc: Path) -> None:
     cfg = config.parse(
         {
             "dns": dns_section(
-                placeholder=None, delegation="{domain}.acme.example", resolvers=None
+                placeholder=None, delegation="{domain}.acme.example", resolvers=None,
+                state_dir="state/dns", stale_after=600,
             ),
             "inventory": "https://inventory.example/domains.yaml",
             "deploy": {
@@ -216,6 +219,8 @@ def test_explicit_values(etc: Path) -> None:
     assert cfg.dns is not None
     assert cfg.dns.placeholder is None
     assert cfg.dns.delegation == "{domain}.acme.example"
+    assert cfg.dns.state_dir == etc / "state" / "dns"
+    assert cfg.dns.stale_after == 600.0
     assert cfg.inventory == "https://inventory.example/domains.yaml"
     assert cfg.deploy is not None
     assert cfg.deploy.spool == etc / "spool"
@@ -291,6 +296,11 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
         ({"delegation": "_acme.{domain}.{zone}"}, "dns.delegation: expected a name with"),
         ({"delegation": "_acme.example"}, "dns.delegation: expected a name with"),
         ({"delegation": "_acme.{domain"}, "dns.delegation: expected a name with"),
+        ({"stale_after": 0}, "dns.stale_after: expected a number greater than 0, got 0 (int)"),
+        ({"stale_after": "1h"}, "dns.stale_after: expected a number, got '1h' (str)"),
+        ({"state_dir": ""}, "dns.state_dir: expected a non-empty string"),
+        ({"state_dir": 5}, "dns.state_dir: expected a string, got 5 (int)"),
+        ({"stale_afer": 5}, "dns.stale_afer: unknown key; did you mean 'stale_after'?"),
     ],
 )
 def test_wrong_dns_values(etc: Path, dns_extra: dict[str, Any], expected: str) -> None:

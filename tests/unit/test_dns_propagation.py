@@ -4,11 +4,14 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 import pytest
 
 from certbot_epages.dns.propagation import (
     QueryFailed,
+    Unreachable,
+    excuse_unreachable,
     format_missing,
     missing_values,
     txt_values,
@@ -151,3 +154,71 @@ def test_txt_values() -> None:
 def test_txt_values_failures(message: dns.message.Message, reason: str) -> None:
     with pytest.raises(QueryFailed, match=reason):
         txt_values(message, A)
+
+
+# --- addresses this host cannot reach -------------------------------------------------------
+
+V6 = HostPort("2001:db8::53", 53)
+
+
+def test_excuse_unreachable_only_while_another_address_of_the_server_answers() -> None:
+    missing = {V6: {A: {"v"}}, NS2: {A: {"v"}}}
+    labels = {V6: "ns2.", NS2: "ns2."}
+    # ns2.'s IPv4 address answered: its unreachable IPv6 address does not count.
+    assert excuse_unreachable(missing, {V6}, {NS2}, labels) == {NS2: {A: {"v"}}}
+    # Nothing else of ns2. answered, or the other address is unreachable too: it counts.
+    assert excuse_unreachable(missing, {V6}, set(), labels) == missing
+    assert excuse_unreachable(missing, {V6, NS2}, {NS2}, labels) == missing
+    # A different server answering does not excuse it; nor does lacking a label.
+    assert excuse_unreachable(missing, {V6}, {NS1}, {V6: "ns2.", NS1: "ns1."}) == missing
+    assert excuse_unreachable(missing, {V6}, {NS2}, {}) == missing
+    # Answering but lacking the value is never excused.
+    assert excuse_unreachable(missing, set(), {NS2, V6}, labels) == missing
+
+
+def test_wait_for_ignores_an_unreachable_family_of_a_server_that_answers() -> None:
+    clock = FakeClock()
+    asked: list[HostPort] = []
+
+    def query(server: HostPort, name: dns.name.Name, timeout: float) -> set[str]:
+        asked.append(server)
+        if server == V6:
+            raise Unreachable("unreachable from this host: No route to host")
+        return {"v"} if clock.now >= 100.1 else set()
+
+    wait_for({A: {"v"}}, [NS1, NS2, V6], timeout=5, clock=clock, sleep=clock.sleep,
+             query=query, labels={NS1: "ns1.", NS2: "ns2.", V6: "ns2."})
+    assert asked.count(V6) == 1  # not asked again once excused
+
+
+def test_wait_for_counts_an_unreachable_server_with_no_other_address() -> None:
+    clock = FakeClock()
+
+    def query(server: HostPort, name: dns.name.Name, timeout: float) -> set[str]:
+        if server == V6:
+            raise Unreachable("unreachable from this host: Network is unreachable")
+        return {"v"}
+
+    with pytest.raises(PropagationError) as info:
+        wait_for({A: {"v"}}, [NS1, V6], timeout=0.3, clock=clock, sleep=clock.sleep,
+                 query=query, labels={NS1: "ns1.", V6: "ns2."})
+    assert f'ns2. [2001:db8::53]:53 lacks "v" at {A}' in str(info.value)
+    assert "Network is unreachable" in str(info.value)
+
+
+def test_ask_reports_an_unreachable_address_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dns.query
+
+    from certbot_epages.dns import propagation
+
+    def no_route(*args: object, **kwargs: object) -> object:
+        raise OSError(113, "No route to host")
+
+    monkeypatch.setattr(dns.query, "udp_with_fallback", no_route)
+    with pytest.raises(Unreachable, match="No route to host"):
+        propagation.ask(V6, A, dns.rdatatype.TXT, 1.0)
+    monkeypatch.setattr(dns.query, "udp_with_fallback", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(111, "Connection refused")))
+    with pytest.raises(QueryFailed) as info:
+        propagation.ask(V6, A, dns.rdatatype.TXT, 1.0)
+    assert not isinstance(info.value, Unreachable)

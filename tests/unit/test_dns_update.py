@@ -10,7 +10,9 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.opcode
 import dns.rcode
+import dns.rdatatype
 import dns.tsig
 import dns.update
 import pytest
@@ -203,10 +205,11 @@ def test_send_update_not_primary(rcode: int) -> None:
 def test_send_update_tsig_errors(error: Outcome, expected: str) -> None:
     calls: Calls = []
     message = build_update(ZONE, [Change(RECORD, add=("v",))], 60, KEY)
-    transport = fake_transport([error, dns.rcode.NOERROR], calls)
+    # After BADKEY a signed query asks whether the server knows the key: here it does not.
+    transport = fake_transport([error, dns.tsig.PeerBadKey, dns.rcode.NOERROR], calls)
     with pytest.raises(UpdateError) as info:
         send_update(message, ZONE, [P1, P2], KEY, timeout=3, transport=transport)
-    assert len(calls) == 1
+    assert {c[0] for c in calls} == {"192.0.2.1"}  # no failover
     assert expected in str(info.value)
     assert "192.0.2.1:53" in str(info.value)
     assert "dyn.platform.example." in str(info.value)
@@ -219,14 +222,128 @@ def unsigned_response(q: dns.message.Message, rcode: int) -> dns.message.Message
     return response
 
 
-def test_send_update_unsigned_error_response() -> None:
+def test_send_update_unsigned_refused_is_a_key_problem() -> None:
     message = build_update(ZONE, [Change(RECORD, add=("v",))], 60, KEY)
 
     def transport(q: Message, where: str, timeout: float, port: int) -> Message:
         return unsigned_response(q, dns.rcode.REFUSED)
 
-    with pytest.raises(UpdateError, match="update-policy"):
+    with pytest.raises(UpdateError) as info:
+        send_update(message, ZONE, [P1], KEY, timeout=3, transport=transport,
+                    identify=lambda server, zone: "pdns")
+    text = str(info.value)
+    assert "192.0.2.1:53 (PowerDNS) answered REFUSED (unsigned)" in text
+    assert "a key problem, not the update policy" in text
+    assert "pdnsutil import-tsig-key acme-update hmac-sha512 SECRET" in text
+    assert "update-policy" not in text and SECRET not in text
+
+
+@pytest.mark.parametrize(
+    ("kind", "advice"),
+    [
+        ("bind", "update-policy { grant acme-update zonesub TXT; };"),
+        ("knot", "acl: [{id: acme, key: acme-update, action: update, update-type: TXT}]"),
+        ("pdns", "pdnsutil set-meta dyn.platform.example. TSIG-ALLOW-DNSUPDATE acme-update"),
+    ],
+)
+def test_send_update_signed_refused_is_a_policy_problem_in_the_servers_terms(
+    kind: str, advice: str
+) -> None:
+    message = build_update(ZONE, [Change(RECORD, add=("v",))], 60, KEY)
+    transport = fake_transport([dns.rcode.REFUSED], [])
+    with pytest.raises(UpdateError) as info:
+        send_update(message, ZONE, [P1], KEY, timeout=3, transport=transport,
+                    identify=lambda server, zone: kind)  # type: ignore[arg-type,return-value]
+    text = str(info.value)
+    assert "answered REFUSED to the UPDATE" in text and "a policy problem" in text
+    assert advice in text
+    others = {"bind": "update-policy", "knot": "update-type: TXT}", "pdns": "pdnsutil"}
+    assert not any(word in text for k, word in others.items() if k != kind)
+
+
+def test_send_update_policy_advice_for_an_unknown_server_covers_all_three() -> None:
+    message = build_update(ZONE, [Change(RECORD, add=("v",))], 60, KEY)
+    with pytest.raises(UpdateError) as info:
+        send_update(message, ZONE, [P1], KEY, timeout=3,
+                    transport=fake_transport([dns.rcode.REFUSED], []))
+    text = str(info.value)
+    for part in ("update-policy { grant acme-update zonesub TXT; };", "update-type: TXT",
+                 "TSIG-ALLOW-DNSUPDATE acme-update"):
+        assert part in text
+
+
+def badkey_response(q: dns.message.Message) -> dns.message.Message:
+    """Knot's answer to a denied update: NOTAUTH, TSIG error BADKEY (parsed as from the wire)."""
+    response = dns.message.make_response(q)
+    response.set_rcode(dns.rcode.NOTAUTH)
+    response.use_tsig(KEY.as_dnspython(), tsig_error=17)
+    return dns.message.from_wire(response.to_wire(), keyring=False)
+
+
+def test_badkey_from_a_server_that_signs_a_signed_query_is_its_acl() -> None:
+    calls: Calls = []
+    message = build_update(ZONE, [Change(RECORD, add=("v",))], 60, KEY)
+    sent: list[Message] = []
+
+    def transport(q: Message, where: str, timeout: float, port: int) -> Message:
+        calls.append((where, port, timeout))
+        sent.append(q)
+        if q.opcode() == dns.opcode.UPDATE:
+            return badkey_response(q)
+        return dns.message.make_response(q)  # a signed answer: it knows the key
+
+    with pytest.raises(UpdateError) as info:
+        send_update(message, ZONE, [P1, P2], KEY, timeout=3, transport=transport,
+                    identify=lambda server, zone: "knot")
+    text = str(info.value)
+    assert "192.0.2.1:53 (Knot DNS) answered NOTAUTH with TSIG error BADKEY" in text
+    assert "a policy problem: the server knows key acme-update" in text
+    assert "update-type: TXT" in text and "does not know" not in text
+    # The follow-up is a signed SOA query for the zone, to the same server.
+    assert sent[1].question[0].name == ZONE and sent[1].question[0].rdtype == dns.rdatatype.SOA
+    assert sent[1].had_tsig and [c[0] for c in calls] == ["192.0.2.1", "192.0.2.1"]
+
+
+def test_badkey_from_a_server_that_does_not_know_the_key() -> None:
+    message = build_update(ZONE, [Change(RECORD, add=("v",))], 60, KEY)
+
+    def transport(q: Message, where: str, timeout: float, port: int) -> Message:
+        return badkey_response(q)
+
+    with pytest.raises(UpdateError) as info:
+        send_update(message, ZONE, [P1], KEY, timeout=3, transport=transport,
+                    identify=lambda server, zone: "knot")
+    text = str(info.value)
+    assert "answered NOTAUTH with TSIG error BADKEY" in text
+    assert "does not know a key named acme-update with algorithm hmac-sha512" in text
+    assert "no acl of zone dyn.platform.example. names the key" in text
+    assert "policy problem" not in text
+
+
+def test_badkey_when_the_follow_up_gets_no_answer_names_both_causes() -> None:
+    message = build_update(ZONE, [Change(RECORD, add=("v",))], 60, KEY)
+    transport = fake_transport([dns.tsig.PeerBadKey, dns.exception.Timeout], [])
+    with pytest.raises(UpdateError) as info:
         send_update(message, ZONE, [P1], KEY, timeout=3, transport=transport)
+    text = str(info.value)
+    assert "does not know a key named acme-update" in text
+    assert "its acl for zone dyn.platform.example. does not allow this update" in text
+
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("pdns", "192.0.2.1:53 (PowerDNS) answered NOTIMP to the UPDATE for zone "
+             "dyn.platform.example. signed with key acme-update; PowerDNS cannot update zones "
+             "of its bind backend"),
+    ("", "the server does not take dynamic updates for dyn.platform.example. (PowerDNS "
+         "cannot update zones of its bind backend"),
+])
+def test_notimp_names_powerdns_bind_backend(kind: str, expected: str) -> None:
+    message = build_update(ZONE, [Change(RECORD, add=("v",))], 60, KEY)
+    with pytest.raises(UpdateError) as info:
+        send_update(message, ZONE, [P1], KEY, timeout=3,
+                    transport=fake_transport([dns.rcode.NOTIMP], []),
+                    identify=lambda server, zone: kind)  # type: ignore[arg-type,return-value]
+    assert expected in str(info.value)
 
 
 def test_send_update_unsigned_success_is_not_trusted() -> None:
@@ -261,18 +378,22 @@ def test_send_update_tolerated_rcode() -> None:
 # --- tcp_transport against a scripted TCP peer (not a DNS server) -----------------------------
 
 
-def scripted_peer(answer: Callable[[bytes], bytes]) -> tuple[int, threading.Thread]:
+def scripted_peer(
+    answer: Callable[[bytes], bytes], connections: int = 1
+) -> tuple[int, threading.Thread]:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
     def serve() -> None:
-        with listener, listener.accept()[0] as conn:
-            (length,) = struct.unpack("!H", conn.recv(2))
-            data = b""
-            while len(data) < length:
-                data += conn.recv(length - len(data))
-            reply = answer(data)
-            conn.sendall(struct.pack("!H", len(reply)) + reply)
+        with listener:
+            for _ in range(connections):
+                with listener.accept()[0] as conn:
+                    (length,) = struct.unpack("!H", conn.recv(2))
+                    data = b""
+                    while len(data) < length:
+                        data += conn.recv(length - len(data))
+                    reply = answer(data)
+                    conn.sendall(struct.pack("!H", len(reply)) + reply)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -301,6 +422,24 @@ def test_tcp_transport_returns_unsigned_error_answer() -> None:
     port, thread = scripted_peer(answer)
     message = build_update(ZONE, [Change(RECORD, add=("v",))], 60, KEY)
     with pytest.raises(UpdateError, match="answered REFUSED"):
+        send_update(message, ZONE, [HostPort("127.0.0.1", port)], KEY, timeout=5,
+                    transport=tcp_transport)
+    thread.join(5)
+
+
+def test_tcp_transport_returns_a_tsig_error_answer_with_its_rcode() -> None:
+    def answer(wire: bytes) -> bytes:
+        q = dns.message.from_wire(wire, keyring=False)
+        if q.opcode() != dns.opcode.UPDATE:
+            return unsigned_response(q, dns.rcode.REFUSED).to_wire()
+        response = dns.message.make_response(q)
+        response.set_rcode(dns.rcode.NOTAUTH)
+        response.use_tsig(KEY.as_dnspython(), tsig_error=17)
+        return response.to_wire()
+
+    port, thread = scripted_peer(answer, connections=2)
+    message = build_update(ZONE, [Change(RECORD, add=("v",))], 60, KEY)
+    with pytest.raises(UpdateError, match="answered NOTAUTH with TSIG error BADKEY"):
         send_update(message, ZONE, [HostPort("127.0.0.1", port)], KEY, timeout=5,
                     transport=tcp_transport)
     thread.join(5)
@@ -339,9 +478,16 @@ def test_client_add_and_remove_messages() -> None:
         return response
 
     other = N("_acme-challenge.x.dyn.platform.example.")
+    asked: list[tuple[HostPort, dns.name.Name]] = []
+
+    def query(server: HostPort, name: dns.name.Name, timeout: float) -> set[str]:
+        asked.append((server, name))
+        return {"t1", "t2", "t3", "someone-else"}
+
     client = DnsClient(
         [ManagedZone(ZONE, (P1, P2), KEY, None)], resolvers=[P1],
         delegation="_acme-challenge.{domain}.dyn.platform.example.", transport=transport,
+        query=query, identify=lambda server, zone: "",
     )
     loc_a = Location("shop.example", (N("_acme-challenge.shop.example."), RECORD), ZONE, RECORD)
     loc_b = Location("x.dyn.platform.example", (other,), ZONE, other)
@@ -349,6 +495,7 @@ def test_client_add_and_remove_messages() -> None:
 
     client.add(records)
     assert len(sent) == 1
+    assert asked == [(P1, RECORD), (P1, other)]  # the primary that took it, asked once a name
     text = sections(sent[0][1])
     assert sent[0][0] == "192.0.2.1"
     for line in (f'{RECORD} 0 NONE TXT ".empty"', f'{RECORD} 60 IN TXT "t1"',
