@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, cast
 
 import dns.exception
 import dns.name
-import dns.nameserver
 import dns.rcode
 import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
@@ -102,9 +101,9 @@ class DnsClient:
                     ) from None
             else:
                 resolver = dns.resolver.Resolver(configure=False)
-                resolver.nameservers = [
-                    dns.nameserver.Do53Nameserver(r.host, r.port) for r in self._resolvers
-                ]
+                # Addresses and a port map, not dns.nameserver (dnspython 2.3 has none).
+                resolver.nameserver_ports = {r.host: r.port for r in self._resolvers}
+                resolver.nameservers = [r.host for r in self._resolvers]
             resolver.lifetime = self._timeout
             resolver.timeout = self._timeout
             self._resolver = resolver
