@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -56,13 +56,20 @@ def certbot(
     env: dict[str, str] | None = None,
     unset: tuple[str, ...] = (),
     check: bool = True,
+    program: Sequence[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run certbot against the sandbox; on failure with ``check``, fail showing its output."""
+    """Run certbot against the sandbox; on failure with ``check``, fail showing its output.
+
+    ``program`` is the certbot command to use (default: the one beside this Python).
+    """
     environment = {**os.environ, **sandbox.env(), **(env or {})}
     for name in unset:
         environment.pop(name, None)
+    argv = sandbox.certbot_argv(*args)
+    if program is not None:
+        argv = [*program, *argv[1:]]
     done = subprocess.run(
-        sandbox.certbot_argv(*args),
+        argv,
         env=environment,
         capture_output=True,
         text=True,
@@ -72,6 +79,17 @@ def certbot(
     if check and done.returncode != 0:
         raise AssertionError(f"certbot {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
     return done
+
+
+def fresh_account(directory: Path) -> list[str]:
+    """certbot options for directories of its own under ``directory``: a new ACME account.
+
+    pebble reuses an account's valid authorizations (1 % of orders even with
+    PEBBLE_AUTHZREUSE=0), and then certbot skips the authenticator: a test that needs a real
+    validation runs with a new account.
+    """
+    return ["--config-dir", str(directory / "config"), "--work-dir", str(directory / "work"),
+            "--logs-dir", str(directory / "logs")]
 
 
 @contextlib.contextmanager
