@@ -93,6 +93,23 @@ def fresh_account(directory: Path) -> list[str]:
 
 
 @contextlib.contextmanager
+def new_account_beside(sandbox: Sandbox, directory: Path) -> Iterator[str]:
+    """A new account (registered in ``directory``) in the sandbox's certbot directory.
+
+    Yields its id: ``--account ID`` makes a renewal validate for real. It is removed again
+    afterwards (with two accounts, certbot asks which to use).
+    """
+    certbot(sandbox, "register", *fresh_account(directory))
+    key = next((directory / "config" / "accounts").rglob("private_key.json"))
+    target = sandbox.certbot_config_dir / key.parent.relative_to(directory / "config")
+    shutil.copytree(key.parent, target)
+    try:
+        yield key.parent.name
+    finally:
+        shutil.rmtree(target)
+
+
+@contextlib.contextmanager
 def sandbox_dir() -> Iterator[Path]:
     """A fresh directory for a sandbox, removed afterwards (pytest's tmp_path is mode 0700,
     which nginx workers running as nobody cannot enter)."""
@@ -176,7 +193,7 @@ def served(sandbox: Sandbox, name: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def fresh_sandbox() -> Iterator[Sandbox]:
+def fresh_sandbox(authz_reuse: int = 0) -> Iterator[Sandbox]:
     """A sandbox of its own in a fresh directory, stopped and removed even when a test fails."""
-    with sandbox_dir() as directory, running(directory) as sandbox:
+    with sandbox_dir() as directory, running(directory, authz_reuse=authz_reuse) as sandbox:
         yield sandbox

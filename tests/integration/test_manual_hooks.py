@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from epages_testlib import certbot, fresh_sandbox, poll, soa_serial, txt_at, verify_chain
+from epages_testlib import (
+    certbot,
+    fresh_account,
+    fresh_sandbox,
+    poll,
+    soa_serial,
+    txt_at,
+    verify_chain,
+)
 
 from certbot_epages.sandbox.platform import Sandbox
 
@@ -63,11 +71,11 @@ def _challenge_files(sandbox: Sandbox) -> list[str]:
                   for p in sandbox.webroot.parent.rglob("*"))
 
 
-def test_dns01_apex_and_wildcard_through_the_cname(sandbox: Sandbox) -> None:
+def test_dns01_apex_and_wildcard_through_the_cname(sandbox: Sandbox, tmp_path: Path) -> None:
     domain = sandbox.zones.customer
-    certbot(sandbox, *_hook_args("dns"), "--cert-name", "manual-dns",
+    certbot(sandbox, *_hook_args("dns"), *fresh_account(tmp_path), "--cert-name", "manual-dns",
             "-d", domain, "-d", f"*.{domain}")
-    live = sandbox.certbot_config_dir / "live" / "manual-dns"
+    live = tmp_path / "config" / "live" / "manual-dns"
     assert verify_chain(sandbox, live / "fullchain.pem") == [f"*.{domain}", domain]
     name = f"_acme-challenge.{domain}.{sandbox.zones.challenge}."
     poll("DNS clean on both servers", lambda: True if txt_at(sandbox.ip.primary, name) ==
@@ -112,10 +120,10 @@ def test_http01_through_a_challenge_host_reached_by_rsync_over_ssh(
     )
     before = _challenge_files(sandbox)
     domains = [sandbox.zones.direct, f"www.{sandbox.zones.direct}"]
-    certbot(sandbox, *_hook_args("http"), "--cert-name", "manual-http",
-            *(a for d in domains for a in ("-d", d)),
+    certbot(sandbox, *_hook_args("http"), *fresh_account(tmp_path / "certbot"),
+            "--cert-name", "manual-http", *(a for d in domains for a in ("-d", d)),
             env={"CERTBOT_EPAGES_CONFIG": str(config)})
-    live = sandbox.certbot_config_dir / "live" / "manual-http"
+    live = tmp_path / "certbot" / "config" / "live" / "manual-http"
     assert verify_chain(sandbox, live / "fullchain.pem") == sorted(domains)
     assert _challenge_files(sandbox) == before
     # The self-check and pebble fetched through both load balancers.
@@ -221,12 +229,13 @@ def test_a_failed_manual_run_leaves_no_challenge_txt(sandbox: Sandbox, tmp_path:
     config.chmod(0o600)
     sandbox.hold_transfers(4)
     try:
-        done = certbot(sandbox, *_hook_args("dns"), "--cert-name", "manual-fail",
-                       "-d", domain, "-d", f"*.{domain}", check=False,
-                       env={"CERTBOT_EPAGES_CONFIG": str(config)})
+        done = certbot(sandbox, *_hook_args("dns"), *fresh_account(tmp_path / "certbot"),
+                       "--cert-name", "manual-fail", "-d", domain, "-d", f"*.{domain}",
+                       check=False, env={"CERTBOT_EPAGES_CONFIG": str(config)})
     finally:
         sandbox.hold_transfers(0)
     assert done.returncode != 0
+    assert f"{sandbox.ip.secondary}:53" in done.stderr and "lacks" in done.stderr, done.stderr
     name = f"_acme-challenge.{domain}.{sandbox.zones.challenge}."
     assert txt_at(sandbox.ip.primary, name) == {PLACEHOLDER}
     poll("the secondary to settle clean", lambda: True if txt_at(sandbox.ip.secondary, name)
