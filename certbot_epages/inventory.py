@@ -31,18 +31,20 @@ from __future__ import annotations
 import json
 import re
 import urllib.error
-import urllib.request
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
 from certbot_epages.errors import EpagesError
 from certbot_epages.netaddr import HostPort
+
+if TYPE_CHECKING:  # imported where used: the DNS-01 hooks need validate_domain only
+    import urllib.request
 
 VarValue = str | int | bool
 
@@ -429,27 +431,34 @@ def _read_file(path: Path) -> object:
         raise InventoryError(f"{path}: the inventory is nested too deeply") from None
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects to http(s) only (urllib would also follow them to ftp)."""
+def _http_only_redirects() -> urllib.request.HTTPRedirectHandler:
+    """A redirect handler that follows http(s) only (urllib would also follow them to ftp)."""
+    import urllib.request
 
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: Any,
-        code: int,
-        msg: str,
-        headers: Any,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
-            raise urllib.error.HTTPError(
-                req.full_url, code, f"redirect to a non-http(s) URL refused: {msg}", headers, fp
-            )
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    class HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(
+            self,
+            req: urllib.request.Request,
+            fp: Any,
+            code: int,
+            msg: str,
+            headers: Any,
+            newurl: str,
+        ) -> urllib.request.Request | None:
+            if urlsplit(newurl).scheme.lower() not in ("http", "https"):
+                raise urllib.error.HTTPError(
+                    req.full_url, code, f"redirect to a non-http(s) URL refused: {msg}",
+                    headers, fp,
+                )
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return HttpOnlyRedirects()
 
 
 def _fetch(url: str, where: str, timeout: float) -> object:
-    opener = urllib.request.build_opener(_HttpOnlyRedirects())
+    import urllib.request
+
+    opener = urllib.request.build_opener(_http_only_redirects())
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
         with opener.open(request, timeout=timeout) as response:

@@ -31,11 +31,13 @@ import dns.exception
 import dns.name
 
 from certbot_epages import config as epages_config
-from certbot_epages import http01
 from certbot_epages.dns import client as dns_client
 from certbot_epages.dns.chain import Location
 from certbot_epages.errors import ConfigError, EpagesError
 from certbot_epages.inventory import validate_domain
+
+# Every hook call is a process of its own, and apex + wildcard cost four of them: the HTTP-01
+# code (and with it Jinja2, HTTP and subprocess modules) is imported only by HTTP-01 calls.
 
 VALIDATION_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 PENDING_MAX_AGE = 3600.0  # seconds; older entries belong to a run that died
@@ -74,6 +76,8 @@ def read_environment(env: Mapping[str, str]) -> Challenge:
 
     token = env.get("CERTBOT_TOKEN") or None
     if token is not None:
+        from certbot_epages import http01
+
         try:
             http01.check_token(token)
         except ValueError as e:
@@ -263,6 +267,8 @@ def _http_settings(settings: epages_config.Config) -> epages_config.Http01Config
 
 
 def _http_auth(settings: epages_config.Config, challenge: Challenge) -> str:
+    from certbot_epages import http01
+
     http = _http_settings(settings)
     token = str(challenge.token)
     written: list[str] = []
@@ -298,6 +304,8 @@ def _flush_dns_waits(settings: epages_config.Config, challenge: Challenge) -> No
 
 
 def _http_cleanup(settings: epages_config.Config, challenge: Challenge) -> None:
+    from certbot_epages import http01
+
     http = _http_settings(settings)
     if http.mode != "files":
         return
