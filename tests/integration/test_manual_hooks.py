@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -271,7 +272,7 @@ def test_bad_environment_is_refused_with_nothing_written(
                                                                    sandbox.zones.challenge)]
 
 
-def test_stateless_mode_issues_with_no_challenge_service() -> None:
+def test_stateless_mode_issues_with_no_challenge_service(tmp_path: Path) -> None:
     with fresh_sandbox() as sandbox:
         certbot(sandbox, "register")
         done = subprocess.run(
@@ -290,3 +291,16 @@ def test_stateless_mode_issues_with_no_challenge_service() -> None:
         live = sandbox.certbot_config_dir / "live" / "stateless"
         assert verify_chain(sandbox, live / "fullchain.pem") == [domain]
         assert "nginx-challenge" not in sandbox.running()
+
+        # Another account: the load balancers answer with the first one's thumbprint. The
+        # self-check fails at once (not after http01.timeout) and says how to fix it.
+        started = time.monotonic()
+        other = certbot(sandbox, *_hook_args("http"), *fresh_account(tmp_path),
+                        "--cert-name", "other-account", "-d", f"www.{domain}", check=False,
+                        env={"CERTBOT_EPAGES_CONFIG": str(config)})
+        assert other.returncode != 0
+        assert time.monotonic() - started < 20
+        thumbprint = done.stdout.split("return 200 \"$1.", 1)[1].split('"', 1)[0]
+        assert f"account thumbprint {thumbprint}, but this certbot account's" in other.stderr, \
+            other.stderr
+        assert "certbot-epages http01-snippet" in other.stderr
