@@ -63,7 +63,7 @@ demo: deps install
 .PHONY: bench
 bench: deps install
 	$(VENV)/bin/pip install -q certbot-dns-rfc2136
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .compat dist build *.egg-info .mypy_cache .ruff_cache .pytest_cache

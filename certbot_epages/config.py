@@ -27,8 +27,8 @@ import yaml
 
 from certbot_epages.dns import keys
 from certbot_epages.dns.keys import TsigKey
+from certbot_epages.domains import validate_domain
 from certbot_epages.errors import ConfigError
-from certbot_epages.inventory import validate_domain
 from certbot_epages.netaddr import HostPort
 
 DEFAULT_PATH = Path("/etc/letsencrypt/epages.yaml")

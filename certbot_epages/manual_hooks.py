@@ -5,10 +5,12 @@ certbot runs the auth hook once per challenge with ``CERTBOT_DOMAIN``, ``CERTBOT
 and the cleanup hook with the same variables plus ``CERTBOT_AUTH_OUTPUT`` (what the auth hook
 printed). All of it is untrusted and checked before it reaches DNS, a path or a command.
 
-DNS-01 uses the same client as the ``epages-dns`` plugin. Every auth call publishes its value at
-once, but only the run's last call waits for propagation, and it waits for every value of the
-run: apex + wildcard cost one wait, not two. Values still to be awaited are kept in a small
-spool file between calls.
+DNS-01 uses the same client as the ``epages-dns`` plugin, and like the plugin handles a run's
+challenges together: every auth call but the last only records its value in a small spool file;
+the run's last call follows the CNAME chains, publishes every value in one UPDATE per zone and
+waits until every authoritative server serves them. The first cleanup call deletes every value
+of the run; the later ones find nothing left. certbot starts a process per call (four for apex +
+wildcard), so the calls that only touch the spool load neither the config nor dnspython.
 """
 
 from __future__ import annotations
@@ -21,34 +23,32 @@ import os
 import re
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
-import dns.exception
-import dns.name
-
-from certbot_epages import config as epages_config
-from certbot_epages.dns import client as dns_client
-from certbot_epages.dns.chain import Location
+from certbot_epages.domains import validate_domain
 from certbot_epages.errors import ConfigError, EpagesError
-from certbot_epages.inventory import validate_domain
 
-# Every hook call is a process of its own, and apex + wildcard cost four of them: the HTTP-01
-# code (and with it Jinja2, HTTP and subprocess modules) is imported only by HTTP-01 calls.
+# Imported where needed, not here: the HTTP-01 code (Jinja2, HTTP, subprocess) only by HTTP-01
+# calls, the config and dnspython only by the calls that talk to DNS.
+if TYPE_CHECKING:
+    from certbot_epages import config as epages_config
+    from certbot_epages.dns import client as dns_client
+    from certbot_epages.dns.chain import Location
 
 VALIDATION_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 PENDING_MAX_AGE = 3600.0  # seconds; older entries belong to a run that died
+# The states of a DNS-01 value in the spool.
+PENDING, PUBLISHED, REMOVED = "pending", "published", "removed"
 
 
 class HookInputError(EpagesError):
     """A certbot environment variable is missing or malformed."""
 
 
-@dataclass(frozen=True)
-class Challenge:
+class Challenge(NamedTuple):
     """One challenge as certbot describes it to a manual hook, validated."""
 
     domain: str
@@ -119,6 +119,8 @@ def _spool_dir() -> Path:
     elif os.access("/run", os.W_OK):
         base = Path("/run")
     else:
+        import tempfile
+
         base = Path(tempfile.gettempdir())
     spool = base / f"certbot-epages-{uid}"
     try:
@@ -157,7 +159,7 @@ def _certbot_pid() -> int:
 
 @contextlib.contextmanager
 def _pending(all_domains: Sequence[str]) -> Iterator[list[dict[str, str | float]]]:
-    """The run's not-yet-awaited DNS-01 records, locked for the block, saved after it."""
+    """The run's DNS-01 values and their states, locked for the block, saved after it."""
     key = f"{_certbot_pid()}:{','.join(sorted(all_domains))}"
     run = hashlib.sha256(key.encode()).hexdigest()[:20]
     path = _spool_dir() / f"dns01-{run}.json"
@@ -203,6 +205,11 @@ def _entry(location: Location, value: str) -> dict[str, str | float]:
 
 def _location(client: dns_client.DnsClient, entry: Mapping[str, object]) -> tuple[Location, str]:
     """Rebuild a record from spool or auth output, refusing anything outside managed zones."""
+    import dns.exception
+    import dns.name
+
+    from certbot_epages.dns.chain import Location
+
     try:
         zone = dns.name.from_text(str(entry["zone"]))
         record = dns.name.from_text(str(entry["record"]))
@@ -219,42 +226,102 @@ def _location(client: dns_client.DnsClient, entry: Mapping[str, object]) -> tupl
 # ------------------------------------------------------------------------------ DNS-01
 
 
+def _settings() -> epages_config.Config:
+    from certbot_epages import config as epages_config
+
+    return epages_config.load()
+
+
 def _dns_client(settings: epages_config.Config) -> dns_client.DnsClient:
+    from certbot_epages.dns import client as dns_client
+
     if settings.dns is None:
         raise ConfigError(f"{settings.source}: no 'dns' section; DNS-01 needs dns.zones")
     return dns_client.from_config(settings.dns)
 
 
-def _dns_auth(settings: epages_config.Config, challenge: Challenge) -> str:
-    client = _dns_client(settings)
-    location = client.locate(challenge.domain)
-    output = json.dumps({"challenge": "dns-01", **_entry(location, challenge.validation)})
-    # Print before anything can fail: the cleanup hook deletes exactly this value.
-    print(output, flush=True)
-    with _pending(challenge.all_domains) as pending:
-        client.add([(location, challenge.validation)])
-        pending.append(_entry(location, challenge.validation))
-        if challenge.remaining > 0:
-            return output
-        records = [_location(client, e) for e in pending]
-        pending.clear()
+def _dns_auth(challenge: Challenge) -> None:
+    """Record this call's value; the run's last call publishes and awaits every value."""
+    with _pending(challenge.all_domains) as entries:
+        entries[:] = [e for e in entries if e.get("value") != challenge.validation]
+        entries.append({"domain": challenge.domain, "value": challenge.validation,
+                        "state": PENDING, "time": time.time()})
+    if challenge.remaining > 0:
+        # What the cleanup hook gets back as CERTBOT_AUTH_OUTPUT.
+        print(json.dumps({"challenge": "dns-01", "domain": challenge.domain,
+                          "value": challenge.validation, "state": PENDING}), flush=True)
+        return
+    client, records = _publish_pending(_settings(), challenge)
+    mine = [(location, value) for location, value in records if value == challenge.validation]
+    if mine:
+        # Print before anything can fail: the cleanup hook deletes exactly what is described.
+        print(json.dumps({"challenge": "dns-01", **_entry(*mine[0])}), flush=True)
+    client.add(records)
     client.wait(records)
-    return output
 
 
-def _dns_cleanup(settings: epages_config.Config, challenge: Challenge) -> None:
+def _publish_pending(
+    settings: epages_config.Config, challenge: Challenge
+) -> tuple[dns_client.DnsClient, list[tuple[Location, str]]]:
+    """Locate every pending value of the run and mark it published (the caller adds them).
+
+    Every CNAME chain is followed first: if one is broken, nothing is published. They are
+    marked before the UPDATE goes out, so cleanup deletes them even if this process dies.
+    """
+    with _pending(challenge.all_domains) as entries:
+        todo = [(str(e.get("domain")), str(e.get("value"))) for e in entries
+                if e.get("state") == PENDING]
     client = _dns_client(settings)
-    try:
-        described = json.loads(challenge.auth_output)
-        record = _location(client, described)
-        if record[1] != challenge.validation or described.get("domain") != challenge.domain:
-            raise HookInputError("CERTBOT_AUTH_OUTPUT does not describe this challenge")
-    except (json.JSONDecodeError, HookInputError, TypeError, AttributeError):
-        # No usable auth output (the auth hook failed early): find the record again.
-        record = (client.locate(challenge.domain), challenge.validation)
-    with _pending(challenge.all_domains) as pending:
-        pending[:] = [e for e in pending if e.get("value") != challenge.validation]
-    client.remove([record])
+    located: dict[str, Location] = {}
+    records = []
+    for domain, value in todo:
+        if domain not in located:
+            try:
+                located[domain] = client.locate(validate_domain(domain))
+            except ValueError as e:
+                raise HookInputError(f"spool entry for {domain!r}: {e}") from None
+        if not VALIDATION_RE.fullmatch(value):
+            raise HookInputError(f"spool entry for {domain!r}: malformed TXT value")
+        records.append((located[domain], value))
+    by_value = {value: location for location, value in records}
+    with _pending(challenge.all_domains) as entries:
+        for entry in entries:
+            location = by_value.get(str(entry.get("value")))
+            if entry.get("state") == PENDING and location is not None:
+                entry.update(_entry(location, str(entry["value"])), state=PUBLISHED)
+    return client, records
+
+
+def _dns_cleanup(challenge: Challenge) -> None:
+    """Delete every published value of the run at the first call; later calls find none."""
+    with _pending(challenge.all_domains) as entries:
+        mine = next((e for e in entries if e.get("value") == challenge.validation), None)
+        if mine is not None and mine.get("state") == PENDING:
+            entries.remove(mine)  # never published: the run failed before its last auth call
+            return
+        if mine is not None and mine.get("state") == REMOVED:
+            return
+        published = [dict(e) for e in entries if e.get("state", PUBLISHED) == PUBLISHED]
+    client = _dns_client(_settings())
+    if mine is None:
+        # The spool does not know this value (it was swept or lost): the auth output says
+        # where it went, else the chain is followed again.
+        try:
+            described = json.loads(challenge.auth_output)
+            record = _location(client, described)
+            if record[1] != challenge.validation or described.get("domain") != challenge.domain:
+                raise HookInputError("CERTBOT_AUTH_OUTPUT does not describe this challenge")
+        except (json.JSONDecodeError, HookInputError, TypeError, AttributeError):
+            record = (client.locate(challenge.domain), challenge.validation)
+        client.remove([record])
+        return
+    records = [_location(client, e) for e in published]
+    client.remove(records)
+    removed = {value for _, value in records}
+    with _pending(challenge.all_domains) as entries:
+        for entry in entries:
+            if entry.get("value") in removed:
+                entry["state"] = REMOVED
 
 
 # ------------------------------------------------------------------------------ HTTP-01
@@ -291,15 +358,14 @@ def _http_auth(settings: epages_config.Config, challenge: Challenge) -> str:
 
 
 def _flush_dns_waits(settings: epages_config.Config, challenge: Challenge) -> None:
-    """With mixed challenge types the last call may be HTTP-01: it awaits the DNS-01 values."""
+    """With mixed challenge types the last call may be HTTP-01: it publishes the DNS-01 values."""
     if settings.dns is None:
         return
-    with _pending(challenge.all_domains) as pending:
-        if not pending:
+    with _pending(challenge.all_domains) as entries:
+        if not any(e.get("state") == PENDING for e in entries):
             return
-        client = _dns_client(settings)
-        records = [_location(client, e) for e in pending]
-        pending.clear()
+    client, records = _publish_pending(settings, challenge)
+    client.add(records)
     client.wait(records)
 
 
@@ -324,16 +390,15 @@ def _run(name: str, action: str, argv: Sequence[str] | None) -> int:
         return 2
     try:
         challenge = read_environment(os.environ)
-        settings = epages_config.load()
         if action == "auth":
             if challenge.token is None:
-                _dns_auth(settings, challenge)
+                _dns_auth(challenge)
             else:
-                print(_http_auth(settings, challenge), flush=True)
+                print(_http_auth(_settings(), challenge), flush=True)
         elif challenge.token is None:
-            _dns_cleanup(settings, challenge)
+            _dns_cleanup(challenge)
         else:
-            _http_cleanup(settings, challenge)
+            _http_cleanup(_settings(), challenge)
     except EpagesError as e:
         message = " ".join(str(e).split())
         print(f"{name}: {challenge_label()}{message}", file=sys.stderr)

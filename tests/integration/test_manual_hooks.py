@@ -83,32 +83,41 @@ def test_dns01_apex_and_wildcard_through_the_cname(sandbox: Sandbox, tmp_path: P
          txt_at(sandbox.ip.secondary, name) == {PLACEHOLDER} else None)
 
 
-def test_only_the_last_dns01_call_waits_and_it_waits_for_every_value(sandbox: Sandbox) -> None:
+def test_the_last_dns01_call_publishes_every_value_in_one_update_and_waits_for_all(
+    sandbox: Sandbox,
+) -> None:
     domain = f"www.{sandbox.zones.customer}"
     name = f"_acme-challenge.{domain}.{sandbox.zones.challenge}."
     common = {"CERTBOT_DOMAIN": domain, "CERTBOT_ALL_DOMAINS": f"{domain},*.{domain}"}
     first = {**common, "CERTBOT_VALIDATION": "a" * 43, "CERTBOT_REMAINING_CHALLENGES": "1"}
     last = {**common, "CERTBOT_VALIDATION": "b" * 43, "CERTBOT_REMAINING_CHALLENGES": "0"}
+    serial = soa_serial(sandbox.ip.primary, sandbox.zones.challenge)
     sandbox.hold_transfers(3)
     try:
         done = _run_hook(AUTH_HOOK, sandbox, first)
         assert done.returncode == 0, done.stderr
-        # Published at once, not awaited: the held-back secondary does not have it yet.
-        assert "a" * 43 in txt_at(sandbox.ip.primary, name)
-        assert "a" * 43 not in txt_at(sandbox.ip.secondary, name)
+        # Only recorded: nothing is published before the run's last call.
+        assert "a" * 43 not in txt_at(sandbox.ip.primary, name)
+        assert json.loads(done.stdout)["state"] == "pending"
         outputs = [done.stdout.strip()]
         done = _run_hook(AUTH_HOOK, sandbox, last)
         assert done.returncode == 0, done.stderr
         outputs.append(done.stdout.strip())
-        # The last call returned only once the secondary served both values.
+        # The last call returned only once the secondary served both values...
         assert {"a" * 43, "b" * 43} <= txt_at(sandbox.ip.secondary, name)
     finally:
         sandbox.hold_transfers(0)
-    for env, output in zip((first, last), outputs, strict=True):
-        assert json.loads(output)["record"] == name
-        done = _run_hook(CLEANUP_HOOK, sandbox, {**env, "CERTBOT_AUTH_OUTPUT": output})
-        assert done.returncode == 0, done.stderr
+    # ... and sent them in one UPDATE.
+    assert soa_serial(sandbox.ip.primary, sandbox.zones.challenge) == serial + 1
+    assert json.loads(outputs[1])["record"] == name
+    # The first cleanup call deletes every value of the run, the second finds none left.
+    done = _run_hook(CLEANUP_HOOK, sandbox, {**first, "CERTBOT_AUTH_OUTPUT": outputs[0]})
+    assert done.returncode == 0, done.stderr
     assert txt_at(sandbox.ip.primary, name) == {PLACEHOLDER}
+    serial = soa_serial(sandbox.ip.primary, sandbox.zones.challenge)
+    done = _run_hook(CLEANUP_HOOK, sandbox, {**last, "CERTBOT_AUTH_OUTPUT": outputs[1]})
+    assert done.returncode == 0, done.stderr
+    assert soa_serial(sandbox.ip.primary, sandbox.zones.challenge) == serial
 
 
 def test_http01_through_a_challenge_host_reached_by_rsync_over_ssh(

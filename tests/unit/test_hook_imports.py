@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,19 +14,43 @@ pytestmark = pytest.mark.unit
 
 # What only HTTP-01, deploys or inventory downloads need (and what they drag in).
 NOT_ON_THE_DNS_PATH = ("certbot_epages.http01", "certbot_epages.resources", "jinja2",
-                       "urllib.request", "http.client", "subprocess", "certbot", "acme")
+                       "certbot_epages.inventory", "urllib.request", "http.client", "subprocess",
+                       "certbot", "acme")
+# What a call that only records its value in the spool does not need either.
+NOT_IN_A_SPOOL_ONLY_CALL = (*NOT_ON_THE_DNS_PATH, "certbot_epages.config", "yaml", "dns",
+                            "dns.name")
 
 
-def _loaded_after(code: str) -> list[str]:
+def _loaded_after(code: str, modules: tuple[str, ...] = NOT_ON_THE_DNS_PATH,
+                  env: dict[str, str] | None = None) -> list[str]:
     script = (f"import json, sys\n{code}\n"
-              f"print(json.dumps([m for m in {NOT_ON_THE_DNS_PATH!r} if m in sys.modules]))")
+              f"print(json.dumps([m for m in {modules!r} if m in sys.modules]))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, check=True)
-    return list(json.loads(done.stdout))
+                          timeout=60, check=True, env=env)
+    return list(json.loads(done.stdout.splitlines()[-1]))
 
 
 def test_the_dns01_hooks_import_no_http01_jinja2_or_http_client() -> None:
-    assert _loaded_after("import certbot_epages.manual_hooks") == []
+    assert _loaded_after("import certbot_epages.manual_hooks", NOT_IN_A_SPOOL_ONLY_CALL) == []
+
+
+def test_an_auth_call_that_is_not_the_last_loads_neither_config_nor_dnspython(
+    tmp_path: Path,
+) -> None:
+    """It only records its value (the config it would read does not even exist)."""
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path),
+           "CERTBOT_EPAGES_CONFIG": str(tmp_path / "missing.yaml"),
+           "CERTBOT_DOMAIN": "shop.example", "CERTBOT_VALIDATION": "x" * 43,
+           "CERTBOT_ALL_DOMAINS": "shop.example,*.shop.example",
+           "CERTBOT_REMAINING_CHALLENGES": "1"}
+    code = ("from certbot_epages import manual_hooks\n"
+            "assert manual_hooks.auth_main([]) == 0")
+    assert _loaded_after(code, NOT_IN_A_SPOOL_ONLY_CALL, env) == []
+
+
+def test_what_a_dns01_call_that_talks_to_dns_imports() -> None:
+    code = "from certbot_epages import config, manual_hooks\nfrom certbot_epages.dns import client"
+    assert _loaded_after(code) == []
 
 
 def test_reading_a_dns01_environment_imports_nothing_more() -> None:
