@@ -137,24 +137,57 @@ def _spool_dir() -> Path:
     return spool
 
 
-def _certbot_pid() -> int:
-    """The PID of the certbot process that runs this hook (our nearest 'certbot' ancestor).
+# Programs that may stand between certbot and the hook (certbot runs hooks with `sh -c`).
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "ash", "busybox", "env"})
 
-    It keys the spool, so two certbot runs for the same names never share pending values.
+
+def runs_certbot(argv: Sequence[str]) -> bool:
+    """Whether a command line runs certbot.
+
+    ``certbot ...``, ``python /path/certbot ...``, ``python -m certbot ...``, or
+    ``python -c '...certbot...'`` (how a venv over a distribution's certbot 2.1, which has no
+    ``-m certbot``, may run it).
     """
+    if any(Path(arg).name == "certbot" for arg in argv[:2]):
+        return True
+    return len(argv) >= 3 and (
+        (argv[1] == "-m" and argv[2] == "certbot") or (argv[1] == "-c" and "certbot" in argv[2])
+    )
+
+
+def choose_run_process(ancestors: Sequence[tuple[int, Sequence[str]]]) -> int | None:
+    """From (pid, argv) of the hook's ancestors, nearest first: the certbot process.
+
+    The nearest one that runs certbot, else the nearest that is not a shell (a hook run through
+    a wrapper script gets the wrapper's own parent, not a new wrapper per call).
+    """
+    for pid, argv in ancestors:
+        if runs_certbot(argv):
+            return pid
+    for pid, argv in ancestors:
+        if argv and Path(argv[0]).name not in SHELLS:
+            return pid
+    return None
+
+
+def _certbot_pid() -> int:
+    """The PID of the certbot process that runs this hook (see :func:`choose_run_process`).
+
+    It keys the spool: every call of one run finds the others' values, and two certbot runs
+    for the same names never share them.
+    """
+    ancestors: list[tuple[int, list[str]]] = []
     pid = os.getppid()
-    for _ in range(8):
+    while pid > 1 and len(ancestors) < 8:
         try:
             stat_line = Path(f"/proc/{pid}/stat").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
         except OSError:
             break
-        if any(Path(arg.decode("utf-8", "replace")).name == "certbot" for arg in cmdline[:2]):
-            return pid
+        ancestors.append((pid, [arg.decode("utf-8", "replace") for arg in cmdline]))
         pid = int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
-        if pid <= 1:
-            break
-    return os.getppid()
+    chosen = choose_run_process(ancestors)
+    return chosen if chosen is not None else os.getppid()
 
 
 @contextlib.contextmanager

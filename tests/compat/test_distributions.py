@@ -8,6 +8,7 @@ sandbox runs from this (the newest) environment; certbot and the hooks run from 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -94,3 +95,21 @@ def test_certbot_plugins_lists_every_plugin(sandbox: Sandbox, env: str, tmp_path
     assert done.returncode == 0, done.stderr
     for plugin in ("epages-dns", "standalone", "webroot"):  # manual is hidden
         assert f"* {plugin}\n" in done.stdout
+
+
+@pytest.mark.parametrize("env", sorted(ENVS))
+def test_the_cli_checks_a_domain_and_renders_the_stateless_snippet(
+    sandbox: Sandbox, env: str, tmp_path: Path
+) -> None:
+    cli = str(Path(ENVS[env]).parent / "certbot-epages")
+    environment = {**os.environ, **sandbox.env()}
+    done = subprocess.run([cli, "check", "--json", sandbox.zones.customer], env=environment,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["ready"]
+    certbot(sandbox, "register", *fresh_account(tmp_path), program=_program(env))
+    done = subprocess.run([cli, "http01-snippet", "--config-dir", str(tmp_path / "config"),
+                           "--server", sandbox.acme_url], env=environment,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert 'return 200 "$1.' in done.stdout

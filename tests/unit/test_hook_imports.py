@@ -1,4 +1,4 @@
-"""A manual hook is a process per challenge: the DNS-01 path loads only what it uses."""
+"""A manual hook is a process per call: what it loads, how the calls of a run find each other."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from certbot_epages.manual_hooks import choose_run_process
 
 pytestmark = pytest.mark.unit
 
@@ -49,8 +51,10 @@ def test_an_auth_call_that_is_not_the_last_loads_neither_config_nor_dnspython(
 
 
 def test_what_a_dns01_call_that_talks_to_dns_imports() -> None:
+    # Not urllib.request and http.client here: dnspython before 2.4 loads requests for DoH.
+    ours = tuple(m for m in NOT_ON_THE_DNS_PATH if m not in ("urllib.request", "http.client"))
     code = "from certbot_epages import config, manual_hooks\nfrom certbot_epages.dns import client"
-    assert _loaded_after(code) == []
+    assert _loaded_after(code, ours) == []
 
 
 def test_reading_a_dns01_environment_imports_nothing_more() -> None:
@@ -65,3 +69,26 @@ def test_an_http01_environment_loads_the_http01_code() -> None:
             "manual_hooks.read_environment({'CERTBOT_DOMAIN': 'shop.example',"
             " 'CERTBOT_TOKEN': 'tok', 'CERTBOT_VALIDATION': 'tok.thumb'})")
     assert "certbot_epages.http01" in _loaded_after(code)
+
+
+@pytest.mark.parametrize(
+    ("ancestors", "chosen"),
+    [
+        # certbot runs the hook through `sh -c`, which may or may not stay in between.
+        ([(30, ["/bin/sh", "-c", "/venv/bin/manual-auth-hook"]),
+          (20, ["/venv/bin/python", "/venv/bin/certbot", "certonly"]), (10, ["bash"])], 20),
+        ([(20, ["/usr/bin/certbot", "renew"])], 20),
+        ([(20, ["/venv/bin/python", "-m", "certbot", "renew"])], 20),
+        ([(20, ["/venv/bin/python", "-c", "from certbot.main import main; main()", "renew"])],
+         20),
+        # A wrapper script per call between certbot (unrecognisable) and the hook: the wrapper
+        # is a shell, so the run is its parent, the same for every call.
+        ([(40, ["/bin/sh", "/etc/hooks/auth.sh"]), (30, ["/opt/acme/run", "--all"]),
+          (10, ["/sbin/init"])], 30),
+        ([(40, ["/bin/sh", "/etc/hooks/auth.sh"])], None),
+    ],
+)
+def test_the_certbot_process_that_keys_the_spool(
+    ancestors: list[tuple[int, list[str]]], chosen: int | None
+) -> None:
+    assert choose_run_process(ancestors) == chosen
