@@ -520,6 +520,18 @@ NOT_ON_THE_DNS_PATH = ("jinja2", "certbot_epages.http01", "certbot_epages.resour
                        "urllib.request", "http.client")
 
 
+# Runs the hooks it is sent one after the other, timed, as one certbot process would.
+FAKE_CERTBOT = """\
+import json, subprocess, sys, time
+for line in sys.stdin:
+    hook, env = json.loads(line)
+    started = time.monotonic()
+    done = subprocess.run([hook], env=env, capture_output=True, text=True, timeout=120)
+    print(json.dumps([time.monotonic() - started, done.returncode, done.stdout, done.stderr]),
+          flush=True)
+"""
+
+
 def _import_us(python: str, modules: str, last: str) -> float:
     """Microseconds ``python -X importtime`` reports for importing ``modules`` (cumulative)."""
     done = run([python, "-P", "-X", "importtime", "-c", f"import {modules}"])
@@ -544,32 +556,46 @@ def part_hooks(sb: Sandbox, issuer: Issuer, quick: bool,
     full_us = [_import_us(python, full, "certbot_epages.dns.client") for _ in range(runs)]
     probe = run([python, "-P", "-c", f"import sys, {HOOK_MODULE}; print(*sorted(m for m in "
                                      f"{NOT_ON_THE_DNS_PATH!r} if m in sys.modules))"])
-    # The four calls of apex + wildcard, as certbot makes them (the last auth call waits for
-    # every authoritative server).
+    # The four calls of apex + wildcard, as certbot makes them: from one process named certbot
+    # (the hooks recognise their run by it), the last auth call waiting for every server.
     base = {**os.environ, **sb.env(), "CERTBOT_DOMAIN": ZONES["cname"][0],
             "CERTBOT_ALL_DOMAINS": ",".join(ZONES["cname"])}
     steps: dict[str, list[float]] = {"auth_first": [], "auth_last": [], "cleanup_first": [],
                                      "cleanup_last": []}
     errors: list[str] = []
-    for index in range(runs):
-        secondary_caught_up(sb)
-        envs = [{**base, "CERTBOT_VALIDATION": f"bench-hook-{index:03d}-{n}".ljust(43, "x"),
-                 "CERTBOT_REMAINING_CHALLENGES": str(remaining)}
-                for n, remaining in ((1, 1), (2, 0))]
-        outputs = []
-        for key, env in zip(("auth_first", "auth_last"), envs, strict=True):
-            done = run([str(BIN / "manual-auth-hook")], env=env)
-            steps[key].append(done.seconds)
-            outputs.append(done.stdout.strip())
-            if not done.ok:
-                errors.append(first_line(done.stderr))
-        for key, env, output in zip(("cleanup_first", "cleanup_last"), envs, outputs,
-                                    strict=True):
-            done = run([str(BIN / "manual-cleanup-hook")],
-                       env={**env, "CERTBOT_AUTH_OUTPUT": output})
-            steps[key].append(done.seconds)
-            if not done.ok:
-                errors.append(first_line(done.stderr))
+    fake = WORK / "certbot"
+    fake.write_text(FAKE_CERTBOT)
+    with subprocess.Popen([python, str(fake)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as certbot:
+        assert certbot.stdin is not None and certbot.stdout is not None
+
+        def call(hook: str, env: dict[str, str]) -> tuple[float, int, str, str]:
+            assert certbot.stdin is not None and certbot.stdout is not None
+            certbot.stdin.write(json.dumps([str(BIN / hook), env]) + "\n")
+            certbot.stdin.flush()
+            seconds, code, out, err = json.loads(certbot.stdout.readline())
+            return float(seconds), int(code), str(out), str(err)
+
+        for index in range(runs):
+            secondary_caught_up(sb)
+            envs = [{**base, "CERTBOT_VALIDATION": f"bench-hook-{index:03d}-{n}".ljust(43, "x"),
+                     "CERTBOT_REMAINING_CHALLENGES": str(remaining)}
+                    for n, remaining in ((1, 1), (2, 0))]
+            outputs = []
+            for key, env in zip(("auth_first", "auth_last"), envs, strict=True):
+                took, code, stdout, stderr = call("manual-auth-hook", env)
+                steps[key].append(took)
+                outputs.append(stdout.strip())
+                if code:
+                    errors.append(first_line(stderr))
+            for key, env, output in zip(("cleanup_first", "cleanup_last"), envs, outputs,
+                                        strict=True):
+                took, code, _, stderr = call("manual-cleanup-hook",
+                                             {**env, "CERTBOT_AUTH_OUTPUT": output})
+                steps[key].append(took)
+                if code:
+                    errors.append(first_line(stderr))
+        certbot.stdin.close()
     out: dict[str, Any] = {
         "runs": runs,
         "python_startup_seconds": median(startup),

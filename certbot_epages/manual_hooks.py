@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -155,23 +156,26 @@ def runs_certbot(argv: Sequence[str]) -> bool:
     )
 
 
-def choose_run_process(ancestors: Sequence[tuple[int, Sequence[str]]]) -> int | None:
-    """From (pid, argv) of the hook's ancestors, nearest first: the certbot process.
+def choose_run_process(
+    ancestors: Sequence[tuple[int, Sequence[str]]],
+) -> tuple[int, bool] | None:
+    """From (pid, argv) of the hook's ancestors, nearest first: the run's certbot process.
 
-    The nearest one that runs certbot, else the nearest that is not a shell (a hook run through
-    a wrapper script gets the wrapper's own parent, not a new wrapper per call).
+    The nearest one that runs certbot (True: certain), else the nearest that is not a shell
+    (False: a guess; a hook run through a wrapper script gets the wrapper's parent).
     """
     for pid, argv in ancestors:
         if runs_certbot(argv):
-            return pid
+            return pid, True
     for pid, argv in ancestors:
         if argv and Path(argv[0]).name not in SHELLS:
-            return pid
+            return pid, False
     return None
 
 
-def _certbot_pid() -> int:
-    """The PID of the certbot process that runs this hook (see :func:`choose_run_process`).
+@functools.cache
+def _run_process() -> tuple[int, bool]:
+    """The PID of the certbot process that runs this hook, and whether it surely is certbot.
 
     It keys the spool: every call of one run finds the others' values, and two certbot runs
     for the same names never share them.
@@ -186,14 +190,13 @@ def _certbot_pid() -> int:
             break
         ancestors.append((pid, [arg.decode("utf-8", "replace") for arg in cmdline]))
         pid = int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
-    chosen = choose_run_process(ancestors)
-    return chosen if chosen is not None else os.getppid()
+    return choose_run_process(ancestors) or (os.getppid(), False)
 
 
 @contextlib.contextmanager
 def _pending(all_domains: Sequence[str]) -> Iterator[list[dict[str, str | float]]]:
     """The run's DNS-01 values and their states, locked for the block, saved after it."""
-    key = f"{_certbot_pid()}:{','.join(sorted(all_domains))}"
+    key = f"{_run_process()[0]}:{','.join(sorted(all_domains))}"
     run = hashlib.sha256(key.encode()).hexdigest()[:20]
     path = _spool_dir() / f"dns01-{run}.json"
     try:
@@ -279,25 +282,29 @@ def _dns_auth(challenge: Challenge) -> None:
         entries[:] = [e for e in entries if e.get("value") != challenge.validation]
         entries.append({"domain": challenge.domain, "value": challenge.validation,
                         "state": PENDING, "time": time.time()})
-    if challenge.remaining > 0:
+    if challenge.remaining > 0 and _run_process()[1]:
         # What the cleanup hook gets back as CERTBOT_AUTH_OUTPUT.
         print(json.dumps({"challenge": "dns-01", "domain": challenge.domain,
                           "value": challenge.validation, "state": PENDING}), flush=True)
         return
-    client, records = _publish_pending(_settings(), challenge)
+    # The last call; or certbot's process was not recognisable, so the run's later calls might
+    # not find this value in the spool: then it goes out now, as the old hooks did.
+    client, records, published = _publish_pending(_settings(), challenge)
     mine = [(location, value) for location, value in records if value == challenge.validation]
     if mine:
         # Print before anything can fail: the cleanup hook deletes exactly what is described.
         print(json.dumps({"challenge": "dns-01", **_entry(*mine[0])}), flush=True)
     client.add(records)
-    client.wait(records)
+    if challenge.remaining == 0:
+        client.wait(published)
 
 
 def _publish_pending(
     settings: epages_config.Config, challenge: Challenge
-) -> tuple[dns_client.DnsClient, list[tuple[Location, str]]]:
+) -> tuple[dns_client.DnsClient, list[tuple[Location, str]], list[tuple[Location, str]]]:
     """Locate every pending value of the run and mark it published (the caller adds them).
 
+    Returns the client, the values to add and every published value of the run (to await).
     Every CNAME chain is followed first: if one is broken, nothing is published. They are
     marked before the UPDATE goes out, so cleanup deletes them even if this process dies.
     """
@@ -322,7 +329,8 @@ def _publish_pending(
             location = by_value.get(str(entry.get("value")))
             if entry.get("state") == PENDING and location is not None:
                 entry.update(_entry(location, str(entry["value"])), state=PUBLISHED)
-    return client, records
+        published = [dict(e) for e in entries if e.get("state", PUBLISHED) == PUBLISHED]
+    return client, records, [_location(client, e) for e in published]
 
 
 def _dns_cleanup(challenge: Challenge) -> None:
@@ -395,11 +403,11 @@ def _flush_dns_waits(settings: epages_config.Config, challenge: Challenge) -> No
     if settings.dns is None:
         return
     with _pending(challenge.all_domains) as entries:
-        if not any(e.get("state") == PENDING for e in entries):
+        if not any(e.get("state", PUBLISHED) in (PENDING, PUBLISHED) for e in entries):
             return
-    client, records = _publish_pending(settings, challenge)
+    client, records, published = _publish_pending(settings, challenge)
     client.add(records)
-    client.wait(records)
+    client.wait(published)
 
 
 def _http_cleanup(settings: epages_config.Config, challenge: Challenge) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,15 +47,51 @@ def _http_config(sandbox: Sandbox, path: Path, **http01: object) -> Path:
     return path
 
 
-def _run_hook(hook: str, sandbox: Sandbox, env: dict[str, str],
-              config: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _hook_env(sandbox: Sandbox, env: dict[str, str], config: Path | None) -> dict[str, str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CERTBOT_")}
     environment.update(sandbox.env())
     if config is not None:
         environment["CERTBOT_EPAGES_CONFIG"] = str(config)
     environment.update(env)
-    return subprocess.run([hook], env=environment, capture_output=True, text=True, timeout=60,
-                          check=False)
+    return environment
+
+
+def _run_hook(hook: str, sandbox: Sandbox, env: dict[str, str],
+              config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([hook], env=_hook_env(sandbox, env, config), capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+# One process named certbot that runs the hooks it is sent, one after the other, as certbot
+# does: the hooks recognise their run by it.
+FAKE_CERTBOT = """\
+import json, subprocess, sys
+for line in sys.stdin:
+    hook, env = json.loads(line)
+    done = subprocess.run([hook], env=env, capture_output=True, text=True, timeout=60)
+    print(json.dumps([done.returncode, done.stdout, done.stderr]), flush=True)
+"""
+RunHook = Callable[[str, dict[str, str]], subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def certbot_run(sandbox: Sandbox, tmp_path: Path) -> Iterator[RunHook]:
+    """Run hooks from one certbot-like process (one certbot run)."""
+    program = tmp_path / "certbot"
+    program.write_text(FAKE_CERTBOT)
+    with subprocess.Popen([sys.executable, str(program)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+
+        def run(hook: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps([hook, _hook_env(sandbox, env, None)]) + "\n")
+            proc.stdin.flush()
+            code, out, err = json.loads(proc.stdout.readline())
+            return subprocess.CompletedProcess([hook], code, out, err)
+
+        yield run
+        proc.stdin.close()
 
 
 def _http_auth(sandbox: Sandbox, config: Path, token: str) -> subprocess.CompletedProcess[str]:
@@ -84,7 +120,7 @@ def test_dns01_apex_and_wildcard_through_the_cname(sandbox: Sandbox, tmp_path: P
 
 
 def test_the_last_dns01_call_publishes_every_value_in_one_update_and_waits_for_all(
-    sandbox: Sandbox,
+    sandbox: Sandbox, certbot_run: RunHook
 ) -> None:
     domain = f"www.{sandbox.zones.customer}"
     name = f"_acme-challenge.{domain}.{sandbox.zones.challenge}."
@@ -94,13 +130,13 @@ def test_the_last_dns01_call_publishes_every_value_in_one_update_and_waits_for_a
     serial = soa_serial(sandbox.ip.primary, sandbox.zones.challenge)
     sandbox.hold_transfers(3)
     try:
-        done = _run_hook(AUTH_HOOK, sandbox, first)
+        done = certbot_run(AUTH_HOOK, first)
         assert done.returncode == 0, done.stderr
         # Only recorded: nothing is published before the run's last call.
         assert "a" * 43 not in txt_at(sandbox.ip.primary, name)
         assert json.loads(done.stdout)["state"] == "pending"
         outputs = [done.stdout.strip()]
-        done = _run_hook(AUTH_HOOK, sandbox, last)
+        done = certbot_run(AUTH_HOOK, last)
         assert done.returncode == 0, done.stderr
         outputs.append(done.stdout.strip())
         # The last call returned only once the secondary served both values...
@@ -111,11 +147,11 @@ def test_the_last_dns01_call_publishes_every_value_in_one_update_and_waits_for_a
     assert soa_serial(sandbox.ip.primary, sandbox.zones.challenge) == serial + 1
     assert json.loads(outputs[1])["record"] == name
     # The first cleanup call deletes every value of the run, the second finds none left.
-    done = _run_hook(CLEANUP_HOOK, sandbox, {**first, "CERTBOT_AUTH_OUTPUT": outputs[0]})
+    done = certbot_run(CLEANUP_HOOK, {**first, "CERTBOT_AUTH_OUTPUT": outputs[0]})
     assert done.returncode == 0, done.stderr
     assert txt_at(sandbox.ip.primary, name) == {PLACEHOLDER}
     serial = soa_serial(sandbox.ip.primary, sandbox.zones.challenge)
-    done = _run_hook(CLEANUP_HOOK, sandbox, {**last, "CERTBOT_AUTH_OUTPUT": outputs[1]})
+    done = certbot_run(CLEANUP_HOOK, {**last, "CERTBOT_AUTH_OUTPUT": outputs[1]})
     assert done.returncode == 0, done.stderr
     assert soa_serial(sandbox.ip.primary, sandbox.zones.challenge) == serial
 
