@@ -1,4 +1,7 @@
-"""``certbot-epages``: the operator's command line (sandbox; later check, deploy, sync, status)."""
+"""``certbot-epages``: the operator's command line.
+
+Subcommands: check, deploy, sync, status, http01-snippet, sandbox.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from certbot_epages import __version__, config
-from certbot_epages.errors import ConfigError, EpagesError
+from certbot_epages import __version__, config, runner
+from certbot_epages.errors import EpagesError
 from certbot_epages.inventory import validate_domain
 from certbot_epages.sandbox import commands as sandbox_commands
 
@@ -154,15 +157,14 @@ def _check(args: argparse.Namespace) -> int:
     from certbot_epages.dns import check, client
 
     settings = config.load(args.config)
-    if settings.dns is None:
-        raise ConfigError(f"{settings.source}: no 'dns' section; check needs dns.zones")
+    dns_settings = settings.need_dns("check")
     domains = []
     for domain in args.domains:
         try:
             domains.append(validate_domain(domain))
         except ValueError as e:
             raise EpagesError(f"{domain!r} is not a domain name: {e}") from None
-    dns_client = client.from_config(settings.dns)
+    dns_client = client.from_config(dns_settings)
     reports = [check.check_domain(dns_client, domain) for domain in domains]
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in reports], indent=2))
@@ -179,14 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    try:
-        status: int = args.func(args)
-    except EpagesError as e:
-        print(f"certbot-epages {args.command}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return status
+    return runner.run(f"certbot-epages {args.command}", lambda: int(args.func(args)),
+                      verbose=args.verbose)
 
 
 if __name__ == "__main__":

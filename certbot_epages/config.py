@@ -176,6 +176,28 @@ class Config:
     deploy: DeployConfig | None
     fleet: FleetConfig
     sandbox: Mapping[str, object]
+    inventory_timeout: float = 30.0  # seconds for the whole fetch of an inventory URL
+    inventory_max_bytes: int = 64 * 1024 * 1024
+
+    def need_deploy(self) -> DeployConfig:
+        """The ``deploy`` section, or a ConfigError saying it is missing."""
+        if self.deploy is None:
+            raise ConfigError(f"{self.source}: no 'deploy' section; deploys need "
+                              "deploy.load_balancers (see the README's deploy section)")
+        return self.deploy
+
+    def need_dns(self, what: str) -> DnsConfig:
+        """The ``dns`` section, or a ConfigError saying that ``what`` needs it."""
+        if self.dns is None:
+            raise ConfigError(f"{self.source}: no 'dns' section; {what} needs dns.zones")
+        return self.dns
+
+    def need_inventory(self, what: str) -> str | Path:
+        """The inventory source, or a ConfigError saying that ``what`` needs it."""
+        if self.inventory is None:
+            raise ConfigError(f"{self.source}: 'inventory' is not set; {what} need the shop "
+                              "list (a file or an http(s) URL)")
+        return self.inventory
 
 
 # --------------------------------------------------------------------------- entry points
@@ -223,7 +245,8 @@ def parse(data: object, source: Path) -> Config:
     """Check already-parsed YAML ``data``; ``source`` is named in errors and anchors paths."""
     source = Path(source).absolute()
     root = _Node(data, "", source)
-    sections = ("dns", "http01", "inventory", "deploy", "fleet", "sandbox")
+    sections = ("dns", "http01", "inventory", "inventory_timeout", "inventory_max_bytes",
+                "deploy", "fleet", "sandbox")
     if not isinstance(data, dict):
         got = "an empty file" if data is None else _describe(data, secret=False)
         names = ", ".join(sections)
@@ -235,6 +258,8 @@ def parse(data: object, source: Path) -> Config:
     deploy = top.opt("deploy", nullable=True)
     fleet = top.opt("fleet", nullable=True)
     sandbox = top.opt("sandbox", nullable=True)
+    timeout = top.opt("inventory_timeout")
+    max_bytes = top.opt("inventory_max_bytes")
     return Config(
         source=source,
         dns=None if dns is None else _parse_dns(dns),
@@ -243,6 +268,10 @@ def parse(data: object, source: Path) -> Config:
         deploy=None if deploy is None else _parse_deploy(deploy),
         fleet=_parse_fleet(fleet),
         sandbox=_parse_sandbox(sandbox),
+        inventory_timeout=(Config.inventory_timeout if timeout is None
+                           else timeout.positive_number()),
+        inventory_max_bytes=(Config.inventory_max_bytes if max_bytes is None
+                             else max_bytes.integer(1024)),
     )
 
 

@@ -9,6 +9,7 @@ mapping ``{"shops": [...]}``), read from a file or fetched from an http(s) URL::
       template: custom-domain            # <templates>/nginx/custom-domain.conf.j2
       vars: {upstream: "10.0.0.5:8080"}
       status: active                     # active | suspended | deleted (default active)
+      shop: "4711"                       # the shop's stable id (optional, see below)
 
 Every entry is checked on its own: a bad entry becomes a :class:`Problem` and is skipped while
 the others load, so one shop cannot stop certificates for all of them.  A file that cannot be
@@ -24,19 +25,28 @@ What an entry may contain:
   control characters, not empty -- unless the template declares that variable safe (see
   :mod:`certbot_epages.deploy.render`), and even then no control characters or line breaks.
 * ``status``: ``active``, ``suspended`` or ``deleted``.
+* ``shop``: the shop's stable id in the shop software (1 to 128 of letters, digits and
+  ``. _ : @ / + = -``, starting with a letter or digit).  It names the *owner* of the entry's
+  names; an entry without it is its own owner, identified by its domain.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import http.client
 import json
 import re
-import urllib.error
+import socket
+import ssl
+import threading
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import yaml
 
@@ -47,13 +57,12 @@ from certbot_epages.domains import validate_domain as validate_domain
 from certbot_epages.errors import EpagesError
 from certbot_epages.netaddr import HostPort
 
-if TYPE_CHECKING:  # imported where used: the DNS-01 hooks need validate_domain only
-    import urllib.request
-
 VarValue = str | int | bool
 
 STATUSES = ("active", "suspended", "deleted")
-ENTRY_KEYS = ("domain", "aliases", "template", "vars", "status")
+ENTRY_KEYS = ("domain", "aliases", "template", "vars", "status", "shop")
+# Nothing that could end an nginx directive or need quoting anywhere (ids reach templates).
+SHOP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
 TEMPLATE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 VAR_NAME_RE = re.compile(r"[a-z_][a-z0-9_]*")
 UNSAFE_CHARS = frozenset(";{}\"'\\$#")
@@ -80,6 +89,7 @@ class Shop:
     template: str
     vars: Mapping[str, VarValue] = field(default_factory=lambda: MappingProxyType({}))
     status: str = "active"
+    shop: str | None = None  # the shop's id in the shop software
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "aliases", tuple(self.aliases))
@@ -89,6 +99,11 @@ class Shop:
     def server_names(self) -> tuple[str, ...]:
         """The domain followed by the aliases: every name the shop answers to."""
         return (self.domain, *self.aliases)
+
+    @property
+    def owner(self) -> str:
+        """Who the shop's names belong to: its shop id, else its domain."""
+        return self.shop if self.shop is not None else self.domain
 
     @property
     def is_active(self) -> bool:
@@ -104,6 +119,7 @@ class Shop:
             "template": self.template,
             "vars": dict(self.vars),
             "status": self.status,
+            "shop": self.shop,
         }
 
 
@@ -112,12 +128,17 @@ class Problem:
     """An inventory entry that was skipped, and why.
 
     ``index`` is the entry's position in the list (from 0); ``domain`` is the entry's domain
-    as given, made printable, or None when it had none.
+    as given, made printable and shortened for messages, or None when it had none.  ``name`` is
+    the domain normalised, when it is a valid one, and ``owner`` the entry's owner when it can
+    be told (its valid ``shop`` id, else ``name``): what an invalid entry had still belongs to
+    it.
     """
 
     index: int
     domain: str | None
     message: str
+    name: str | None = None
+    owner: str | None = None
 
     def __str__(self) -> str:
         name = f" ({self.domain})" if self.domain is not None else ""
@@ -137,6 +158,11 @@ class Inventory:
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def site_file(domain: str) -> str:
+    """The site config file of a normalised domain: ``<domain>.conf``, ``*`` as ``_wildcard_``."""
+    return domain.replace("*", "_wildcard_") + ".conf"
 
 
 def validate_var(name: str, value: object, *, safe: bool = False) -> VarValue:
@@ -198,18 +224,20 @@ def load_inventory(
     templates: Collection[str],
     safe_vars: Mapping[str, Collection[str]] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    max_bytes: int = MAX_URL_BYTES,
 ) -> Inventory:
     """Read the inventory from a file (YAML or JSON) or an http(s) URL (JSON) and check it.
 
     ``templates`` are the names of the available shop templates; ``safe_vars`` maps a template
     name to the variables it declares safe.  A string ``source`` starting with ``http://`` or
-    ``https://`` is fetched with ``timeout`` seconds; anything else is a file path.  Raises
+    ``https://`` is fetched within ``timeout`` seconds in all and at most ``max_bytes``; anything
+    else is a file path.  Raises
     :class:`InventoryError` naming the source when it cannot be read or is not a list of
     entries; bad entries are reported in :attr:`Inventory.problems`.
     """
     if isinstance(source, str) and source.lower().startswith(("http://", "https://")):
         where = _redact(source)
-        data = _fetch(source, where, timeout)
+        data = _fetch(source, where, timeout, max_bytes)
     else:
         path = Path(source)
         where = str(path)
@@ -246,7 +274,8 @@ def parse_inventory(
         try:
             parsed.append((index, given, _parse_entry(entry, templates, safe)))
         except ValueError as e:
-            problems.append(Problem(index, given, str(e)))
+            name, owner = _identity(entry)
+            problems.append(Problem(index, given, str(e), name, owner))
     # Active entries claim their names first: a deleted or suspended entry that still lists a
     # name must never keep a live shop from getting it.
     claimed: dict[str, int] = {}
@@ -255,7 +284,7 @@ def parse_inventory(
         taken = [(name, claimed[name]) for name in shop.server_names if name in claimed]
         if taken:
             what = "; ".join(f"{name} is already claimed by entry {other}" for name, other in taken)
-            problems.append(Problem(index, given, what))
+            problems.append(Problem(index, given, what, shop.domain, shop.owner))
             continue
         for name in shop.server_names:
             claimed[name] = index
@@ -272,6 +301,20 @@ def _given_domain(entry: object) -> str | None:
             shown = repr(domain[:80])[1:-1] or "''"
             return shown + "..." if len(domain) > 80 else shown
     return None
+
+
+def _identity(entry: object) -> tuple[str | None, str | None]:
+    """The normalised domain and the owner of an entry that failed its checks, if known."""
+    if not isinstance(entry, dict):
+        return None, None
+    try:
+        name: str | None = validate_domain(entry.get("domain"))  # type: ignore[arg-type]
+    except ValueError:
+        name = None
+    shop = entry.get("shop")
+    if isinstance(shop, str) and SHOP_ID_RE.fullmatch(shop):
+        return name, shop
+    return name, name
 
 
 def _parse_entry(
@@ -325,12 +368,20 @@ def _parse_entry(
         shown = printable(status) if isinstance(status, str) else type(status).__name__
         raise ValueError(f"status {shown} must be one of: {', '.join(STATUSES)}")
 
+    shop_id = entry.get("shop")
+    if shop_id is not None and (not isinstance(shop_id, str)
+                                or not SHOP_ID_RE.fullmatch(shop_id)):
+        shown = printable(shop_id) if isinstance(shop_id, str) else type(shop_id).__name__
+        raise ValueError(f"shop {shown} must be the shop's id in the shop software: 1 to 128 "
+                         "of letters, digits and . _ : @ / + = -, starting with a letter or digit")
+
     return Shop(
         domain=domain,
         aliases=tuple(aliases),
         template=template,
         vars=variables,
         status=status,
+        shop=shop_id,
     )
 
 
@@ -369,48 +420,31 @@ def _read_file(path: Path) -> object:
         raise InventoryError(f"{path}: the inventory is nested too deeply") from None
 
 
-def _http_only_redirects() -> urllib.request.HTTPRedirectHandler:
-    """A redirect handler that follows http(s) only (urllib would also follow them to ftp)."""
-    import urllib.request
-
-    class HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-        def redirect_request(
-            self,
-            req: urllib.request.Request,
-            fp: Any,
-            code: int,
-            msg: str,
-            headers: Any,
-            newurl: str,
-        ) -> urllib.request.Request | None:
-            if urlsplit(newurl).scheme.lower() not in ("http", "https"):
-                raise urllib.error.HTTPError(
-                    req.full_url, code, f"redirect to a non-http(s) URL refused: {msg}",
-                    headers, fp,
-                )
-            return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-    return HttpOnlyRedirects()
+MAX_REDIRECTS = 5
 
 
-def _fetch(url: str, where: str, timeout: float) -> object:
-    import urllib.request
+def _fetch(url: str, where: str, timeout: float, max_bytes: int) -> object:
+    """GET ``url`` (following up to 5 http(s) redirects) as JSON, all within ``timeout``.
 
-    opener = urllib.request.build_opener(_http_only_redirects())
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            body = response.read(MAX_URL_BYTES + 1)
-    except urllib.error.HTTPError as e:
-        raise InventoryError(
-            f"{where}: fetching the inventory failed: HTTP {e.code} {e.reason}"
-        ) from None
-    except urllib.error.URLError as e:
-        raise InventoryError(f"{where}: cannot fetch the inventory: {e.reason}") from None
-    except (OSError, ValueError) as e:  # timeouts, resets, malformed URLs
-        raise InventoryError(f"{where}: cannot fetch the inventory: {e}") from None
-    if len(body) > MAX_URL_BYTES:
-        raise InventoryError(f"{where}: the inventory is larger than {MAX_URL_BYTES} bytes")
+    One deadline covers the whole fetch: a watchdog shuts the socket down when it passes, so
+    a server that sends a byte now and then cannot hold a deploy (and its locks) forever.
+    """
+    deadline = time.monotonic() + timeout
+    credentials = _basic_auth(url)
+    origin = urlsplit(url).netloc.rpartition("@")[2].lower()
+    for _ in range(MAX_REDIRECTS + 1):
+        status, location, body = _get(url, where, deadline, timeout, max_bytes, credentials)
+        if location is None:
+            break
+        target = urljoin(url, location)
+        if urlsplit(target).scheme.lower() not in ("http", "https"):
+            raise InventoryError(f"{where}: fetching the inventory failed: redirect to a "
+                                 f"non-http(s) URL refused (HTTP {status})")
+        if urlsplit(target).netloc.rpartition("@")[2].lower() != origin:
+            credentials = None  # never hand the password to another host
+        url = target
+    else:
+        raise InventoryError(f"{where}: more than {MAX_REDIRECTS} redirects")
     try:
         return json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
@@ -419,6 +453,88 @@ def _fetch(url: str, where: str, timeout: float) -> object:
         raise InventoryError(f"{where}: the inventory is not valid JSON: {e}") from None
     except RecursionError:
         raise InventoryError(f"{where}: the inventory is nested too deeply") from None
+
+
+def _get(url: str, where: str, deadline: float, timeout: float, max_bytes: int,
+         credentials: str | None) -> tuple[int, str | None, bytes]:
+    """One GET: (status, redirect location or None, body)."""
+    parts = urlsplit(url)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise InventoryError(f"{where}: the inventory did not arrive within {timeout:g}s "
+                             "(inventory_timeout)")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as e:
+        raise InventoryError(f"{where}: cannot fetch the inventory: {e}") from None
+    if not host:
+        raise InventoryError(f"{where}: cannot fetch the inventory: no host in the URL")
+    conn: http.client.HTTPConnection
+    if parts.scheme.lower() == "https":
+        conn = http.client.HTTPSConnection(host, port, timeout=remaining,
+                                           context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=remaining)
+    expired = threading.Event()
+    sockets: list[socket.socket] = []
+
+    def expire() -> None:
+        expired.set()
+        for sock in sockets:  # the response may hold the socket after the connection let go
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(remaining, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    headers = {"Accept": "application/json"}
+    if credentials is not None:
+        headers["Authorization"] = f"Basic {credentials}"
+    path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    response: http.client.HTTPResponse | None = None
+    try:
+        conn.connect()
+        if conn.sock is not None:
+            sockets.append(conn.sock)
+            if expired.is_set():  # the deadline passed while connecting
+                raise OSError("deadline passed")
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        if response.status in (301, 302, 303, 307, 308):
+            return response.status, response.getheader("Location") or "", b""
+        if response.status != 200:
+            raise InventoryError(f"{where}: fetching the inventory failed: HTTP "
+                                 f"{response.status} {response.reason}")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := response.read1(65536):
+            size += len(chunk)
+            if size > max_bytes:
+                raise InventoryError(f"{where}: the inventory is larger than {max_bytes} "
+                                     "bytes (inventory_max_bytes)")
+            chunks.append(chunk)
+        if expired.is_set():
+            raise OSError("deadline passed")
+        return response.status, None, b"".join(chunks)
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        if expired.is_set():
+            raise InventoryError(f"{where}: the inventory did not arrive within {timeout:g}s "
+                                 "(inventory_timeout)") from None
+        raise InventoryError(f"{where}: cannot fetch the inventory: {e}") from None
+    finally:
+        watchdog.cancel()
+        if response is not None:
+            response.close()
+        conn.close()
+
+
+def _basic_auth(url: str) -> str | None:
+    """The ``Authorization: Basic`` value for credentials in ``url``, if it has any."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return None
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return base64.b64encode(pair.encode()).decode("ascii")
 
 
 def _redact(url: str) -> str:

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from certbot_epages import runner
 from certbot_epages.domains import validate_domain
 from certbot_epages.errors import ConfigError, EpagesError
 
@@ -425,11 +426,13 @@ def _http_cleanup(settings: epages_config.Config, challenge: Challenge) -> None:
 
 
 def _run(name: str, action: str, argv: Sequence[str] | None) -> int:
-    if argv:
-        print(f"{name}: takes no arguments; certbot passes everything in CERTBOT_* variables",
-              file=sys.stderr)
+    verbose = list(argv or ()) in (["-v"], ["--verbose"])
+    if argv and not verbose:
+        print(f"{name}: takes no arguments but -v; certbot passes everything in CERTBOT_* "
+              "variables", file=sys.stderr)
         return 2
-    try:
+
+    def body() -> int:
         challenge = read_environment(os.environ)
         if action == "auth":
             if challenge.token is None:
@@ -440,14 +443,9 @@ def _run(name: str, action: str, argv: Sequence[str] | None) -> int:
             _dns_cleanup(challenge)
         else:
             _http_cleanup(_settings(), challenge)
-    except EpagesError as e:
-        message = " ".join(str(e).split())
-        print(f"{name}: {challenge_label()}{message}", file=sys.stderr)
-        return 1
-    except Exception as e:  # noqa: BLE001 - certbot shows hook stderr: one line, not a traceback
-        print(f"{name}: {challenge_label()}unexpected {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return runner.run(f"{name}: {challenge_label()}".rstrip(": "), body, verbose=verbose)
 
 
 def challenge_label() -> str:

@@ -154,7 +154,7 @@ def make_lineage(certbot_dir: Path, name: str, names: list[str], ca: SandboxCA) 
     """A certbot-like lineage ``live/<name>/`` signed by ``ca``; returns its sha256 fingerprint."""
     live = certbot_dir / "live" / name
     live.mkdir(parents=True, exist_ok=True)
-    crt, key = ca.issue(f"lineage-{name.replace('*', '_')}", names)
+    crt, key = ca.issue(f"lineage-{name.replace('*', '_')}"[:64], names)
     data = crt.read_bytes()
     (live / "cert.pem").write_bytes(data)
     (live / "fullchain.pem").write_bytes(data + ca.cert_path.read_bytes())
@@ -190,6 +190,14 @@ def served(sandbox: Sandbox, name: str) -> dict[str, str]:
         except OSError as e:
             out[lb.name] = f"error: {e}"
     return out
+
+
+def shop_sites(lb_root: str | Path) -> list[str]:
+    """The shop site files a load balancer serves (``current/sites``, without the marker)."""
+    sites = Path(lb_root) / "current" / "sites"
+    if not sites.is_dir():
+        return []
+    return sorted(p.name for p in sites.iterdir() if p.name != "_epages-release.conf")
 
 
 @contextlib.contextmanager

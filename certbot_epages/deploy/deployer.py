@@ -1,46 +1,51 @@
-"""A deploy run: render, build a release per load balancer, go live everywhere or nowhere.
+"""A deploy run: read what every load balancer serves, decide, build, go live everywhere or nowhere.
 
-Phase 1, on every load balancer: rsync the release next to the live one (unchanged files
-hard-linked) and run its ``test`` command against it. If any load balancer fails, the
-candidates are removed again and nothing goes live anywhere. Phase 2, on each: switch
-``current`` (rename of a symlink), ``reload``, and probe every changed name with a TLS
-handshake; a load balancer whose reload or probe fails is switched back and reloaded.
+Every run starts from the truth: the release each load balancer's ``current`` points to and
+its manifest, copied into the local spool when the spool lacks it or disagrees. The decisions
+(:mod:`.decide`) build on that, never on the deploy host's memory. Phase 1, on every load
+balancer: rsync the release next to the live one (unchanged files hard-linked) and run its
+``test`` command against it. If any load balancer fails, the candidates are removed again and
+nothing goes live anywhere. Phase 2, on each: switch ``current``, ``reload``, and probe every
+changed name with a TLS handshake, and the release marker when nginx's config changed; a load
+balancer whose reload or probe fails is switched back and reloaded.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
 import os
+import re
 import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+import socket
+import ssl
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from certbot_epages import http01
 from certbot_epages.config import Config, DeployConfig, LoadBalancerConfig
-from certbot_epages.deploy import lineages, probe, push, release
+from certbot_epages.deploy import decide, lineages, marker, probe, push, release
+from certbot_epages.deploy.decide import Base, Composition, Selection
 from certbot_epages.deploy.lineages import Lineage
-from certbot_epages.deploy.render import (
-    RenderError,
-    TemplateSet,
-    lb_cert_dir,
-    render_site,
-    site_filename,
-)
+from certbot_epages.deploy.manifest import FILENAME as MANIFEST
+from certbot_epages.deploy.manifest import Manifest, ManifestError, SiteRecord, loads
+from certbot_epages.deploy.render import RenderError, TemplateSet, lb_cert_dir, render_site
+from certbot_epages.deploy.spool import Spool, control_dir, sha256_of
 from certbot_epages.errors import ConfigError, EpagesError
-from certbot_epages.inventory import Inventory, Shop, load_inventory, validate_domain
+from certbot_epages.inventory import Inventory, load_inventory, site_file
 from certbot_epages.resources import jinja_env
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-LOCK_TIMEOUT = 600.0
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # a deploy waits at times: whoever reads stdout sees why at once
 
 
 class DeployError(EpagesError):
@@ -63,12 +68,17 @@ class LbOutcome:
 
 @dataclass
 class Report:
-    """The whole run: per load balancer, and the inventory entries that were skipped."""
+    """The whole run: per load balancer, and what was skipped, kept or dropped, and why."""
 
     shops: int = 0
     skipped: list[str] = field(default_factory=list)
     lbs: list[LbOutcome] = field(default_factory=list)
     unchanged: bool = False  # nothing differed from the live releases: nothing was pushed
+
+    def note(self, line: str) -> None:
+        """Add a line for the operator (once, however many load balancers say it)."""
+        if line not in self.skipped:
+            self.skipped.append(line)
 
     def summary(self) -> str:
         """A few lines for people."""
@@ -84,124 +94,108 @@ class Report:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class Entry:
-    """A shop and the lineage whose certificate it is served with."""
+@dataclass
+class _Lb:
+    """One load balancer during a run: its connection, what it serves, what it gets."""
 
-    shop: Shop
-    lineage: Lineage
+    target: push.Target
+    live: push.Live = push.Live(None)
+    base: Base = Base(None, None)
+    base_dir: Path | None = None  # the live release in the local spool
+    stale_config: bool = False  # nginx runs something other than `current`
+    built: release.Built | None = None
+    comp: Composition | None = None
+    generation: str | None = None
+    marker: str | None = None
+
+    @property
+    def lb(self) -> LoadBalancerConfig:  # noqa: D102
+        return self.target.lb
+
+    @property
+    def name(self) -> str:  # noqa: D102
+        return self.target.lb.name
 
 
 class Deployer:
     """Deploys to every load balancer of ``settings.deploy``."""
 
-    def __init__(self, settings: Config, *, say: Callable[[str], None] = print) -> None:
-        if settings.deploy is None:
-            raise ConfigError(f"{settings.source}: no 'deploy' section")
-        if settings.inventory is None:
-            raise ConfigError(f"{settings.source}: 'inventory' is not set; deploys need it")
+    def __init__(self, settings: Config, *, say: Callable[[str], None] = _say) -> None:
+        self.deploy: DeployConfig = settings.need_deploy()
+        self.inventory_source = settings.need_inventory("deploys")
         self.settings = settings
-        self.deploy: DeployConfig = settings.deploy
         self.say = say
         self.templates = TemplateSet(self.deploy.templates)
-        self.spool = self.deploy.spool
+        self.spool = Spool(self.deploy.spool)
         self.acme_snippet = self._acme_snippet()
 
     # --- entry points ----------------------------------------------------------------------
 
-    def lineages(self, renewed: Sequence[Lineage]) -> Report:
+    def load_inventory(self) -> Inventory:
+        """The inventory, fetched within the configured deadline (before any lock is taken)."""
+        return load_inventory(self.inventory_source, templates=self.templates.names(),
+                              safe_vars=self.templates.all_safe_vars(),
+                              timeout=self.settings.inventory_timeout,
+                              max_bytes=self.settings.inventory_max_bytes)
+
+    def lineages(self, renewed: Sequence[Lineage], *,
+                 inventory: Inventory | None = None) -> Report:
         """Ship the shops served by these (renewed) lineages; everything else stays as it is."""
-        with self._locked():
-            inventory = self._inventory()
-            report = Report(skipped=[str(p) for p in inventory.problems])
-            # The same rule as a full deploy: a shop is served by the lineage that covers it
-            # best (its own before a wildcard), so a wildcard renewal moves no shop around.
+        inventory = self.load_inventory() if inventory is None else inventory
+        with self.spool.locked(self.say):
             known = {lin.name: lin for lin in lineages.scan(self.deploy.certbot_dir)}
             known.update({lin.name: lin for lin in renewed})
-            renewed_names = {lin.name for lin in renewed}
-            entries: list[Entry] = []
-            for shop in inventory.active():
-                lineage = lineages.covering(shop, known.values())
-                if lineage is not None and lineage.name in renewed_names:
-                    entries.append(Entry(shop, lineage))
-            for name in sorted(renewed_names - {e.lineage.name for e in entries}):
-                report.skipped.append(f"lineage {name}: no active shop in the inventory uses it")
-            return self._run(entries, inventory, full=False, report=report)
+            selection = decide.select(inventory, list(known.values()),
+                                      renewed={lin.name for lin in renewed},
+                                      certbot_dir=str(self.deploy.certbot_dir))
+            return self._run(selection, inventory, force=False)
 
     def everything(self, *, force: bool = False, inventory: Inventory | None = None) -> Report:
-        """Render the whole inventory: first deploys, template changes, removed shops.
+        """Render the whole inventory: first deploys, template changes, removed shops, repairs.
 
         An active shop that cannot be deployed now (no certificate covers its names yet, its
-        entry is invalid, its template fails) keeps the config it has: a full deploy only
-        removes shops the inventory marks suspended or deleted, or no longer lists. Removing
-        more than half of the sites needs ``force`` (a truncated inventory must not empty the
-        load balancers). ``inventory`` is the list a caller already loaded (sync), so the plan
-        and the deploy see the same shops.
+        entry is invalid, its template fails) keeps what it serves: only the inventory removes
+        a site. Removing more than half of the sites a load balancer serves needs ``force``.
+        ``inventory`` is the list a caller already loaded (sync), so the plan and the deploy
+        see the same shops.
         """
-        with self._locked():
-            inventory = self._inventory() if inventory is None else inventory
-            report = Report(skipped=[str(p) for p in inventory.problems])
+        inventory = self.load_inventory() if inventory is None else inventory
+        with self.spool.locked(self.say):
             known = lineages.scan(self.deploy.certbot_dir)
-            entries = []
-            keep = set()
-            for shop in inventory.active():
-                lineage = lineages.covering(shop, known)
-                if lineage is None:
-                    report.skipped.append(
-                        f"{shop.domain}: no certificate in {self.deploy.certbot_dir}/live covers "
-                        f"{', '.join(shop.server_names)} yet; its current config (if any) stays"
-                    )
-                    keep.add(site_filename(shop))
-                    continue
-                entries.append(Entry(shop, lineage))
-            for problem in inventory.problems:
-                try:
-                    keep.add(validate_domain(problem.domain or "").replace("*", "_wildcard_")
-                             + ".conf")
-                except ValueError:
-                    continue
-            return self._run(entries, inventory, full=True, report=report, keep=keep,
-                             force=force)
+            selection = decide.select(inventory, known, certbot_dir=str(self.deploy.certbot_dir))
+            return self._run(selection, inventory, force=force)
 
     # --- the run -----------------------------------------------------------------------------
 
-    def _run(self, entries: list[Entry], inventory: Inventory, *, full: bool,
-             report: Report, keep: set[str] | None = None, force: bool = False) -> Report:
-        report.shops = len(entries)
-        inactive = {site_filename(s) for s in inventory.shops if not s.is_active}
-        # ssh's control sockets: a short private directory of this run (a socket path may have
-        # at most 107 bytes, which a spool below a long path would exceed).
-        control = Path(tempfile.mkdtemp(prefix="cbe-ssh-"))
-        targets = [push.Target(lb, control) for lb in self.deploy.load_balancers]
-        try:
-            remote = self._prepare(targets)
-            built = {}
-            for lb in self.deploy.load_balancers:
-                local = _local_live(self.spool / "lbs" / lb.name)
-                local_id = local.name if local else None
-                if not full and remote[lb.name] is not None and remote[lb.name] != local_id:
-                    raise DeployError(
-                        f"{lb.name} serves release {remote[lb.name]}, but the deploy state in "
-                        f"{self.spool} says {local_id or 'nothing'}: a deploy of only some "
-                        "shops would drop the others there; run 'certbot-epages deploy --all'"
-                    )
-                built[lb.name] = self._build(lb, entries, inactive, full, keep or set(), report)
-            self._check_removals(built, force)
-            if all(not b.changed and not b.removed for b in built.values()) and all(
-                remote[name] is not None
-                and remote[name] == (_local_live(self.spool / "lbs" / name) or Path()).name
-                for name in built
-            ):
-                for rel in built.values():
-                    shutil.rmtree(rel.path, ignore_errors=True)
+    def _run(self, selection: Selection, inventory: Inventory, *, force: bool) -> Report:
+        report = Report(shops=len(selection.candidates))
+        for problem in inventory.problems:
+            report.note(str(problem))
+        for line in selection.notes:
+            report.note(line)
+        owner = (f"{socket.gethostname()} pid {os.getpid()} since "
+                 f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}")
+        with control_dir() as control, contextlib.ExitStack() as stack:
+            lbs = [_Lb(push.Target(lb, control)) for lb in self.deploy.load_balancers]
+            for lb in lbs:
+                stack.callback(lb.target.close)
+            try:
+                for lb in sorted(lbs, key=lambda x: (x.lb.ssh, x.lb.root)):
+                    stack.enter_context(lb.target.locked(owner, push.STEP_LOCK_TIMEOUT, self.say))
+            except push.PushError as e:
+                raise DeployError(f"nothing went live anywhere: {e}") from None
+            self._read_truth(lbs, report)
+            for lb in lbs:
+                self._build(lb, selection, inventory, force, report)
+            if all(lb.built is not None and not lb.built.changed and not lb.built.removed
+                   and lb.base.release is not None and not lb.stale_config for lb in lbs):
+                for lb in lbs:
+                    assert lb.built is not None
+                    shutil.rmtree(lb.built.path, ignore_errors=True)
                 report.unchanged = True
                 return report
-            outcomes = self._phase1(targets, built, remote, report)
-            self._phase2(targets, built, outcomes, entries)
-        finally:
-            for target in targets:
-                target.close()
-            shutil.rmtree(control, ignore_errors=True)
+            self._phase1(lbs, report)
+            self._phase2(lbs, report)
         failed = [o for o in report.lbs if not o.went_live]
         if failed:
             raise DeployError(
@@ -211,144 +205,211 @@ class Deployer:
             )
         return report
 
-    def _prepare(self, targets: list[push.Target]) -> dict[str, str | None]:
-        """Every load balancer's live release id; any that cannot be reached stops the run."""
-        def prepare(target: push.Target) -> tuple[str, str | None, str | None]:
-            try:
-                return target.name, push.live_release(target), None
-            except push.PushError as e:
-                return target.name, None, str(e)
+    def _read_truth(self, lbs: list[_Lb], report: Report) -> None:
+        """Read what every load balancer serves and mirror it into the spool.
 
-        with ThreadPoolExecutor(max_workers=len(targets) or 1) as pool:
-            results = list(pool.map(prepare, targets))
-        errors = [f"{name}: {error}" for name, _, error in results if error]
+        Any load balancer that cannot be reached stops the run before anything is built.
+        """
+        def read(lb: _Lb) -> str | None:
+            try:
+                lb.live = push.read_live(lb.target)
+                self._mirror(lb, report)
+                self._check_running_generation(lb, report)
+            except (push.PushError, OSError) as e:
+                return f"{lb.name}: {e}"
+            return None
+
+        with ThreadPoolExecutor(max_workers=len(lbs) or 1) as pool:
+            errors = [e for e in pool.map(read, lbs) if e]
         if errors:
             raise DeployError("nothing went live anywhere: " + "; ".join(errors))
-        return {name: live for name, live, _ in results}
+        divergence = decide.describe_divergence({lb.name: lb.base for lb in lbs})
+        if divergence:
+            report.note(divergence)
+            self.say(divergence)
 
-    def _check_removals(self, built: dict[str, release.Built], force: bool) -> None:
-        for name, rel in built.items():
-            old_sites = {f for f in rel.previous if f.startswith("sites/")}
-            gone = {f for f in rel.removed if f.startswith("sites/")}
-            if not force and len(gone) >= 2 and len(gone) * 2 > len(old_sites):
-                for other in built.values():
-                    shutil.rmtree(other.path, ignore_errors=True)
-                raise DeployError(
-                    f"{name}: this deploy would remove {len(gone)} of {len(old_sites)} sites; "
-                    "if the inventory really dropped them, run 'certbot-epages deploy --all "
-                    "--force'"
-                )
+    def _mirror(self, lb: _Lb, report: Report) -> None:
+        """Make the spool's copy of the live release equal to the load balancer's."""
+        name, live = lb.name, lb.live
+        self.spool.remove_unfinished(name)
+        if live.release is None or not live.exists:
+            if live.release is not None:
+                report.note(f"{name}: current points at release {live.release}, which is "
+                            "missing; the next release is built from the inventory alone")
+            self.spool.set_live(name, None)
+            return
+        local = self.spool.releases(name) / live.release
+        cached = self.spool.live(name)
+        if live.manifest_sha256 is None or sha256_of(local / MANIFEST) != live.manifest_sha256:
+            if cached is None or cached.name != live.release:
+                report.note(f"{name}: the deploy state in {self.spool.root} did not match the "
+                            f"live release {live.release}; copied it from the load balancer")
+            lb.target.pull(live.release, local, cached if cached != local else None)
+        self.spool.set_live(name, live.release)
+        lb.base_dir = local
+        lb.base = _base_of(live.release, local)
+        if lb.base.problem is not None:
+            report.note(f"{name}: {lb.base.problem}")
 
-    def _build(self, lb: LoadBalancerConfig, entries: list[Entry], inactive: set[str],
-               full: bool, keep: set[str], report: Report) -> release.Built:
-        base = self.spool / "lbs" / lb.name
-        releases = base / "releases"
-        releases.mkdir(parents=True, exist_ok=True)
-        live = _local_live(base)
-        previous_manifest = _manifest(live) if live else {}
-        manifest = {} if full else {k: v for k, v in previous_manifest.items() if k not in inactive}
-        files: dict[str, release.FileSpec] = {}
-        rendered: list[Entry] = []
-        for entry in entries:
-            name = site_filename(entry.shop)
+    def _check_running_generation(self, lb: _Lb, report: Report) -> None:
+        """Check that nginx runs the live release's config.
+
+        A killed deploy may have switched ``current`` without the reload.
+        """
+        manifest = lb.base.manifest
+        if lb.lb.probe is None or manifest is None or manifest.marker is None:
+            return
+        try:
+            served = probe.served_fingerprint(lb.lb.probe, marker.NAME)
+        except (OSError, ssl.SSLError) as e:
+            report.note(f"{lb.name}: cannot ask {lb.lb.probe} which release it runs: {e}")
+            return
+        if served != manifest.marker:
+            lb.stale_config = True
+            report.note(f"{lb.name}: nginx does not run the config of the live release "
+                        f"{lb.live.release} (an interrupted deploy?); this run reloads it")
+
+    def _build(self, lb: _Lb, selection: Selection, inventory: Inventory, force: bool,
+               report: Report) -> None:
+        rendered: dict[str, bytes] = {}
+        failures: dict[str, str] = {}
+        for cand in selection.candidates:
             try:
-                text = render_site(
-                    self.templates, entry.shop, lb_name=lb.name, lb_root=lb.root,
-                    cert_dir=lb_cert_dir(lb.root, entry.lineage.name),
+                rendered[cand.site] = render_site(
+                    self.templates, cand.shop, lb_name=lb.name, lb_root=lb.lb.root,
+                    cert_dir=lb_cert_dir(lb.lb.root, cand.lineage.name),
                     challenge_service=str(self.deploy.challenge_service or ""),
-                    acme_challenge=self.acme_snippet, listen_address=lb.listen,
-                )
+                    acme_challenge=self.acme_snippet, listen_address=lb.lb.listen,
+                ).encode()
             except RenderError as e:
-                report.skipped.append(f"{lb.name}: {e}; its current config (if any) stays")
-                keep = keep | {name}
-                if not full:
-                    continue
-                continue
-            files[f"sites/{name}"] = release.FileSpec(data=text.encode())
-            manifest[name] = {"domain": entry.shop.domain, "lineage": entry.lineage.name,
-                              "fingerprint": entry.lineage.fingerprint,
-                              "names": list(entry.shop.server_names)}
-            rendered.append(entry)
-        for entry in {e.lineage.name: e for e in rendered}.values():
-            certs = f"certs/{entry.lineage.name}"
-            files[f"{certs}/fullchain.pem"] = release.FileSpec(source=entry.lineage.fullchain)
-            files[f"{certs}/privkey.pem"] = release.FileSpec(source=entry.lineage.privkey,
-                                                             mode=0o600)
-        if full and live is not None:
-            # What cannot be deployed now keeps what it has: its site and its certificate.
-            for name in sorted(keep - set(manifest) - inactive):
-                kept = previous_manifest.get(name)
-                if kept is None or not (live / "sites" / name).is_file():
-                    continue
-                manifest[name] = kept
-                files[f"sites/{name}"] = release.FileSpec(source=live / "sites" / name)
-                certs = f"certs/{kept['lineage']}"
-                for pem, mode in (("fullchain.pem", 0o644), ("privkey.pem", 0o600)):
-                    if f"{certs}/{pem}" not in files and (live / certs / pem).is_file():
-                        files[f"{certs}/{pem}"] = release.FileSpec(source=live / certs / pem,
-                                                                   mode=mode)
-        used = {m["lineage"] for m in manifest.values()}
-        old_files = release.files_of(live) if live else set()
-        drop = {f"sites/{n}" for n in inactive} | {
-            f for f in old_files if f.startswith("certs/") and f.split("/")[1] not in used
-        }
-        files[MANIFEST] = release.FileSpec(data=json.dumps(manifest, indent=1,
-                                                           sort_keys=True).encode())
-        return release.build(releases, live, files, keep_previous_files=not full, drop=drop)
+                failures[cand.site] = f"{lb.name}: {e}; its current config (if any) stays"
+                report.note(failures[cand.site])
+        try:
+            comp = decide.compose(lb.base, selection, inventory, failures=failures)
+        except decide.DecisionError as e:
+            raise DeployError(f"{lb.name}: {e}") from None
+        for line in comp.notes:
+            report.note(f"{lb.name}: {line}")
+        problem = decide.removal_problem(lb.base, comp, force=force)
+        if problem is not None:
+            raise DeployError(f"{lb.name}: {problem}")
+        lb.comp = comp
+        files = self._files(lb, comp, rendered, {c.lineage.name: c.lineage
+                                                 for c in comp.rendered.values()})
+        releases = self.spool.releases(lb.name)
+        releases.mkdir(parents=True, exist_ok=True)
+        lb.built = release.build(releases, lb.base_dir, files, keep_previous_files=False)
 
-    def _phase1(self, targets: list[push.Target], built: dict[str, release.Built],
-                remote: dict[str, str | None], report: Report) -> dict[str, LbOutcome]:
-        def stage(target: push.Target) -> LbOutcome:
-            rel = built[target.name]
-            outcome = LbOutcome(target.name, rel.id, live=remote[target.name],
-                                changed=len(rel.changed))
+    def _files(self, lb: _Lb, comp: Composition, rendered: dict[str, bytes],
+               new: dict[str, Lineage]) -> dict[str, release.FileSpec]:
+        """Every file of the next release: sites, certificates, the marker, the manifest."""
+        live = lb.base_dir
+        files: dict[str, release.FileSpec] = {}
+        sites = dict(comp.sites)
+        for site in sorted(sites):
+            if site in rendered:
+                files[f"sites/{site}"] = release.FileSpec(data=rendered[site])
+            elif live is not None and (live / "sites" / site).is_file():
+                files[f"sites/{site}"] = release.FileSpec(source=live / "sites" / site)
+            else:
+                del sites[site]
+        certs = dict(comp.certs)
+        if live is not None and lb.base.manifest is None:
+            # The live manifest was unreadable: keep every certificate it had, whoever used it.
+            for held in (live / "certs").glob("*"):
+                if held.name != marker.CERT_DIR:
+                    certs.setdefault(held.name, decide.LIVE)
+        for lineage, source in certs.items():
+            for pem, mode in (("fullchain.pem", 0o644), ("privkey.pem", 0o600)):
+                path = f"certs/{lineage}/{pem}"
+                if source == decide.NEW:
+                    origin = new[lineage].fullchain if pem == "fullchain.pem" else \
+                        new[lineage].privkey
+                    files[path] = release.FileSpec(source=origin, mode=mode)
+                elif live is not None and (live / path).is_file():
+                    files[path] = release.FileSpec(source=live / path, mode=mode)
+        self._add_marker(lb, files, sites)
+        manifest = Manifest(sites=sites, claims=comp.claims, generation=lb.generation,
+                            marker=lb.marker)
+        files[MANIFEST] = release.FileSpec(data=manifest.dumps())
+        return files
+
+    def _add_marker(self, lb: _Lb, files: dict[str, release.FileSpec],
+                    sites: dict[str, SiteRecord]) -> None:
+        cert_dir = lb_cert_dir(lb.lb.root, marker.CERT_DIR)
+        files[f"sites/{marker.SITE}"] = release.FileSpec(data=jinja_env().get_template(
+            "nginx/epages-release.conf.j2").render(
+                generation="", marker_name=marker.NAME, listen_address=lb.lb.listen,
+                ssl_certificate=f"{cert_dir}/fullchain.pem",
+                ssl_certificate_key=f"{cert_dir}/privkey.pem").encode())
+        lb.generation = marker.generation(
+            ((path, spec.read()) for path, spec in files.items() if path.startswith("sites/")),
+            (record.fingerprint for record in sites.values()))
+        previous = lb.base.manifest
+        live = lb.base_dir
+        cert = f"certs/{marker.CERT_DIR}/fullchain.pem"
+        key = f"certs/{marker.CERT_DIR}/privkey.pem"
+        if (previous is not None and previous.generation == lb.generation and previous.marker
+                and live is not None and (live / cert).is_file() and (live / key).is_file()):
+            files[cert] = release.FileSpec(source=live / cert)
+            files[key] = release.FileSpec(source=live / key, mode=0o600)
+            lb.marker = previous.marker
+            return
+        pem, key_pem, lb.marker = marker.make(lb.generation)
+        files[cert] = release.FileSpec(data=pem)
+        files[key] = release.FileSpec(data=key_pem, mode=0o600)
+
+    def _phase1(self, lbs: list[_Lb], report: Report) -> None:
+        def stage(lb: _Lb) -> LbOutcome:
+            rel = lb.built
+            assert rel is not None
+            outcome = LbOutcome(lb.name, rel.id, live=lb.live.release, changed=len(rel.changed))
+            root = lb.lb.root
             try:
-                outcome.bytes_sent = target.rsync(rel.path, rel.id, outcome.live)
-                test = target.run(push.script_test(target.lb.root, rel.id, outcome.live,
-                                                   target.lb.test))
-                if test.status in (push.SWITCH_FAILED, push.RESTORE_FAILED):
-                    outcome.error = (f"cannot switch {target.lb.root}/current for the test: "
+                outcome.bytes_sent = lb.target.rsync(rel.path, rel.id, lb.base.release)
+                test = lb.target.run(push.script_test(root, rel.id, outcome.live, lb.lb.test))
+                if test.status in (push.SWITCH_FAILED, push.RESTORE_FAILED, push.STEP_BUSY):
+                    outcome.error = (f"cannot switch {root}/current for the test: "
                                      f"{test.output.strip()}")
                 elif test.status != 0:
-                    outcome.error = (f"'{' '.join(target.lb.test)}' failed on the candidate: "
+                    outcome.error = (f"'{' '.join(lb.lb.test)}' failed on the candidate: "
                                      f"{test.output.strip()}")
             except push.PushError as e:
                 outcome.error = str(e)
             return outcome
 
-        with ThreadPoolExecutor(max_workers=len(targets) or 1) as pool:
-            outcomes = {o.name: o for o in pool.map(stage, targets)}
-        report.lbs = list(outcomes.values())
-        if any(o.error for o in outcomes.values()):
-            for target in targets:
-                with contextlib.suppress(push.PushError):
-                    # Puts `current` back first, should a test have been cut off mid-way.
-                    target.run(push.script_discard(target.lb.root, built[target.name].id,
-                                                   remote[target.name]))
-            for rel in built.values():
-                shutil.rmtree(rel.path, ignore_errors=True)
-            for o in outcomes.values():
-                o.error = o.error or "not switched: another load balancer failed phase 1"
-            raise DeployError(
-                "nothing went live anywhere: "
-                + "; ".join(f"{o.name}: {o.error}" for o in outcomes.values()
-                            if o.error and not o.error.startswith("not switched"))
-            )
-        return outcomes
+        with ThreadPoolExecutor(max_workers=len(lbs) or 1) as pool:
+            outcomes = list(pool.map(stage, lbs))
+        report.lbs = outcomes
+        if not any(o.error for o in outcomes):
+            return
+        for lb in lbs:
+            assert lb.built is not None
+            with contextlib.suppress(push.PushError):
+                # Puts `current` back first, should a test have been cut off mid-way.
+                lb.target.run(push.script_discard(lb.lb.root, lb.built.id, lb.live.release))
+            shutil.rmtree(lb.built.path, ignore_errors=True)
+        for o in outcomes:
+            o.error = o.error or "not switched: another load balancer failed phase 1"
+        raise DeployError(
+            "nothing went live anywhere: "
+            + "; ".join(f"{o.name}: {o.error}" for o in outcomes
+                        if o.error and not o.error.startswith("not switched"))
+        )
 
-    def _phase2(self, targets: list[push.Target], built: dict[str, release.Built],
-                outcomes: dict[str, LbOutcome], entries: list[Entry]) -> None:
-        def go_live(target: push.Target) -> None:
-            outcome, rel = outcomes[target.name], built[target.name]
-            lb = target.lb
-            expected = _expected(rel, entries)
+    def _phase2(self, lbs: list[_Lb], report: Report) -> None:
+        outcomes = {o.name: o for o in report.lbs}
+
+        def go_live(lb: _Lb) -> None:
+            outcome = outcomes[lb.name]
             try:
-                problem = self._switch_and_probe(target, rel, outcome, expected)
+                problem = self._switch_and_probe(lb, outcome)
             except Exception as e:  # noqa: BLE001 - whatever broke, the old release goes back
                 problem = f"{type(e).__name__}: {e}" if not isinstance(e, EpagesError) else str(e)
             if problem is not None:
                 try:
-                    back = target.run(push.script_roll_back(lb.root, outcome.live, lb.reload))
+                    back = lb.target.run(push.script_roll_back(lb.lb.root, outcome.live,
+                                                               lb.lb.reload))
                     rolled = ("switched back and reloaded" if back.status == 0 else
                               f"switching back failed too: {back.output.strip()}")
                 except push.PushError as e:
@@ -356,41 +417,37 @@ class Deployer:
                 outcome.error = f"{problem} ({rolled}; live: {outcome.live or 'no release'})"
                 return
             outcome.went_live = True
-            base = self.spool / "lbs" / lb.name
             try:
-                _set_local_live(base, rel.id)
-                protect = [rel.id, *([outcome.live] if outcome.live else [])]
-                target.run(push.script_prune(lb.root, self.deploy.keep_releases, protect))
-                release.prune(base / "releases", self.deploy.keep_releases, set(protect))
+                self.spool.set_live(lb.name, outcome.release)
+                protect = [outcome.release, *([outcome.live] if outcome.live else [])]
+                lb.target.run(push.script_prune(lb.lb.root, self.deploy.keep_releases, protect))
+                release.prune(self.spool.releases(lb.name), self.deploy.keep_releases,
+                              set(protect))
             except (OSError, push.PushError) as e:
                 logger.warning("%s: live, but the bookkeeping after it failed: %s", lb.name, e)
 
-        with ThreadPoolExecutor(max_workers=len(targets) or 1) as pool:
-            list(pool.map(go_live, targets))
+        with ThreadPoolExecutor(max_workers=len(lbs) or 1) as pool:
+            list(pool.map(go_live, lbs))
 
-    def _switch_and_probe(self, target: push.Target, rel: release.Built, outcome: LbOutcome,
-                          expected: dict[str, str]) -> str | None:
+    def _switch_and_probe(self, lb: _Lb, outcome: LbOutcome) -> str | None:
         """Switch, reload, probe; the problem if any (the caller switches back)."""
-        lb = target.lb
-        done = target.run(push.script_go_live(lb.root, rel.id, lb.reload))
-        if done.status == push.SWITCH_FAILED:
-            return f"cannot switch {lb.root}/current: {done.output.strip()}"
+        root = lb.lb.root
+        done = lb.target.run(push.script_go_live(root, outcome.release, lb.lb.reload))
+        if done.status in (push.SWITCH_FAILED, push.STEP_BUSY):
+            return f"cannot switch {root}/current: {done.output.strip()}"
         if done.status != 0:
-            return f"'{' '.join(lb.reload)}' failed: {done.output.strip()}"
-        if lb.probe is not None and expected:
-            wrong = probe.wait_served(lb.probe, expected, self.deploy.probe_timeout)
+            return f"'{' '.join(lb.lb.reload)}' failed: {done.output.strip()}"
+        expected = _expected(lb)
+        if lb.lb.probe is not None and expected:
+            wrong = probe.wait_served(lb.lb.probe, expected, self.deploy.probe_timeout)
             outcome.probed = len(expected)
             if wrong:
-                return "probe of " + "; ".join(f"{n}: {why}" for n, why in wrong.items())
+                return "probe of " + "; ".join(
+                    f"{'the release marker ' + n if n == marker.NAME else n}: {why}"
+                    for n, why in wrong.items())
         return None
 
     # --- pieces ------------------------------------------------------------------------------
-
-    def _inventory(self) -> Inventory:
-        source = self.settings.inventory
-        assert source is not None
-        return load_inventory(source, templates=self.templates.names(),
-                              safe_vars=self.templates.all_safe_vars())
 
     def _acme_snippet(self) -> str:
         http = self.settings.http01
@@ -407,62 +464,71 @@ class Deployer:
             challenge_service=str(self.deploy.challenge_service)
         )
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.spool / "deploy.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            deadline = time.monotonic() + LOCK_TIMEOUT
-            announced = False
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise DeployError(
-                            f"another deploy has held {self.spool / 'deploy.lock'} for over "
-                            f"{LOCK_TIMEOUT:g}s"
-                        ) from None
-                    if not announced:
-                        self.say("waiting for another deploy to finish")
-                        announced = True
-                    time.sleep(0.1)
-            yield
-        finally:
-            os.close(fd)
 
+def _expected(lb: _Lb) -> dict[str, str]:
+    """Names to probe after going live, and the fingerprint each must serve.
 
-def _expected(rel: release.Built, entries: list[Entry]) -> dict[str, str]:
-    """Names to probe after going live: every name of a shop whose site or certificate changed."""
-    changed_certs = {p.split("/")[1] for p in rel.changed if p.startswith("certs/")}
-    changed_sites = {p.split("/", 1)[1] for p in rel.changed if p.startswith("sites/")}
+    Every name whose site or certificate changed, and the release marker when nginx's config
+    changed (or nginx ran a stale one).
+    """
+    rel, comp = lb.built, lb.comp
+    assert rel is not None and comp is not None
+    changed = rel.changed
     out = {}
-    for entry in entries:
-        if site_filename(entry.shop) in changed_sites or entry.lineage.name in changed_certs:
-            for name in entry.shop.server_names:
-                out[name] = entry.lineage.fingerprint
+    for site, record in comp.sites.items():
+        if (f"sites/{site}" in changed
+                or f"certs/{record.lineage}/fullchain.pem" in changed
+                or f"certs/{record.lineage}/privkey.pem" in changed):
+            out.update(dict.fromkeys(record.names, record.fingerprint))
+    previous = lb.base.manifest.generation if lb.base.manifest is not None else None
+    if lb.marker is not None and (lb.generation != previous or lb.stale_config
+                                  or any(p.startswith("sites/") for p in rel.removed)):
+        out[marker.NAME] = lb.marker
     return out
 
 
-def _local_live(base: Path) -> Path | None:
-    link = base / "live"
-    if not link.is_symlink():
-        return None
-    target = base / "releases" / os.readlink(link).rsplit("/", 1)[-1]
-    return target if target.is_dir() else None
-
-
-def _set_local_live(base: Path, release_id: str) -> None:
-    tmp = base / ".live.new"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(f"releases/{release_id}")
-    tmp.replace(base / "live")
-
-
-def _manifest(path: Path) -> dict[str, dict[str, object]]:
+def _base_of(release_id: str, local: Path) -> Base:
+    """What the live release (mirrored at ``local``) holds, read off its manifest."""
     try:
-        data = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        data = (local / MANIFEST).read_bytes()
+    except OSError:
+        problem = f"the live release {release_id} has no readable {MANIFEST}"
+        return Base(release_id, None, problem, _recover(local))
+    try:
+        return Base(release_id, loads(data, f"release {release_id}'s {MANIFEST}"))
+    except ManifestError as e:
+        return Base(release_id, None, f"{e}; rebuilt what it can from the release's files",
+                    _recover(local))
+
+
+_SERVER_NAME = re.compile(rb"^\s*server_name\s+([^;]+);", re.MULTILINE)
+_CERT_PATH = re.compile(rb"/certs/([A-Za-z0-9][A-Za-z0-9._-]*)/fullchain\.pem")
+
+
+def _recover(local: Path) -> Manifest:
+    """A manifest read off a release's site files, for a release whose manifest is lost."""
+    sites: dict[str, SiteRecord] = {}
+    for path in sorted((local / "sites").glob("*.conf")):
+        if path.name == marker.SITE:
+            continue
+        try:
+            text = path.read_bytes()
+        except OSError:
+            continue
+        domain = path.name[: -len(".conf")].replace("_wildcard_", "*")
+        names_match = _SERVER_NAME.search(text)
+        names = tuple(names_match[1].decode(errors="replace").split()) if names_match else ()
+        cert = _CERT_PATH.search(text)
+        lineage = cert[1].decode() if cert else ""
+        fingerprint = "0" * 64
+        if lineage:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                leaf = x509.load_pem_x509_certificates(
+                    (local / "certs" / lineage / "fullchain.pem").read_bytes())[0]
+                fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
+        sites[path.name] = SiteRecord(domain, names or (domain,), domain, lineage or "-",
+                                      fingerprint)
+    return Manifest(sites=sites, claims={n: r.owner for r in sites.values() for n in r.names})
+
+
+__all__ = ["DeployError", "Deployer", "LbOutcome", "Report", "site_file"]

@@ -1,18 +1,27 @@
-"""Reaching a load balancer: rsync a release, run its test and reload commands, switch.
+"""Reaching a load balancer: read what it serves, rsync a release, test, switch, reload.
 
 One ssh connection per load balancer and run is shared by every call (ControlMaster), since a
 new connection costs a key exchange each time. Remote steps are small POSIX sh scripts built
 with every value quoted (:func:`shlex.quote`); values were validated before they got here.
 ``ssh: local`` runs the same scripts on this machine without ssh.
+
+Two locks on the load balancer itself (``flock``, which every Linux has) keep deploys from
+different hosts apart: a run holds ``<root>/.deploy.lock`` for its whole length through a
+session whose end (the run finished, crashed or was killed) releases it, and every step script
+holds ``<root>/.step.lock`` while it runs, so a step left running by a killed deploy (a test
+that flipped ``current``) finishes before the next deploy looks at ``current``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import re
 import shlex
 import subprocess
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +87,79 @@ class Target:
                             "ssh_options (key, port, known_hosts)")
         return Result(done.returncode, done.stdout)
 
+    @contextlib.contextmanager
+    def locked(self, owner: str, timeout: float,
+               say: Callable[[str], None] = print) -> Iterator[None]:
+        """Hold the load balancer's deploy lock for the ``with`` block.
+
+        The lock lives as long as a remote ``cat`` reading this process's pipe: whatever ends
+        this process also ends the session and frees the lock. ``owner`` is shown to a deploy
+        that has to wait.
+        """
+        argv = self._argv(script_hold_lock(self.lb.root, owner, timeout))
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, errors="replace")
+        except OSError as e:
+            raise PushError(f"cannot run {argv[0]}: {e.strerror}") from None
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line.rstrip("\n"))
+            lines.put(None)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + timeout + 30
+        said: list[str] = []
+        try:
+            while True:
+                try:
+                    line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+                except queue.Empty:
+                    raise PushError(f"no deploy lock on {self.name} within {timeout:g}s") from None
+                if line == "LOCKED":
+                    break
+                if line is None:
+                    proc.wait(timeout=10)
+                    if proc.returncode == LOCK_BUSY:
+                        raise PushError(
+                            f"another deploy has held {self.lb.root}/.deploy.lock on {self.name} "
+                            f"for over {timeout:g}s ({' '.join(said[-1:]) or 'holder unknown'})")
+                    raise PushError(f"cannot take the deploy lock on {self.name}: "
+                                    f"{_last(chr(10).join(said))}")
+                if line.startswith("BUSY"):
+                    say(f"{self.name}: waiting for another deploy to finish (held by "
+                        f"{line[5:].strip() or 'unknown'})")
+                said.append(line)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            reader.join(timeout=10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    def pull(self, release_id: str, dest: Path, link_dest: Path | None) -> None:
+        """Copy the load balancer's release ``release_id`` into the local directory ``dest``."""
+        source_dir = f"{self.lb.root}/releases/{release_id}/"
+        source = source_dir if self.lb.is_local else f"{_rsync_host(self.lb.ssh)}:{source_dir}"
+        argv = ["rsync", "-a", "-s", "--delete", "--mkpath"]
+        if link_dest is not None:
+            argv.append(f"--link-dest={link_dest}")
+        if not self.lb.is_local:
+            argv += ["-e", shlex.join(self._ssh)]
+        argv += ["--", source, f"{dest}/"]
+        self._rsync(argv, f"rsync from {source}")
+
     def rsync(self, source: Path, release_id: str, link_dest: str | None) -> int:
         """Copy a local release to ``<root>/releases/<id>/``; returns the bytes sent."""
         dest_dir = f"{self.lb.root}/releases/{release_id}/"
@@ -88,17 +170,21 @@ class Target:
         if not self.lb.is_local:
             argv += ["-e", shlex.join(self._ssh)]
         argv += ["--", f"{source}/", dest]
+        stats = self._rsync(argv, f"rsync to {dest}")
+        match = re.search(r"Total bytes sent: ([\d,.]+)", stats)
+        return int(re.sub(r"[,.]", "", match[1])) if match else 0
+
+    def _rsync(self, argv: list[str], what: str) -> str:
         try:
             done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                   errors="replace", timeout=self.timeout, check=False)
         except subprocess.TimeoutExpired:
-            raise PushError(f"rsync took longer than {self.timeout:g}s") from None
+            raise PushError(f"{what} took longer than {self.timeout:g}s") from None
         except OSError as e:
             raise PushError(f"cannot run rsync: {e.strerror}") from None
         if done.returncode != 0:
-            raise PushError(f"rsync to {dest} failed: {_last(done.stderr)}")
-        match = re.search(r"Total bytes sent: ([\d,.]+)", done.stdout)
-        return int(re.sub(r"[,.]", "", match[1])) if match else 0
+            raise PushError(f"{what} failed: {_last(done.stderr)}")
+        return done.stdout
 
     def close(self) -> None:
         """End the shared ssh connection."""
@@ -121,6 +207,12 @@ def _last(text: str) -> str:
 
 # --- the scripts run on a load balancer ------------------------------------------------------
 
+SWITCH_FAILED = 97  # exit status of a script whose switch of `current` failed
+RESTORE_FAILED = 98  # ... whose switch back failed
+STEP_BUSY = 96  # ... that did not get the step lock
+LOCK_BUSY = 75  # ... of the run lock's session when the lock stayed taken
+STEP_LOCK_TIMEOUT = 600
+
 
 def _switch(root: str, target: str | None) -> str:
     """Point ``<root>/current`` at ``releases/<target>`` atomically (rename of a new symlink)."""
@@ -131,85 +223,167 @@ def _switch(root: str, target: str | None) -> str:
     return f"ln -sfn {link} {r}/.current.new && mv -Tf {r}/.current.new {r}/current"
 
 
-SWITCH_FAILED = 97  # exit status of a script whose switch of `current` failed
-RESTORE_FAILED = 98  # ... whose switch back failed
+def _step(root: str, body: str) -> str:
+    """``body`` under the step lock (fd 8, closed for the commands the body runs)."""
+    r = shlex.quote(root)
+    return "\n".join([
+        f"mkdir -p {r}/releases || exit 1",
+        f"exec 8>>{r}/.step.lock || exit 1",
+        f"flock -w {STEP_LOCK_TIMEOUT} 8 || {{ echo 'a step of another deploy holds "
+        f"{root}/.step.lock'; exit {STEP_BUSY}; }}",
+        body,
+    ])
+
+
+def _command(argv: Sequence[str]) -> str:
+    """An operator's command, without the lock's descriptor, stderr into stdout."""
+    return f"{shlex.join(argv)} 8>&- 2>&1"
+
+
+def script_hold_lock(root: str, owner: str, timeout: float) -> str:
+    """Take ``<root>/.deploy.lock`` and hold it until stdin ends; say ``LOCKED`` once held."""
+    r = shlex.quote(root)
+    return "\n".join([
+        f"mkdir -p {r} || exit 1",
+        f"exec 9>>{r}/.deploy.lock || exit 1",
+        "if ! flock -n 9; then",
+        f"  printf 'BUSY %s\\n' \"$(cat {r}/.deploy.owner 2>/dev/null)\"",
+        f"  flock -w {int(timeout)} 9 || exit {LOCK_BUSY}",
+        "fi",
+        f"printf '%s\\n' {shlex.quote(owner)} > {r}/.deploy.owner",
+        "echo LOCKED",
+        "exec cat >/dev/null",
+    ])
 
 
 def script_prepare(root: str) -> str:
-    """Create the tree if needed and print ``CURRENT=<live release id>`` (empty if none)."""
+    """Print ``CURRENT=<live release id>`` and, if it has one, ``MANIFEST=<its sha256>``."""
     r = shlex.quote(root)
-    return (f"mkdir -p {r}/releases || exit 1\n"
-            f"target=$(readlink {r}/current 2>/dev/null) || target=\n"
-            f'printf "CURRENT=%s\\n" "${{target##*/}}"')
+    return _step(root, "\n".join([
+        f"target=$(readlink {r}/current 2>/dev/null) || target=",
+        'id=${target##*/}',
+        'printf "CURRENT=%s\\n" "$id"',
+        f'if [ -n "$id" ] && [ -d {r}/releases/"$id" ]; then',
+        "  echo EXISTS=1",
+        f'  m={r}/releases/"$id"/manifest.json',
+        '  if [ -f "$m" ]; then',
+        '    sum=$(sha256sum < "$m") && printf "MANIFEST=%s\\n" "${sum%% *}"',
+        "  fi",
+        "fi",
+    ]))
 
 
-def live_release(target: Target) -> str | None:
-    """The id of the release a load balancer serves now (None for a first deploy)."""
+@dataclass(frozen=True)
+class Live:
+    """What ``current`` points to on a load balancer."""
+
+    release: str | None  # None: nothing deployed yet
+    exists: bool = False  # the release directory is there
+    manifest_sha256: str | None = None  # of its manifest.json, if it has one
+
+
+def read_live(target: Target) -> Live:
+    """The release a load balancer serves now, and the checksum of its manifest."""
     result = target.run(script_prepare(target.lb.root))
-    found = [line[len("CURRENT="):] for line in result.output.splitlines()
-             if line.startswith("CURRENT=")]
-    if result.status != 0 or not found:
+    values = dict(line.split("=", 1) for line in result.output.splitlines() if "=" in line)
+    if result.status != 0 or "CURRENT" not in values:
         raise PushError(f"{target.name}: cannot prepare {target.lb.root}: "
                         f"{result.output.strip() or 'no output'}")
-    live = found[-1].strip()
+    live = values["CURRENT"].strip()
     if not live:
-        return None
+        return Live(None)
     if not is_release_id(live):
         raise PushError(
             f"{target.name}: {target.lb.root}/current points at {live!r}, not at a release of "
             "certbot-epages; point it at one (or remove it) by hand"
         )
-    return live
+    sha = values.get("MANIFEST", "").strip() or None
+    return Live(live, exists=values.get("EXISTS") == "1", manifest_sha256=sha)
+
+
+def script_read_manifest(root: str) -> str:
+    """Print ``CURRENT=<id>``, a line ``--``, then the live release's manifest (for status)."""
+    r = shlex.quote(root)
+    return "\n".join([
+        f"target=$(readlink {r}/current 2>/dev/null) || target=",
+        'printf "CURRENT=%s\\n--\\n" "${target##*/}"',
+        f"cat {r}/current/manifest.json 2>/dev/null",
+        "exit 0",
+    ])
+
+
+def read_manifest(target: Target) -> tuple[str | None, bytes | None]:
+    """The release a load balancer serves and its manifest's bytes (None: none there)."""
+    result = target.run(script_read_manifest(target.lb.root))
+    head, sep, body = result.output.partition("\n--\n")
+    if not head.startswith("CURRENT=") or not sep:
+        raise PushError(f"{target.name}: cannot read {target.lb.root}/current: "
+                        f"{_last(result.output)}")
+    release_id = head[len("CURRENT="):].strip() or None
+    if release_id is not None and not is_release_id(release_id):
+        raise PushError(f"{target.name}: {target.lb.root}/current points at {release_id!r}, "
+                        "not at a release of certbot-epages")
+    return release_id, body.encode() if body.strip() else None
 
 
 def script_test(root: str, candidate: str, live: str | None, test: Sequence[str]) -> str:
     """Point ``current`` at the candidate, run the test, point it back.
 
     Nothing reloads meanwhile, so the running nginx never loads the candidate unless it passes
-    on every load balancer. The switch back also runs if the script is interrupted.
+    on every load balancer. A deploy killed meanwhile does not stop the script (hang-ups and
+    broken pipes are ignored, the output waits in a file), so `current` is always put back;
+    an interrupt or termination of the script itself puts it back too.
     """
     restore = _switch(root, live)
-    return "\n".join([
-        f"trap '{restore.replace(chr(39), chr(39) + chr(92) + chr(39) + chr(39))}' "
-        "HUP INT TERM",
+    out = shlex.quote(f"{root}/.test-output")
+    return _step(root, "\n".join([
+        "trap '' HUP PIPE",
+        f"trap '{restore.replace(chr(39), chr(39) + chr(92) + chr(39) + chr(39))}; exit 99' "
+        "INT TERM",
         _switch(root, candidate) + f" || exit {SWITCH_FAILED}",
-        f"{shlex.join(test)} 2>&1",
+        f"{_command(test)} > {out}",
         "status=$?",
-        "trap - HUP INT TERM",
+        "trap - INT TERM",
         restore + f" || exit {RESTORE_FAILED}",
+        f"cat {out}; rm -f {out}",
         "exit $status",
-    ])
+    ]))
 
 
 def script_go_live(root: str, candidate: str, reload: Sequence[str]) -> str:
     """Switch ``current`` to the candidate and reload."""
-    return f"{_switch(root, candidate)} || exit {SWITCH_FAILED}\n{shlex.join(reload)} 2>&1"
+    return _step(root, f"{_switch(root, candidate)} || exit {SWITCH_FAILED}\n{_command(reload)}")
+
+
+def script_reload(root: str, reload: Sequence[str]) -> str:
+    """Reload nginx without switching (it runs something other than ``current``)."""
+    return _step(root, _command(reload))
 
 
 def script_roll_back(root: str, live: str | None, reload: Sequence[str]) -> str:
     """Switch ``current`` back to the release that served before, and reload."""
-    return f"{_switch(root, live)} || exit {RESTORE_FAILED}\n{shlex.join(reload)} 2>&1"
+    return _step(root, f"{_switch(root, live)} || exit {RESTORE_FAILED}\n{_command(reload)}")
 
 
 def script_discard(root: str, release: str, live: str | None) -> str:
     """Remove a candidate that never went live; first put `current` back if it points there."""
     r = shlex.quote(root)
-    return "\n".join([
+    return _step(root, "\n".join([
         f'if [ "$(readlink {r}/current 2>/dev/null)" = {shlex.quote(f"releases/{release}")} ]; '
         f"then {_switch(root, live)}; fi",
         f"rm -rf {shlex.quote(f'{root}/releases/{release}')}",
-    ])
+    ]))
 
 
 def script_prune(root: str, keep: int, protect: Sequence[str]) -> str:
     """Delete the oldest releases beyond ``keep``, sparing the ``protect`` ids."""
     r = shlex.quote(root)
     spared = " ".join(shlex.quote(p) for p in protect) or "''"
-    return "\n".join([
+    return _step(root, "\n".join([
         f"cd {r}/releases || exit 0",
         f"ls -1 | grep -E '^[0-9]{{8}}T[0-9]{{6}}Z-[0-9a-f]{{4}}$' | sort | head -n -{int(keep)} |",
         "while read -r id; do",
         f"  case \" {spared} \" in *\" $id \"*) continue ;; esac",
         '  rm -rf -- "$id"',
         "done",
-    ])
+    ]))

@@ -50,14 +50,15 @@ from certbot_epages.inventory import (
     TEMPLATE_NAME_RE,
     VAR_NAME_RE,
     Shop,
+    site_file,
     validate_domain,
     validate_var,
 )
 from certbot_epages.resources import jinja_env, templates_dir
 
 SUFFIX = ".conf.j2"
-SNIPPETS = frozenset({"acme-challenge-proxy", "acme-challenge-stateless", "challenge-service"})
-WILDCARD_FILENAME = "_wildcard_"
+SNIPPETS = frozenset({"acme-challenge-proxy", "acme-challenge-stateless", "challenge-service",
+                      "epages-release"})
 
 _SAFE_VARS_RE = re.compile(r"\{#-?\s*epages:\s*safe_vars\s*=([^\n#]*?)-?#\}")
 
@@ -256,7 +257,7 @@ def site_filename(shop: Shop) -> str:
         raise RenderError(f"no site file name for the shop: {e}") from None
     if normal != shop.domain:
         raise RenderError(f"no site file name for {shop.domain!r}: the domain is not normalised")
-    return normal.replace("*", WILDCARD_FILENAME) + ".conf"
+    return site_file(normal)
 
 
 def _location(error: BaseException, path: Path) -> str:

@@ -8,19 +8,22 @@ failures, last sync) is how monitoring learns of a certificate that is not being
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from certbot_epages.config import Config
-from certbot_epages.deploy import lineages
+from certbot_epages.config import Config, LoadBalancerConfig
+from certbot_epages.deploy import lineages, manifest, push
 from certbot_epages.deploy.lineages import Lineage
+from certbot_epages.deploy.spool import Spool, control_dir
 from certbot_epages.fleet import plan as planning
-from certbot_epages.inventory import Inventory
+from certbot_epages.inventory import Inventory, site_file
 
 if TYPE_CHECKING:
     from certbot_epages.fleet.sync import SyncReport
@@ -139,7 +142,7 @@ def collect(settings: Config, *, now: float) -> dict[str, Any]:
         document = {"last_sync": None, "domains": {}}
     certbot_dir = settings.deploy.certbot_dir if settings.deploy else Path("/etc/letsencrypt")
     known = {lin.name: lin for lin in lineages.scan(certbot_dir)}
-    live = _live_releases(settings)
+    live, unreachable = _live_releases(settings)
     for entry in document["domains"].values():
         lineage = known.get(entry.get("lineage") or "")
         if lineage is not None:
@@ -148,31 +151,47 @@ def collect(settings: Config, *, now: float) -> dict[str, Any]:
         else:
             entry["seconds_to_expiry"] = None
         entry["live"] = {lb: release for lb, (release, sites) in live.items()
-                         if _site_name(entry["domain"]) in sites}
+                         if site_file(entry["domain"]) in sites}
     document["load_balancers"] = {lb: release for lb, (release, _) in live.items()}
+    document["load_balancer_errors"] = unreachable
     return document
 
 
-def _site_name(domain: str) -> str:
-    return domain.replace("*", "_wildcard_") + ".conf"
+def _live_releases(settings: Config) -> tuple[dict[str, tuple[str, set[str]]], dict[str, str]]:
+    """Per load balancer: the release it serves and that release's sites.
 
-
-def _live_releases(settings: Config) -> dict[str, tuple[str, set[str]]]:
-    """Per load balancer: the release it serves (as the last deploy left it) and its sites."""
+    Asked of the load balancer itself; where it cannot be asked, the deploy state's copy is
+    shown, with why.
+    """
     if settings.deploy is None:
-        return {}
-    out = {}
-    for lb in settings.deploy.load_balancers:
-        link = settings.deploy.spool / "lbs" / lb.name / "live"
-        if not link.is_symlink():
-            continue
-        release = os.readlink(link).rsplit("/", 1)[-1]
+        return {}, {}
+    deploy = settings.deploy
+    cache = Spool(deploy.spool)
+
+    def ask(lb: LoadBalancerConfig, control: Path) -> tuple[str, str | None, set[str], str | None]:
+        target = push.Target(lb, control, timeout=30)
         try:
-            manifest = json.loads((link / "manifest.json").read_text())
-        except (OSError, ValueError):
-            manifest = {}
-        out[lb.name] = (release, set(manifest))
-    return out
+            release_id, data = push.read_manifest(target)
+            if release_id is None:
+                return lb.name, None, set(), None
+            sites = set() if data is None else set(manifest.loads(data, release_id).sites)
+            return lb.name, release_id, sites, None
+        except (push.PushError, manifest.ManifestError) as e:
+            cached = cache.live(lb.name)
+            sites = set()
+            if cached is not None:
+                with contextlib.suppress(OSError, manifest.ManifestError):
+                    sites = set(manifest.loads((cached / manifest.FILENAME).read_bytes()).sites)
+            return (lb.name, None if cached is None else cached.name, sites,
+                    f"{e} (shown: the deploy state's copy)")
+        finally:
+            target.close()
+
+    with control_dir() as control, ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda lb: ask(lb, control), deploy.load_balancers))
+    live = {name: (release_id, sites) for name, release_id, sites, _ in answers
+            if release_id is not None}
+    return live, {name: error for name, _, _, error in answers if error}
 
 
 def render_table(document: Mapping[str, Any]) -> str:
@@ -191,6 +210,8 @@ def render_table(document: Mapping[str, Any]) -> str:
     lines.append(f"last sync: {document.get('last_sync') or 'never'}; live releases: "
                  + (", ".join(f"{lb} {r}" for lb, r in sorted(
                      document.get("load_balancers", {}).items())) or "none"))
+    for lb, error in sorted((document.get("load_balancer_errors") or {}).items()):
+        lines.append(f"{lb}: cannot be asked what it serves: {error}")
     return "\n".join(lines)
 
 

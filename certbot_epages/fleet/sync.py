@@ -26,7 +26,7 @@ from certbot_epages.deploy import lineages
 from certbot_epages.deploy.deployer import Deployer, Report
 from certbot_epages.deploy.render import TemplateSet
 from certbot_epages.dns import client as dns_client
-from certbot_epages.errors import ConfigError, EpagesError
+from certbot_epages.errors import EpagesError
 from certbot_epages.fleet import ari, preflight, status
 from certbot_epages.fleet import plan as planning
 from certbot_epages.fleet.limits import Ledger, Limits
@@ -78,12 +78,8 @@ class Sync:
         say: Callable[[str], None] = print,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if settings.inventory is None:
-            raise ConfigError(
-                f"{settings.source}: 'inventory' is not set; sync needs the shop list"
-            )
-        if settings.dns is None:
-            raise ConfigError(f"{settings.source}: sync needs the 'dns' section (DNS-01, checks)")
+        settings.need_inventory("syncs")
+        self.dns = settings.need_dns("sync (DNS-01 and preflight checks)")
         self.settings = settings
         self.fleet = settings.fleet
         self.certbot_args = tuple(certbot_args)
@@ -106,8 +102,8 @@ class Sync:
 
     def run(self) -> SyncReport:
         """Plan, preflight, admit, issue, deploy, report."""
+        inventory = self._inventory()  # fetched before any lock: a slow server blocks no one
         with self._locked():
-            inventory = self._inventory()
             for problem in inventory.problems:
                 self.say(f"inventory: {problem}")
             now = self.clock()
@@ -135,8 +131,7 @@ class Sync:
     def _resolver(self) -> preflight.DnsResolver:
         """One resolver for the run's preflights: its CAA answers are cached across them."""
         if self._dns is None:
-            assert self.settings.dns is not None
-            self._dns = preflight.DnsResolver(dns_client.from_config(self.settings.dns))
+            self._dns = preflight.DnsResolver(dns_client.from_config(self.dns))
         return self._dns
 
     def _check_riders(self, the_plan: planning.Plan) -> dict[str, tuple[str, str]]:
@@ -274,9 +269,10 @@ class Sync:
 
     def _inventory(self) -> Inventory:
         templates = TemplateSet(self.settings.deploy.templates if self.settings.deploy else None)
-        assert self.settings.inventory is not None
-        return load_inventory(self.settings.inventory, templates=templates.names(),
-                              safe_vars=templates.all_safe_vars())
+        return load_inventory(self.settings.need_inventory("syncs"), templates=templates.names(),
+                              safe_vars=templates.all_safe_vars(),
+                              timeout=self.settings.inventory_timeout,
+                              max_bytes=self.settings.inventory_max_bytes)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -62,7 +62,7 @@ class SandboxCA:
         now = datetime.datetime.now(datetime.timezone.utc)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(_name(names[0]))
+            .subject_name(_name(names[0][:64]))  # a CN holds at most 64 characters
             .issuer_name(self._cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())

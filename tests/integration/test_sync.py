@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from cryptography.hazmat.primitives import hashes
-from epages_testlib import fresh_sandbox, leaf_certificate, served, write_inventory
+from epages_testlib import fresh_sandbox, leaf_certificate, served, shop_sites, write_inventory
 
 from certbot_epages.sandbox.platform import Sandbox
 
@@ -158,7 +159,7 @@ def test_a_deleted_shop_disappears_from_the_load_balancers(fleet: Sandbox) -> No
     assert done.returncode == 0, done.stdout + done.stderr
     assert "d4.custom.test" not in _lineages(fleet)
     for lb in fleet.lbs:
-        sites = {p.name for p in (Path(lb.root) / "current" / "sites").iterdir()}
+        sites = set(shop_sites(lb.root))
         assert "d4.custom.test.conf" not in sites and "d3.custom.test.conf" in sites
     assert _status(fleet)["domains"]["d4.custom.test"]["state"] == "deleted"
 
@@ -169,9 +170,10 @@ def test_an_order_budget_of_five_orders_five_of_ten_and_says_when_the_rest_go(
     data = yaml.safe_load(fleet.config_path.read_text())
     data["fleet"]["state_dir"] = str(tmp_path / "fleet")  # a fresh ledger
     data["fleet"]["limits"] = {"orders_per_account": 5}
-    # Its own deploy state too: this last test's shops replace the load balancers' trees.
-    data["deploy"]["spool"] = str(tmp_path / "spool")
-    inventory = write_inventory(tmp_path / "inventory.yaml", [
+    # Ten new shops beside the ones the load balancers serve (a deploy never drops those
+    # unless the inventory does).
+    shops = yaml.safe_load(Path(data["inventory"]).read_text())
+    inventory = write_inventory(tmp_path / "inventory.yaml", shops + [
         {"domain": f"new{i}.custom.test", "template": "custom-domain",
          "vars": {"upstream": fleet.backend}} for i in range(10)])
     data["inventory"] = str(inventory)
@@ -179,7 +181,7 @@ def test_an_order_budget_of_five_orders_five_of_ten_and_says_when_the_rest_go(
     config.write_text(yaml.safe_dump(data))
     done = _sync(fleet, config=config)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "sync: 5 done, 0 kept, 0 failed, 0 blocked, 5 waiting" in done.stdout
+    assert re.search(r"sync: 5 done, \d+ kept, 0 failed, \d+ blocked, 5 waiting", done.stdout)
     waiting = [line for line in done.stdout.splitlines() if line.startswith("  waiting")]
     assert len(waiting) == 5
     assert all("account order budget: 5/5" in line and "next slot at" in line

@@ -273,7 +273,8 @@ def test_unknown_key_lists_allowed(etc: Path) -> None:
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     message = parse_error({"dsn": {}}, tmp_path / "epages.yaml")
     assert "dsn: unknown key" in message
-    assert "deploy, dns, fleet, http01, inventory, sandbox" in message
+    assert "deploy, dns, fleet, http01, inventory, inventory_max_bytes, inventory_timeout, " \
+        "sandbox" in message
 
 
 @pytest.mark.parametrize(

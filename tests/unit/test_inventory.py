@@ -189,6 +189,7 @@ def test_good_entry() -> None:
         "template": "custom-domain",
         "vars": {"upstream": "10.0.0.5:8080", "port": 8080, "tls": True},
         "status": "suspended",
+        "shop": None,
     }
 
 
@@ -467,6 +468,45 @@ def test_url_password_is_not_shown(server: str) -> None:
         load_inventory(url, templates=TEMPLATES, timeout=5)
     assert "s3cret" not in str(info.value)
     assert "user:***@" in str(info.value)
+
+
+class _Drip(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        for _ in range(100):  # a byte every 100 ms: no single read ever times out
+            try:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+            except OSError:
+                return
+            self.server.stop.wait(0.1)  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_one_deadline_covers_the_whole_fetch() -> None:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
+    httpd.daemon_threads = True
+    httpd.stop = threading.Event()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(InventoryError, match=r"did not arrive within 0.5s"):
+            load_inventory(f"http://127.0.0.1:{httpd.server_address[1]}/", templates=TEMPLATES,
+                           timeout=0.5)
+    finally:
+        httpd.stop.set()  # type: ignore[attr-defined]
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_the_size_cap_applies(server: str) -> None:
+    _Handler.routes = {"/big": (200, json.dumps([GOOD] * 200).encode())}
+    with pytest.raises(InventoryError, match="larger than 2048 bytes"):
+        load_inventory(f"{server}/big", templates=TEMPLATES, timeout=5, max_bytes=2048)
 
 
 def test_unreachable_url() -> None:

@@ -1,0 +1,247 @@
+"""What a release holds: which shops ship, which live sites stay and why, which go and why.
+
+Pure decisions, no ssh, no files. The base of every decision is what a load balancer serves
+now (its live release's manifest, :class:`Base`), never the deploy host's own memory of it,
+so a lost or stale spool cannot make a deploy drop what serves.
+
+A full deploy (``deploy --all``, sync) renders every active shop that a certificate covers and
+keeps, of what serves now, each site whose shop cannot be deployed now (no certificate covers
+its names yet, its entry is invalid, its template fails): only the inventory removes a site
+(suspended, deleted, no longer listed). A partial deploy (the deploy hook, ``--pending``,
+``--lineage``) renders the shops of the renewed lineages and carries everything else over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from certbot_epages.deploy import lineages as lineage_rules
+from certbot_epages.deploy.lineages import Lineage
+from certbot_epages.deploy.manifest import Manifest, SiteRecord
+from certbot_epages.errors import EpagesError
+from certbot_epages.inventory import Inventory, Shop, site_file
+
+NEW = "new"  # a certificate from certbot's lineage
+LIVE = "live"  # a certificate kept from the live release
+
+
+class DecisionError(EpagesError):
+    """The release cannot be decided safely (e.g. the live manifest is unreadable)."""
+
+
+@dataclass(frozen=True)
+class Base:
+    """What one load balancer serves: its live release and that release's manifest.
+
+    ``manifest`` is None when nothing serves yet (``release`` None too) or when the live
+    manifest could not be read (``problem`` says why; ``recovered`` then holds what could be
+    read off the release's files, if anything).
+    """
+
+    release: str | None
+    manifest: Manifest | None
+    problem: str | None = None
+    recovered: Manifest | None = None
+
+    @property
+    def known(self) -> Manifest:
+        """The best knowledge of what serves: the manifest, else what was recovered."""
+        return self.manifest or self.recovered or Manifest()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An active shop, the lineage it is served with, and its site file name."""
+
+    shop: Shop
+    lineage: Lineage
+    site: str
+
+    def record(self) -> SiteRecord:
+        """The manifest record of the site once shipped."""
+        return SiteRecord(domain=self.shop.domain, names=self.shop.server_names,
+                          owner=self.shop.owner, lineage=self.lineage.name,
+                          fingerprint=self.lineage.fingerprint)
+
+
+@dataclass
+class Selection:
+    """The shops to render, and the active shops that cannot ship now (owner -> reason)."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    unready: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    full: bool = True
+
+
+@dataclass
+class Composition:
+    """One load balancer's next release, decided."""
+
+    sites: dict[str, SiteRecord] = field(default_factory=dict)
+    rendered: dict[str, Candidate] = field(default_factory=dict)  # site -> shipped candidate
+    kept: dict[str, str] = field(default_factory=dict)  # site -> why it stays as it is
+    dropped: dict[str, str] = field(default_factory=dict)  # site -> why it goes
+    certs: dict[str, str] = field(default_factory=dict)  # lineage -> NEW | LIVE
+    claims: dict[str, str] = field(default_factory=dict)  # name -> owner
+    notes: list[str] = field(default_factory=list)
+
+
+def select(
+    inventory: Inventory,
+    known: Sequence[Lineage],
+    *,
+    renewed: Collection[str] | None = None,
+    certbot_dir: str = "the certbot directory",
+) -> Selection:
+    """The shops to render: all active ones a certificate covers, or those of ``renewed``.
+
+    A shop is served by the lineage that covers it best (its own before a wildcard), so a
+    wildcard renewal moves no shop.
+    """
+    selection = Selection(full=renewed is None)
+    used: set[str] = set()
+    for shop in inventory.active():
+        lineage = lineage_rules.covering(shop, known)
+        if lineage is None:
+            if renewed is None:
+                selection.unready[shop.owner] = (
+                    f"{shop.domain}: no certificate in {certbot_dir}/live covers "
+                    f"{', '.join(shop.server_names)} yet; its current config (if any) stays")
+                selection.notes.append(selection.unready[shop.owner])
+            continue
+        if renewed is not None and lineage.name not in renewed:
+            continue
+        used.add(lineage.name)
+        selection.candidates.append(Candidate(shop, lineage, site_file(shop.domain)))
+    for name in sorted(set(renewed or ()) - used):
+        selection.notes.append(f"lineage {name}: no active shop in the inventory uses it")
+    return selection
+
+
+def compose(
+    base: Base,
+    selection: Selection,
+    inventory: Inventory,
+    *,
+    failures: Mapping[str, str] | None = None,
+) -> Composition:
+    """The next release of one load balancer.
+
+    ``failures`` holds the sites whose rendering failed on this load balancer (site -> why):
+    they keep what they serve, like shops no certificate covers yet.
+    """
+    failed = dict(failures or {})
+    if not selection.full and base.release is not None and base.manifest is None:
+        raise DecisionError(
+            f"the manifest of the live release {base.release} cannot be read ({base.problem}): "
+            "a deploy of only some shops would not know what else serves there; run "
+            "'certbot-epages deploy --all', which rebuilds it from what the release holds"
+        )
+    live = base.known
+    if base.manifest is None and base.recovered is not None:
+        live = _reowned(live, inventory)
+    comp = Composition()
+    for cand in selection.candidates:
+        if cand.site in failed:
+            continue
+        comp.rendered[cand.site] = cand
+        comp.sites[cand.site] = cand.record()
+    served_by_new = {name: site for site, rec in comp.sites.items() for name in rec.names}
+    shops = {site_file(shop.domain): shop for shop in inventory.shops}
+    unready = dict(selection.unready)
+    for cand in selection.candidates:
+        if cand.site in failed:
+            unready.setdefault(cand.shop.owner, failed[cand.site])
+    invalid = {p.owner: str(p) for p in inventory.problems if p.owner is not None}
+
+    for site, record in sorted(live.sites.items()):
+        if site in comp.rendered:
+            continue
+        overlap = sorted(set(record.names) & set(served_by_new))
+        if overlap:
+            comp.dropped[site] = (f"{', '.join(overlap)} now served by "
+                                  f"{served_by_new[overlap[0]]}")
+            continue
+        shop = shops.get(site)
+        if shop is not None and shop.owner == record.owner and not shop.is_active:
+            comp.dropped[site] = f"the shop is {shop.status}"
+            continue
+        if not selection.full:
+            comp.sites[site] = record
+            continue
+        why = unready.get(record.owner) or invalid.get(record.owner)
+        if why is None:
+            comp.dropped[site] = "no longer in the inventory"
+            continue
+        comp.sites[site] = record
+        comp.kept[site] = why
+
+    new_lineages = {c.lineage.name: c.lineage for c in comp.rendered.values()}
+    for site, record in comp.sites.items():
+        if site in comp.rendered:
+            comp.certs[record.lineage] = NEW
+            continue
+        fresh = new_lineages.get(record.lineage)
+        if fresh is None:
+            comp.certs.setdefault(record.lineage, LIVE)
+            continue
+        # The lineage ships anew for another site: this one gets the new certificate too.
+        comp.sites[site] = SiteRecord(record.domain, record.names, record.owner,
+                                      record.lineage, fresh.fingerprint)
+        uncovered = [n for n in record.names if not fresh.covers(n)]
+        if uncovered:
+            comp.notes.append(f"{site}: the new certificate of {record.lineage} no longer "
+                              f"covers {', '.join(uncovered)}")
+    for record in comp.sites.values():
+        comp.claims.update(dict.fromkeys(record.names, record.owner))
+    for site, why in sorted(failed.items()):
+        if site in comp.sites and site not in comp.rendered:
+            comp.kept.setdefault(site, why)
+    return comp
+
+
+def removal_problem(base: Base, comp: Composition, *, force: bool) -> str | None:
+    """Why this release removes too much (more than half of the live sites), or None.
+
+    A truncated inventory (or a lost deploy state) must not empty a load balancer: removing
+    at least two sites and more than half of them needs ``force``.
+    """
+    before = set(base.known.sites)
+    gone = before - set(comp.sites)
+    if force or len(gone) < 2 or len(gone) * 2 <= len(before):
+        return None
+    return (f"this deploy would remove {len(gone)} of {len(before)} sites; if the inventory "
+            "really dropped them, run 'certbot-epages deploy --all --force'")
+
+
+def describe_divergence(bases: Mapping[str, Base]) -> str | None:
+    """A line saying that the load balancers serve different shops or certificates, or None.
+
+    Release ids differ between load balancers by design; what they serve must not.
+    """
+    served = {name: (dict(base.known.sites), dict(base.known.claims))
+              for name, base in bases.items()}
+    if len({repr(sorted(v[0].items())) + repr(sorted(v[1].items()))
+            for v in served.values()}) <= 1:
+        return None
+    shown = ", ".join(f"{name} {base.release or 'nothing'} ({len(base.known.sites)} sites)"
+                      for name, base in sorted(bases.items()))
+    return (f"the load balancers serve different configurations ({shown}); each one's next "
+            "release builds on what it serves")
+
+
+def _reowned(recovered: Manifest, inventory: Inventory) -> Manifest:
+    """A recovered manifest with the owners the inventory names.
+
+    A manifest read off site files names no owners: take them from the inventory entry that
+    has the site's domain (valid or not), else the domain itself.
+    """
+    owners: dict[str, str] = {p.name: p.owner for p in inventory.problems
+                              if p.name is not None and p.owner is not None}
+    owners.update({shop.domain: shop.owner for shop in inventory.shops})
+    sites = {site: SiteRecord(r.domain, r.names, owners.get(r.domain, r.owner), r.lineage,
+                              r.fingerprint)
+             for site, r in recovered.sites.items()}
+    return Manifest(sites=sites, claims={n: r.owner for r in sites.values() for n in r.names})
