@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import importlib
 import re
+from datetime import datetime, timezone
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 #: Oldest tested version of each runtime dependency, as pip and the README name them.
 FLOORS: dict[str, tuple[int, ...]] = {
@@ -68,3 +73,22 @@ def plugin_problems() -> list[str]:
         if message is not None:
             found.append(message)
     return found
+
+
+# cryptography: Debian 12 ships 38, Ubuntu 24.04 41. The timezone-aware validity dates came in
+# 42 (and the naive ones are deprecated there); x509.load_pem_x509_certificates in 39, so a
+# chain's first certificate is read with load_pem_x509_certificate, which every version has.
+
+
+def not_valid_before(certificate: x509.Certificate) -> datetime:
+    """The start of the certificate's validity, timezone-aware (UTC), on any cryptography."""
+    aware: datetime | None = getattr(certificate, "not_valid_before_utc", None)
+    return aware if aware is not None else certificate.not_valid_before.replace(
+        tzinfo=timezone.utc)
+
+
+def not_valid_after(certificate: x509.Certificate) -> datetime:
+    """The end of the certificate's validity, timezone-aware (UTC), on any cryptography."""
+    aware: datetime | None = getattr(certificate, "not_valid_after_utc", None)
+    return aware if aware is not None else certificate.not_valid_after.replace(
+        tzinfo=timezone.utc)
