@@ -14,7 +14,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from epages_testlib import certbot, fresh_account, poll, txt_at, verify_chain
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from epages_testlib import (
+    certbot,
+    fresh_account,
+    poll,
+    served,
+    txt_at,
+    verify_chain,
+    write_inventory,
+)
 
 from certbot_epages.sandbox.platform import Sandbox
 
@@ -113,3 +124,32 @@ def test_the_cli_checks_a_domain_and_renders_the_stateless_snippet(
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert 'return 200 "$1.' in done.stdout
+
+
+@pytest.mark.skipif("debian12" not in ENVS, reason="needs the Debian 12 environment")
+def test_sync_with_debian_12_issues_by_both_challenges_and_deploys(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The oldest libraries through everything: sync, certbot 2.1, plugin, hooks, deploy."""
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["fleet"]["certbot"] = _program("debian12")
+    data["fleet"]["state_dir"] = str(tmp_path / "fleet")
+    data["inventory"] = str(write_inventory(tmp_path / "inventory.yaml", [
+        {"domain": "*.platform.test", "template": "platform-wildcard",
+         "vars": {"upstream": sandbox.backend}},
+        {"domain": "h1.custom.test", "template": "custom-domain",
+         "vars": {"upstream": sandbox.backend}},
+    ]))
+    config = tmp_path / "epages.yaml"
+    config.write_text(yaml.safe_dump(data))
+    config.chmod(0o600)
+    cli = str(Path(ENVS["debian12"]).parent / "certbot-epages")
+    done = subprocess.run([cli, "--config", str(config), "sync"],
+                          env={**os.environ, **sandbox.env()}, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for lineage, name in (("wildcard.platform.test", "x.platform.test"),
+                          ("h1.custom.test", "h1.custom.test")):
+        pem = (sandbox.certbot_config_dir / "live" / lineage / "cert.pem").read_bytes()
+        expected = x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
+        assert served(sandbox, name) == {lb.name: expected for lb in sandbox.lbs}
