@@ -79,6 +79,12 @@ class Authenticator(dns_common.DNSAuthenticator):
         problems = compat.plugin_problems()
         if problems:
             raise errors.PluginError("; ".join(problems))
+        # certbot prepares every plugin when it asks the user to choose one: only the chosen
+        # authenticator records its path (a chosen one records it in perform() too).
+        if getattr(self.config, "authenticator", None) == self.name:
+            self._record_config_path()
+
+    def _record_config_path(self) -> None:
         from certbot_epages import config as epages_config
 
         path = epages_config.config_path(self.conf("config")).absolute()
@@ -87,6 +93,8 @@ class Authenticator(dns_common.DNSAuthenticator):
     def _setup_credentials(self) -> None:
         from certbot_epages import config as epages_config
         from certbot_epages.dns import client as dns_client
+
+        self._record_config_path()
         try:
             settings = epages_config.load(self.conf("config"))
         except EpagesError as e:

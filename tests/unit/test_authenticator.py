@@ -121,7 +121,7 @@ class CompatibilityTest(unittest.TestCase):
         )
 
     def test_prepare_records_the_absolute_config_path_for_renewal(self) -> None:
-        config = mock.MagicMock(epages_dns_config=None)
+        config = mock.MagicMock(epages_dns_config=None, authenticator="epages-dns")
         with mock.patch.dict(os.environ, {"CERTBOT_EPAGES_CONFIG": "rel/epages.yaml"}):
             Authenticator(config, "epages-dns").prepare()
         self.assertEqual(config.epages_dns_config, os.path.abspath("rel/epages.yaml"))
@@ -131,6 +131,12 @@ class CompatibilityTest(unittest.TestCase):
             Authenticator(config, "epages-dns").prepare()
         self.assertEqual(config.epages_dns_config, epages_config.DEFAULT_PATH.as_posix())
         self.assertEqual(DEFAULT_CONFIG, epages_config.DEFAULT_PATH.as_posix())
+
+    def test_prepare_leaves_the_config_alone_when_another_plugin_was_chosen(self) -> None:
+        """certbot prepares every plugin to offer a choice; webroot's renewal needs no path."""
+        config = mock.MagicMock(epages_dns_config=None, authenticator="webroot")
+        Authenticator(config, "epages-dns").prepare()
+        self.assertIsNone(config.epages_dns_config)
 
     def test_the_domain_of_this_certbots_own_annotated_challenge(self) -> None:
         """certbot 2 builds it with ``domain``, certbot 3 and later with ``identifier``."""
