@@ -6,16 +6,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEBS := bind9 bind9-dnsutils pebble nginx rsync openssh-server openssh-client iproute2 \
 	knot pdns-server pdns-backend-sqlite3 pdns-backend-bind
+# Debian's own certbot and the libraries the plugin takes from Debian: `make compat` tests them.
+COMPAT_DEBS := certbot python3-certbot python3-dnspython python3-jinja2 python3-yaml python3-venv
 WHEEL = $(wildcard dist/certbot_epages-*.whl)
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv install test unit integration lint demo clean
+.PHONY: all deps venv install test unit integration lint demo compat clean
 
 all: test
 
 # Debian packages of the real servers the sandbox runs; installed only when missing.
 deps:
-	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(DEBS) $(if $(COMPAT),$(COMPAT_DEBS),); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install$$missing"; \
 	  apt-get update -qq; \
@@ -50,6 +52,11 @@ lint: install
 	$(VENV)/bin/ruff check certbot_epages tests
 	$(VENV)/bin/mypy
 
+# The wheel with Debian 12's certbot, Ubuntu 24.04's versions and the newest (compat/run).
+compat: install
+	$(MAKE) --no-print-directory deps COMPAT=1
+	VENV=$(VENV) compat/run
+
 demo: deps install
 	$(VENV)/bin/certbot-epages sandbox demo $(if $(KEEP),--keep,) $(if $(DIR),--dir $(DIR),)
 
@@ -57,7 +64,7 @@ demo: deps install
 .PHONY: bench
 bench: deps install
 	$(VENV)/bin/pip install -q certbot-dns-rfc2136
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) dist build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .compat dist build *.egg-info .mypy_cache .ruff_cache .pytest_cache

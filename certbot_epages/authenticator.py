@@ -10,16 +10,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from acme import challenges
-from certbot import achallenges, errors
+# Only what every supported certbot has, and nothing else that is not standard library: certbot
+# imports this module for every command (`certbot plugins` too), so a missing library must not
+# fail the import. The rest is imported when the plugin is used (prepare, perform).
+from certbot import errors
 from certbot.plugins import dns_common
 
-from certbot_epages import config as epages_config
-from certbot_epages.dns import client as dns_client
-from certbot_epages.dns.chain import Location
+from certbot_epages import compat
 from certbot_epages.errors import EpagesError
+
+if TYPE_CHECKING:
+    from acme import challenges
+    from certbot import achallenges
+
+    from certbot_epages.dns import client as dns_client
+    from certbot_epages.dns.chain import Location
+
+#: certbot_epages.config.DEFAULT_PATH, spelled out: the config module needs PyYAML.
+DEFAULT_CONFIG = "/etc/letsencrypt/epages.yaml"
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +57,7 @@ class Authenticator(dns_common.DNSAuthenticator):
             "config",
             default=None,
             help="Path to epages.yaml (default: $CERTBOT_EPAGES_CONFIG, else "
-            f"{epages_config.DEFAULT_PATH}). Stored in the renewal configuration.",
+            f"{DEFAULT_CONFIG}). Stored in the renewal configuration.",
         )
 
     def more_info(self) -> str:
@@ -59,10 +69,34 @@ class Authenticator(dns_common.DNSAuthenticator):
             "--epages-dns-propagation-seconds only adds an extra wait on top."
         )
 
+    def prepare(self) -> None:
+        """Check the libraries; record the config path in the renewal configuration.
+
+        certbot calls this on every run that uses the plugin, also when the CA reuses valid
+        authorizations and perform() is never called: the path recorded here is what
+        `certbot renew` from a timer (without CERTBOT_EPAGES_CONFIG) finds later.
+        """
+        problems = compat.plugin_problems()
+        if problems:
+            raise errors.PluginError("; ".join(problems))
+        # certbot prepares every plugin when it asks the user to choose one: only the chosen
+        # authenticator records its path (a chosen one records it in perform() too).
+        if getattr(self.config, "authenticator", None) == self.name:
+            self._record_config_path()
+
+    def _record_config_path(self) -> None:
+        from certbot_epages import config as epages_config
+
+        path = epages_config.config_path(self.conf("config")).absolute()
+        setattr(self.config, self.dest("config"), str(path))
+
     def _setup_credentials(self) -> None:
-        path = epages_config.config_path(self.conf("config"))
+        from certbot_epages import config as epages_config
+        from certbot_epages.dns import client as dns_client
+
+        self._record_config_path()
         try:
-            settings = epages_config.load(path)
+            settings = epages_config.load(self.conf("config"))
         except EpagesError as e:
             raise errors.PluginError(str(e)) from e
         if settings.dns is None:
@@ -70,9 +104,6 @@ class Authenticator(dns_common.DNSAuthenticator):
                 f"{settings.source}: no 'dns' section; the epages-dns plugin needs dns.zones "
                 "and dns.tsig_keys (see the README)"
             )
-        # Record the resolved path, so the renewal configuration has it even when it came from
-        # the environment: `certbot renew` from a timer has no CERTBOT_EPAGES_CONFIG.
-        setattr(self.config, self.dest("config"), str(settings.source))
         self._client = dns_client.from_config(settings.dns)
 
     def perform(
@@ -81,7 +112,7 @@ class Authenticator(dns_common.DNSAuthenticator):
         """Publish every challenge of this run at once, then wait until all servers serve it."""
         self._setup_credentials()
         self._attempt_cleanup = True
-        self._publish([(a.identifier.value, a.validation(a.account_key)) for a in achalls])
+        self._publish([(domain_of(a), a.validation(a.account_key)) for a in achalls])
         extra = int(self.conf("propagation-seconds") or 0)
         if extra > 0:
             logger.info("Waiting %d more seconds, as --%s-propagation-seconds asks", extra,
@@ -120,3 +151,14 @@ class Authenticator(dns_common.DNSAuthenticator):
             self._client.remove(records)
         except EpagesError as e:
             logger.warning("Cleanup of DNS-01 TXT records failed: %s", e)
+
+
+def domain_of(achall: achallenges.AnnotatedChallenge) -> str:
+    """The domain a challenge is for: ``identifier.value`` from certbot 3 on, else ``domain``.
+
+    certbot 2 has no ``identifier``; certbot 3 and later deprecate ``domain``.
+    """
+    identifier = getattr(achall, "identifier", None)
+    if identifier is not None:
+        return str(identifier.value)
+    return str(achall.domain)

@@ -189,8 +189,18 @@ def self_check(
                 continue
             if status == 200 and body.strip() == key_authorization:
                 pending.remove(lb)
-            else:
-                last[lb] = f"HTTP {status} {json.dumps(body.strip()[:80])}"
+                continue
+            other = other_account(body if status == 200 else "", token, key_authorization)
+            if other is not None:  # waiting cannot help: the answer comes from nginx config
+                raise Http01Error(
+                    f"{lb} answers the challenge for {domain} with account thumbprint {other}, "
+                    f"but this certbot account's thumbprint is {key_authorization.split('.')[1]}: "
+                    "the load balancer answers challenges itself (the stateless snippet) for "
+                    "another ACME account. Render the snippet for this account with "
+                    "'certbot-epages http01-snippet' (with certbot's --config-dir and --server), "
+                    "include it on every load balancer and reload nginx"
+                )
+            last[lb] = f"HTTP {status} {json.dumps(body.strip()[:80])}"
         if not pending:
             break
         if time.monotonic() >= deadline:
@@ -202,6 +212,19 @@ def self_check(
                 "challenge service (templates/nginx/acme-challenge-proxy.conf.j2)"
             )
         time.sleep(0.05)
+
+
+def other_account(body: str, token: str, key_authorization: str) -> str | None:
+    """The thumbprint in ``body`` if it is this token's key authorization for another account.
+
+    A stateless load balancer answers ``<token>.<thumbprint>`` (RFC 8555 section 8.1) from its
+    config: with another account's thumbprint there, it never serves ours.
+    """
+    answer = body.strip()
+    if answer == key_authorization or not KEY_AUTHORIZATION_RE.fullmatch(answer):
+        return None
+    answered_token, thumbprint = answer.split(".")
+    return thumbprint if answered_token == token else None
 
 
 def stateless_snippet(thumbprint: str) -> str:

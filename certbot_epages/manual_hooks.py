@@ -5,49 +5,52 @@ certbot runs the auth hook once per challenge with ``CERTBOT_DOMAIN``, ``CERTBOT
 and the cleanup hook with the same variables plus ``CERTBOT_AUTH_OUTPUT`` (what the auth hook
 printed). All of it is untrusted and checked before it reaches DNS, a path or a command.
 
-DNS-01 uses the same client as the ``epages-dns`` plugin. Every auth call publishes its value at
-once, but only the run's last call waits for propagation, and it waits for every value of the
-run: apex + wildcard cost one wait, not two. Values still to be awaited are kept in a small
-spool file between calls.
+DNS-01 uses the same client as the ``epages-dns`` plugin, and like the plugin handles a run's
+challenges together: every auth call but the last only records its value in a small spool file;
+the run's last call follows the CNAME chains, publishes every value in one UPDATE per zone and
+waits until every authoritative server serves them. The first cleanup call deletes every value
+of the run; the later ones find nothing left. certbot starts a process per call (four for apex +
+wildcard), so the calls that only touch the spool load neither the config nor dnspython.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import re
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
-import dns.exception
-import dns.name
-
-from certbot_epages import config as epages_config
-from certbot_epages import http01, runner
-from certbot_epages.dns import chain
-from certbot_epages.dns import client as dns_client
-from certbot_epages.dns.chain import Location
+from certbot_epages import runner
+from certbot_epages.domains import validate_domain
 from certbot_epages.errors import ConfigError, EpagesError
-from certbot_epages.names import validate_domain
+
+# Imported where needed, not here: the HTTP-01 code (Jinja2, HTTP, subprocess) only by HTTP-01
+# calls, the config and dnspython only by the calls that talk to DNS.
+if TYPE_CHECKING:
+    from certbot_epages import config as epages_config
+    from certbot_epages.dns import client as dns_client
+    from certbot_epages.dns.chain import Location
 
 VALIDATION_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 PENDING_MAX_AGE = 3600.0  # seconds; older entries belong to a run that died
+# The states of a DNS-01 value in the spool.
+PENDING, PUBLISHED, REMOVED = "pending", "published", "removed"
 
 
 class HookInputError(EpagesError):
     """A certbot environment variable is missing or malformed."""
 
 
-@dataclass(frozen=True)
-class Challenge:
+class Challenge(NamedTuple):
     """One challenge as certbot describes it to a manual hook, validated."""
 
     domain: str
@@ -75,6 +78,8 @@ def read_environment(env: Mapping[str, str]) -> Challenge:
 
     token = env.get("CERTBOT_TOKEN") or None
     if token is not None:
+        from certbot_epages import http01
+
         try:
             http01.check_token(token)
         except ValueError as e:
@@ -116,6 +121,8 @@ def _spool_dir() -> Path:
     elif os.access("/run", os.W_OK):
         base = Path("/run")
     else:
+        import tempfile
+
         base = Path(tempfile.gettempdir())
     spool = base / f"certbot-epages-{uid}"
     try:
@@ -132,39 +139,65 @@ def _spool_dir() -> Path:
     return spool
 
 
-def _certbot_pid() -> int:
-    """The PID of the certbot process that runs this hook (our nearest 'certbot' ancestor).
+# Programs that may stand between certbot and the hook (certbot runs hooks with `sh -c`).
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "ash", "busybox", "env"})
 
-    It keys the spool, so two certbot runs for the same names never share pending values, and
-    owns the run's claims on challenge names. A certbot started some other way (``python -c``)
-    is taken to be the nearest ancestor that is not a shell (certbot runs hooks with sh -c).
+
+def runs_certbot(argv: Sequence[str]) -> bool:
+    """Whether a command line runs certbot.
+
+    ``certbot ...``, ``python /path/certbot ...``, ``python -m certbot ...``, or
+    ``python -c '...certbot...'`` (how a venv over a distribution's certbot 2.1, which has no
+    ``-m certbot``, may run it).
     """
+    if any(Path(arg).name == "certbot" for arg in argv[:2]):
+        return True
+    return len(argv) >= 3 and (
+        (argv[1] == "-m" and argv[2] == "certbot") or (argv[1] == "-c" and "certbot" in argv[2])
+    )
+
+
+def choose_run_process(
+    ancestors: Sequence[tuple[int, Sequence[str]]],
+) -> tuple[int, bool] | None:
+    """From (pid, argv) of the hook's ancestors, nearest first: the run's certbot process.
+
+    The nearest one that runs certbot (True: certain), else the nearest that is not a shell
+    (False: a guess; a hook run through a wrapper script gets the wrapper's parent).
+    """
+    for pid, argv in ancestors:
+        if runs_certbot(argv):
+            return pid, True
+    for pid, argv in ancestors:
+        if argv and Path(argv[0]).name not in SHELLS:
+            return pid, False
+    return None
+
+
+@functools.cache
+def _run_process() -> tuple[int, bool]:
+    """The PID of the certbot process that runs this hook, and whether it surely is certbot.
+
+    It keys the spool: every call of one run finds the others' values, and two certbot runs
+    for the same names never share them.
+    """
+    ancestors: list[tuple[int, list[str]]] = []
     pid = os.getppid()
-    fallback = None
-    for _ in range(8):
+    while pid > 1 and len(ancestors) < 8:
         try:
             stat_line = Path(f"/proc/{pid}/stat").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
         except OSError:
             break
-        names = [Path(arg.decode("utf-8", "replace")).name for arg in cmdline[:2]]
-        if "certbot" in names:
-            return pid
-        if fallback is None and names[0] not in _SHELLS:
-            fallback = pid
+        ancestors.append((pid, [arg.decode("utf-8", "replace") for arg in cmdline]))
         pid = int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
-        if pid <= 1:
-            break
-    return fallback or os.getppid()
-
-
-_SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "busybox"})
+    return choose_run_process(ancestors) or (os.getppid(), False)
 
 
 @contextlib.contextmanager
 def _pending(all_domains: Sequence[str]) -> Iterator[list[dict[str, str | float]]]:
-    """The run's not-yet-awaited DNS-01 records, locked for the block, saved after it."""
-    key = f"{_certbot_pid()}:{','.join(sorted(all_domains))}"
+    """The run's DNS-01 values and their states, locked for the block, saved after it."""
+    key = f"{_run_process()[0]}:{','.join(sorted(all_domains))}"
     run = hashlib.sha256(key.encode()).hexdigest()[:20]
     path = _spool_dir() / f"dns01-{run}.json"
     try:
@@ -207,8 +240,7 @@ def _entry(location: Location, value: str) -> dict[str, str | float]:
     }
 
 
-def _location(client: dns_client.DnsClient, entry: Mapping[str, object],
-              delegation: str) -> tuple[Location, str]:
+def _location(client: dns_client.DnsClient, entry: Mapping[str, object]) -> tuple[Location, str]:
     """Rebuild a record from spool or auth output: only a challenge name of a managed zone.
 
     The description may come from ``CERTBOT_AUTH_OUTPUT``, which certbot takes from the auth
@@ -216,6 +248,11 @@ def _location(client: dns_client.DnsClient, entry: Mapping[str, object],
     CNAME chain's end, so it can never aim a delete (or the placeholder) at a zone's apex,
     ``_dmarc`` or any other name.
     """
+    import dns.exception
+    import dns.name
+
+    from certbot_epages.dns.chain import Location
+
     try:
         zone = dns.name.from_text(str(entry["zone"]))
         record = dns.name.from_text(str(entry["record"]))
@@ -225,11 +262,7 @@ def _location(client: dns_client.DnsClient, entry: Mapping[str, object],
         raise HookInputError(f"malformed record description: {e}") from None
     if not client.manages(zone) or not record.is_subdomain(zone):
         raise HookInputError(f"{record} is not in a managed zone")
-    try:
-        allowed = chain.may_write(domain, record, zone, delegation)
-    except EpagesError:
-        allowed = False
-    if not allowed:
+    if not client.may_write(domain, record, zone):
         raise HookInputError(f"{record} is not a challenge name of {domain or 'the domain'}")
     if not VALIDATION_RE.fullmatch(value):
         raise HookInputError("malformed TXT value")
@@ -239,46 +272,109 @@ def _location(client: dns_client.DnsClient, entry: Mapping[str, object],
 # ------------------------------------------------------------------------------ DNS-01
 
 
+def _settings() -> epages_config.Config:
+    from certbot_epages import config as epages_config
+
+    return epages_config.load()
+
+
 def _dns_client(settings: epages_config.Config) -> dns_client.DnsClient:
-    if settings.dns is None:
-        raise ConfigError(f"{settings.source}: no 'dns' section; DNS-01 needs dns.zones")
+    from certbot_epages.dns import client as dns_client
     from certbot_epages.dns.journal import Run
 
+    if settings.dns is None:
+        raise ConfigError(f"{settings.source}: no 'dns' section; DNS-01 needs dns.zones")
     # The certbot run owns what its hooks write: its claims span all of the run's hook calls.
-    return dns_client.from_config(settings.dns, run=Run.of(_certbot_pid()))
+    return dns_client.from_config(settings.dns, run=Run.of(_run_process()[0]))
 
 
-def _dns_auth(settings: epages_config.Config, challenge: Challenge) -> str:
+def _dns_auth(challenge: Challenge) -> None:
+    """Record this call's value; the run's last call publishes and awaits every value."""
+    with _pending(challenge.all_domains) as entries:
+        entries[:] = [e for e in entries if e.get("value") != challenge.validation]
+        entries.append({"domain": challenge.domain, "value": challenge.validation,
+                        "state": PENDING, "time": time.time()})
+    if challenge.remaining > 0 and _run_process()[1]:
+        # What the cleanup hook gets back as CERTBOT_AUTH_OUTPUT.
+        print(json.dumps({"challenge": "dns-01", "domain": challenge.domain,
+                          "value": challenge.validation, "state": PENDING}), flush=True)
+        return
+    # The last call; or certbot's process was not recognisable, so the run's later calls might
+    # not find this value in the spool: then it goes out now, as the old hooks did.
+    client, records, published = _publish_pending(_settings(), challenge)
+    mine = [(location, value) for location, value in records if value == challenge.validation]
+    if mine:
+        # Print before anything can fail: the cleanup hook deletes exactly what is described.
+        print(json.dumps({"challenge": "dns-01", **_entry(*mine[0])}), flush=True)
+    client.add(records)
+    if challenge.remaining == 0:
+        client.wait(published)
+
+
+def _publish_pending(
+    settings: epages_config.Config, challenge: Challenge
+) -> tuple[dns_client.DnsClient, list[tuple[Location, str]], list[tuple[Location, str]]]:
+    """Locate every pending value of the run and mark it published (the caller adds them).
+
+    Returns the client, the values to add and every published value of the run (to await).
+    Every CNAME chain is followed first: if one is broken, nothing is published. They are
+    marked before the UPDATE goes out, so cleanup deletes them even if this process dies.
+    """
+    with _pending(challenge.all_domains) as entries:
+        todo = [(str(e.get("domain")), str(e.get("value"))) for e in entries
+                if e.get("state") == PENDING]
     client = _dns_client(settings)
-    location = client.locate(challenge.domain)
-    output = json.dumps({"challenge": "dns-01", **_entry(location, challenge.validation)})
-    # Print before anything can fail: the cleanup hook deletes exactly this value.
-    print(output, flush=True)
-    with _pending(challenge.all_domains) as pending:
-        client.add([(location, challenge.validation)])
-        pending.append(_entry(location, challenge.validation))
-        if challenge.remaining > 0:
-            return output
-        records = [_location(client, e, settings.need_dns("DNS-01").delegation)
-                   for e in pending]
-        pending.clear()
-    client.wait(records)
-    return output
+    located: dict[str, Location] = {}
+    records = []
+    for domain, value in todo:
+        if domain not in located:
+            try:
+                located[domain] = client.locate(validate_domain(domain))
+            except ValueError as e:
+                raise HookInputError(f"spool entry for {domain!r}: {e}") from None
+        if not VALIDATION_RE.fullmatch(value):
+            raise HookInputError(f"spool entry for {domain!r}: malformed TXT value")
+        records.append((located[domain], value))
+    by_value = {value: location for location, value in records}
+    with _pending(challenge.all_domains) as entries:
+        for entry in entries:
+            location = by_value.get(str(entry.get("value")))
+            if entry.get("state") == PENDING and location is not None:
+                entry.update(_entry(location, str(entry["value"])), state=PUBLISHED)
+        published = [dict(e) for e in entries if e.get("state", PUBLISHED) == PUBLISHED]
+    return client, records, [_location(client, e) for e in published]
 
 
-def _dns_cleanup(settings: epages_config.Config, challenge: Challenge) -> None:
-    client = _dns_client(settings)
-    try:
-        described = json.loads(challenge.auth_output)
-        record = _location(client, described, settings.need_dns("DNS-01").delegation)
-        if record[1] != challenge.validation or described.get("domain") != challenge.domain:
-            raise HookInputError("CERTBOT_AUTH_OUTPUT does not describe this challenge")
-    except (json.JSONDecodeError, HookInputError, TypeError, AttributeError):
-        # No usable auth output (the auth hook failed early): find the record again.
-        record = (client.locate(challenge.domain), challenge.validation)
-    with _pending(challenge.all_domains) as pending:
-        pending[:] = [e for e in pending if e.get("value") != challenge.validation]
-    client.remove([record])
+def _dns_cleanup(challenge: Challenge) -> None:
+    """Delete every published value of the run at the first call; later calls find none."""
+    with _pending(challenge.all_domains) as entries:
+        mine = next((e for e in entries if e.get("value") == challenge.validation), None)
+        if mine is not None and mine.get("state") == PENDING:
+            entries.remove(mine)  # never published: the run failed before its last auth call
+            return
+        if mine is not None and mine.get("state") == REMOVED:
+            return
+        published = [dict(e) for e in entries if e.get("state", PUBLISHED) == PUBLISHED]
+    client = _dns_client(_settings())
+    if mine is None:
+        # The spool does not know this value (it was swept or lost): the auth output says
+        # where it went, else the chain is followed again.
+        try:
+            described = json.loads(challenge.auth_output)
+            record = _location(client, described)
+            if record[1] != challenge.validation or described.get("domain") != challenge.domain:
+                raise HookInputError("CERTBOT_AUTH_OUTPUT does not describe this challenge")
+        except (json.JSONDecodeError, HookInputError, TypeError, AttributeError):
+            record = (client.locate(challenge.domain), challenge.validation)
+        client.remove([record])
+        return
+    records = [_location(client, e) for e in published]
+    client.remove(records)
+    removed = {value for _, value in records}
+    with _pending(challenge.all_domains) as entries:
+        for entry in entries:
+            if entry.get("value") in removed:
+                entry["state"] = REMOVED
 
 
 # ------------------------------------------------------------------------------ HTTP-01
@@ -291,6 +387,8 @@ def _http_settings(settings: epages_config.Config) -> epages_config.Http01Config
 
 
 def _http_auth(settings: epages_config.Config, challenge: Challenge) -> str:
+    from certbot_epages import http01
+
     http = _http_settings(settings)
     token = str(challenge.token)
     written: list[str] = []
@@ -313,19 +411,20 @@ def _http_auth(settings: epages_config.Config, challenge: Challenge) -> str:
 
 
 def _flush_dns_waits(settings: epages_config.Config, challenge: Challenge) -> None:
-    """With mixed challenge types the last call may be HTTP-01: it awaits the DNS-01 values."""
+    """With mixed challenge types the last call may be HTTP-01: it publishes the DNS-01 values."""
     if settings.dns is None:
         return
-    with _pending(challenge.all_domains) as pending:
-        if not pending:
+    with _pending(challenge.all_domains) as entries:
+        if not any(e.get("state", PUBLISHED) in (PENDING, PUBLISHED) for e in entries):
             return
-        client = _dns_client(settings)
-        records = [_location(client, e, settings.dns.delegation) for e in pending]
-        pending.clear()
-    client.wait(records)
+    client, records, published = _publish_pending(settings, challenge)
+    client.add(records)
+    client.wait(published)
 
 
 def _http_cleanup(settings: epages_config.Config, challenge: Challenge) -> None:
+    from certbot_epages import http01
+
     http = _http_settings(settings)
     if http.mode != "files":
         return
@@ -346,16 +445,15 @@ def _run(name: str, action: str, argv: Sequence[str] | None) -> int:
 
     def body() -> int:
         challenge = read_environment(os.environ)
-        settings = epages_config.load()
         if action == "auth":
             if challenge.token is None:
-                _dns_auth(settings, challenge)
+                _dns_auth(challenge)
             else:
-                print(_http_auth(settings, challenge), flush=True)
+                print(_http_auth(_settings(), challenge), flush=True)
         elif challenge.token is None:
-            _dns_cleanup(settings, challenge)
+            _dns_cleanup(challenge)
         else:
-            _http_cleanup(settings, challenge)
+            _http_cleanup(_settings(), challenge)
         return 0
 
     return runner.run(f"{name}: {challenge_label()}".rstrip(": "), body, verbose=verbose)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
+if TYPE_CHECKING:
+    import jinja2
 
 
 def templates_dir() -> Path:
@@ -18,6 +20,8 @@ def templates_dir() -> Path:
 
 def jinja_env(directory: Path | None = None) -> jinja2.Environment:
     """A Jinja2 environment for config files: undefined variables are errors, no HTML escaping."""
+    import jinja2  # here, not at the top: the DNS-01 hooks never render and should not load it
+
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(directory or templates_dir())),
         undefined=jinja2.StrictUndefined,

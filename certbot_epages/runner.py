@@ -12,9 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 import time
-import traceback
 from collections.abc import Callable
 
 from certbot_epages.errors import EpagesError
@@ -33,6 +31,8 @@ def run(prog: str, body: Callable[[], int], *, verbose: bool = False) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED
     except Exception as e:  # noqa: BLE001 - the last line of defence: say it, keep the details
+        import traceback  # here: every manual-hook call runs through this module
+
         details = traceback.format_exc()
         where = _write_details(prog, details)
         if verbose:
@@ -44,6 +44,8 @@ def run(prog: str, body: Callable[[], int], *, verbose: bool = False) -> int:
 
 def _write_details(prog: str, details: str) -> str:
     """Write a traceback to a private file; its path, or a note why there is none."""
+    import tempfile
+
     try:
         safe = re.sub(r"[^A-Za-z0-9_-]+", "-", prog)[:40]  # prog may hold a domain
         fd, path = tempfile.mkstemp(prefix=f"{safe}-{time.strftime('%Y%m%dT%H%M%S')}-",

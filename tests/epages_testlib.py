@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -57,13 +57,20 @@ def certbot(
     env: dict[str, str] | None = None,
     unset: tuple[str, ...] = (),
     check: bool = True,
+    program: Sequence[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run certbot against the sandbox; on failure with ``check``, fail showing its output."""
+    """Run certbot against the sandbox; on failure with ``check``, fail showing its output.
+
+    ``program`` is the certbot command to use (default: the one beside this Python).
+    """
     environment = {**os.environ, **sandbox.env(), **(env or {})}
     for name in unset:
         environment.pop(name, None)
+    argv = sandbox.certbot_argv(*args)
+    if program is not None:
+        argv = [*program, *argv[1:]]
     done = subprocess.run(
-        sandbox.certbot_argv(*args),
+        argv,
         env=environment,
         capture_output=True,
         text=True,
@@ -73,6 +80,34 @@ def certbot(
     if check and done.returncode != 0:
         raise AssertionError(f"certbot {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
     return done
+
+
+def fresh_account(directory: Path) -> list[str]:
+    """certbot options for directories of its own under ``directory``: a new ACME account.
+
+    pebble reuses an account's valid authorizations (1 % of orders even with
+    PEBBLE_AUTHZREUSE=0), and then certbot skips the authenticator: a test that needs a real
+    validation runs with a new account.
+    """
+    return ["--config-dir", str(directory / "config"), "--work-dir", str(directory / "work"),
+            "--logs-dir", str(directory / "logs")]
+
+
+@contextlib.contextmanager
+def new_account_beside(sandbox: Sandbox, directory: Path) -> Iterator[str]:
+    """A new account (registered in ``directory``) in the sandbox's certbot directory.
+
+    Yields its id: ``--account ID`` makes a renewal validate for real. It is removed again
+    afterwards (with two accounts, certbot asks which to use).
+    """
+    certbot(sandbox, "register", *fresh_account(directory))
+    key = next((directory / "config" / "accounts").rglob("private_key.json"))
+    target = sandbox.certbot_config_dir / key.parent.relative_to(directory / "config")
+    shutil.copytree(key.parent, target)
+    try:
+        yield key.parent.name
+    finally:
+        shutil.rmtree(target)
 
 
 @contextlib.contextmanager
@@ -167,9 +202,10 @@ def shop_sites(lb_root: str | Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def fresh_sandbox(dns: Kind = "bind") -> Iterator[Sandbox]:
+def fresh_sandbox(dns: Kind = "bind", authz_reuse: int = 0) -> Iterator[Sandbox]:
     """A sandbox of its own in a fresh directory, stopped and removed even when a test fails."""
-    with sandbox_dir() as directory, running(directory, dns=dns) as sandbox:
+    with sandbox_dir() as directory, \
+            running(directory, dns=dns, authz_reuse=authz_reuse) as sandbox:
         yield sandbox
 
 

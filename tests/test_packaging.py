@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import certbot_epages
+from certbot_epages import compat
 from certbot_epages.resources import templates_dir
 
 pytestmark = pytest.mark.unit
@@ -32,8 +33,10 @@ def test_templates_are_installed() -> None:
 def test_metadata_and_console_script() -> None:
     dist = metadata.distribution("certbot-epages")
     assert dist.version == certbot_epages.__version__
-    requires = {r.split(">")[0].split("=")[0].split(";")[0].strip() for r in dist.requires or []}
-    assert {"certbot", "dnspython", "jinja2", "pyyaml"} <= requires
+    runtime = [r for r in dist.requires or [] if "extra ==" not in r]
+    assert sorted(runtime) == sorted(
+        f"{name}>={compat.version_text(floor)}" for name, floor in compat.FLOORS.items()
+    ), "pyproject.toml's floors and certbot_epages/compat.py FLOORS must agree"
     scripts = {ep.name for ep in metadata.entry_points(group="console_scripts")}
     assert "certbot-epages" in scripts
     assert (Path(sys.executable).parent / "certbot-epages").exists()

@@ -543,8 +543,9 @@ def _recover(local: Path) -> Manifest:
         fingerprint = "0" * 64
         if lineage:
             with contextlib.suppress(OSError, ValueError, IndexError):
-                leaf = x509.load_pem_x509_certificates(
-                    (local / "certs" / lineage / "fullchain.pem").read_bytes())[0]
+                # The chain's first certificate (the plural loader needs cryptography 39).
+                leaf = x509.load_pem_x509_certificate(
+                    (local / "certs" / lineage / "fullchain.pem").read_bytes())
                 fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
         sites[path.name] = SiteRecord(domain, names or (domain,), legacy_owner(domain),
                                       lineage or "-", fingerprint)

@@ -11,6 +11,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from certbot_epages import compat
 from certbot_epages.errors import EpagesError
 from certbot_epages.inventory import Shop
 
@@ -56,7 +57,7 @@ def load(live: Path) -> Lineage:
     if not LINEAGE_NAME_RE.fullmatch(name) or name in (".", ".."):
         raise LineageError(f"{live}: not a certbot lineage name")
     try:
-        leaf = x509.load_pem_x509_certificates((live / "cert.pem").read_bytes())[0]
+        leaf = x509.load_pem_x509_certificate((live / "cert.pem").read_bytes())
     except (OSError, ValueError) as e:
         raise LineageError(f"{live}: cannot read the certificate: {e}") from None
     for required in ("fullchain.pem", "privkey.pem"):
@@ -71,9 +72,9 @@ def load(live: Path) -> Lineage:
         name=name,
         live=live,
         names=names,
-        not_after=leaf.not_valid_after_utc,
+        not_after=compat.not_valid_after(leaf),
         fingerprint=leaf.fingerprint(hashes.SHA256()).hex(),
-        not_before=leaf.not_valid_before_utc,
+        not_before=compat.not_valid_before(leaf),
     )
 
 

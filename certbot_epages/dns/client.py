@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, cast
 
 import dns.exception
 import dns.name
-import dns.nameserver
 import dns.rcode
 import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
@@ -26,7 +25,7 @@ from certbot_epages.dns import chain, propagation, servers, update
 from certbot_epages.dns.chain import Location
 from certbot_epages.dns.journal import Entry, Journal, Run, Written
 from certbot_epages.dns.keys import TsigKey
-from certbot_epages.errors import DNSError, PropagationError, UpdateError
+from certbot_epages.errors import DNSError, EpagesError, PropagationError, UpdateError
 from certbot_epages.netaddr import HostPort
 
 if TYPE_CHECKING:
@@ -125,9 +124,9 @@ class DnsClient:
                     ) from None
             else:
                 resolver = dns.resolver.Resolver(configure=False)
-                resolver.nameservers = [
-                    dns.nameserver.Do53Nameserver(r.host, r.port) for r in self._resolvers
-                ]
+                # Addresses and a port map, not dns.nameserver (dnspython 2.3 has none).
+                resolver.nameserver_ports = {r.host: r.port for r in self._resolvers}
+                resolver.nameservers = [r.host for r in self._resolvers]
             resolver.lifetime = self._timeout
             resolver.timeout = self._timeout
             self._resolver = resolver
@@ -188,6 +187,16 @@ class DnsClient:
             domain, location.record, location.zone, chain.format_chain(location.chain),
         )
         return location
+
+    def may_write(self, domain: str, record: dns.name.Name, zone: dns.name.Name) -> bool:
+        """Whether a write for ``domain`` may touch ``record``.
+
+        Only a challenge name, see :func:`certbot_epages.dns.chain.may_write`.
+        """
+        try:
+            return chain.may_write(domain, record, zone, self._delegation)
+        except EpagesError:
+            return False
 
     def manages(self, zone: dns.name.Name) -> bool:
         """Whether ``zone`` is one of the managed zones."""

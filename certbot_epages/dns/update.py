@@ -21,6 +21,7 @@ import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 import dns.tsig
 import dns.update
+import dns.version
 
 from certbot_epages.dns import servers
 from certbot_epages.dns.keys import TsigKey
@@ -116,14 +117,30 @@ def tcp_transport(
         sock.sendall(struct.pack("!H", len(wire)) + wire)
         (length,) = struct.unpack("!H", _recv_exact(sock, 2, deadline))
         answer = _recv_exact(sock, length, deadline)
-    response = dns.message.from_wire(answer, keyring=False)
-    if response.had_tsig and not response.tsig_error:
-        response = dns.message.from_wire(
-            answer, keyring=message.keyring, request_mac=message.mac
-        )
+    if _PARSES_UNVALIDATED:
+        # Read the rcode and TSIG error of any answer, then validate a signed one.
+        response = dns.message.from_wire(answer, keyring=False)
+        if response.had_tsig and not response.tsig_error:
+            response = dns.message.from_wire(
+                answer, keyring=message.keyring, request_mac=message.mac
+            )
+    else:
+        try:
+            # Without a keyring an unsigned answer parses and a signed one raises; a signed
+            # error (BADKEY, BADSIG, BADTIME) then raises the peer error, explained by
+            # _explain_exception without the rcode.
+            response = dns.message.from_wire(answer)
+        except dns.message.UnknownTSIGKey:
+            response = dns.message.from_wire(
+                answer, keyring=message.keyring, request_mac=message.mac
+            )
     if not message.is_response(response):
         raise dns.query.BadResponse
     return response
+
+
+# keyring=False ("parse, do not validate") arrived in dnspython 2.7; Debian 12 ships 2.3.
+_PARSES_UNVALIDATED = (dns.version.MAJOR, dns.version.MINOR) >= (2, 7)
 
 
 def _recv_exact(sock: socket.socket, count: int, deadline: float) -> bytes:

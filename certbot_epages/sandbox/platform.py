@@ -286,10 +286,13 @@ class Sandbox:
         return cls(Path(state.directory), state.base, dns)
 
     @classmethod
-    def up(cls, directory: Path, *, timeout: float = 30.0, dns: Kind = "bind") -> Sandbox:
+    def up(cls, directory: Path, *, timeout: float = 30.0, dns: Kind = "bind",
+           authz_reuse: int = 0) -> Sandbox:
         """Create and start a sandbox in ``directory``; stop everything again if any part fails.
 
         ``dns`` picks the primary's software: BIND, Knot DNS ("knot") or PowerDNS ("pdns").
+        ``authz_reuse`` is the percentage of orders for which pebble reuses a valid
+        authorization (100: always, so certbot skips the authenticator; 0: 99 %, see NOTES).
         """
         directory = directory.resolve()
         if (directory / STATE_FILE).exists():
@@ -312,7 +315,7 @@ class Sandbox:
             sandbox._write_files()
             state.added_addresses = _add_addresses(sandbox.ip.named)
             state.save()
-            sandbox._start(state, timeout)
+            sandbox._start(state, timeout, authz_reuse)
         except BaseException:
             _teardown(state)
             raise
@@ -490,7 +493,7 @@ class Sandbox:
 
     # -------------------------------------------------------------------------- processes
 
-    def _start(self, state: State, timeout: float) -> None:
+    def _start(self, state: State, timeout: float, authz_reuse: int = 0) -> None:
         d, log = self.directory, self.directory / "log"
         named = shutil.which("named") or "/usr/sbin/named"
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -499,7 +502,7 @@ class Sandbox:
         pebble_env = {
             **os.environ,
             "PEBBLE_VA_NOSLEEP": "1",  # no random validation delays
-            "PEBBLE_AUTHZREUSE": "0",  # every order validates for real
+            "PEBBLE_AUTHZREUSE": str(authz_reuse),  # 0: (almost) every order validates
             "PEBBLE_WFE_NONCEREJECT": "0",  # no random badNonce
         }
         pebble_env.pop("PEBBLE_VA_ALWAYS_VALID", None)
@@ -723,9 +726,11 @@ def _ssh_banner(address: str) -> bool:
 
 
 @contextlib.contextmanager
-def running(directory: Path, *, timeout: float = 30.0, dns: Kind = "bind") -> Iterator[Sandbox]:
+def running(
+    directory: Path, *, timeout: float = 30.0, dns: Kind = "bind", authz_reuse: int = 0
+) -> Iterator[Sandbox]:
     """A sandbox for the duration of a ``with`` block; stopped even when the block fails."""
-    sandbox = Sandbox.up(directory, timeout=timeout, dns=dns)
+    sandbox = Sandbox.up(directory, timeout=timeout, dns=dns, authz_reuse=authz_reuse)
     try:
         yield sandbox
     finally:

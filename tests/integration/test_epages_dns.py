@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 from epages_testlib import (
     certbot,
+    fresh_account,
+    fresh_sandbox,
     leaf_certificate,
+    new_account_beside,
     poll,
     soa_serial,
     txt_at,
@@ -38,7 +41,7 @@ def _settled_clean(sandbox: Sandbox, domain: str) -> None:
 
 
 def test_apex_and_wildcard_through_the_cname_then_renew_from_stored_config(
-    sandbox: Sandbox,
+    sandbox: Sandbox, tmp_path: Path
 ) -> None:
     domain = sandbox.zones.customer
     certbot(sandbox, "certonly", "--authenticator", "epages-dns", "--cert-name", "cname",
@@ -57,10 +60,14 @@ def test_apex_and_wildcard_through_the_cname_then_renew_from_stored_config(
     assert f"epages_dns_config = {sandbox.config_path}" in renewal
 
     first = leaf_certificate(live / "cert.pem").serial_number
-    # A timer has no CERTBOT_EPAGES_CONFIG: the renewal configuration must suffice.
-    certbot(sandbox, "renew", "--cert-name", "cname", "--force-renewal",
-            "--no-random-sleep-on-renew", unset=("CERTBOT_EPAGES_CONFIG",))
+    serial = soa_serial(sandbox.ip.primary, sandbox.zones.challenge)
+    # A timer has no CERTBOT_EPAGES_CONFIG: the renewal configuration must suffice. A new
+    # account, so that pebble cannot reuse the authorizations and the plugin must run.
+    with new_account_beside(sandbox, tmp_path) as account:
+        certbot(sandbox, "renew", "--cert-name", "cname", "--force-renewal", "--account",
+                account, "--no-random-sleep-on-renew", unset=("CERTBOT_EPAGES_CONFIG",))
     assert leaf_certificate(live / "cert.pem").serial_number != first
+    assert soa_serial(sandbox.ip.primary, sandbox.zones.challenge) != serial
     _settled_clean(sandbox, domain)
 
 
@@ -94,16 +101,16 @@ def test_the_cas_resolver_lands_on_the_lagging_secondary(sandbox: Sandbox) -> No
         sandbox.ip.secondary, name) else None, timeout=20)
 
 
-def test_issuance_waits_for_a_lagging_secondary(sandbox: Sandbox) -> None:
+def test_issuance_waits_for_a_lagging_secondary(sandbox: Sandbox, tmp_path: Path) -> None:
     domain = f"www.{sandbox.zones.customer}"
     sandbox.hold_transfers(2)
     try:
-        done = certbot(sandbox, "certonly", "--authenticator", "epages-dns",
-                       "--cert-name", "lagging", "-d", domain)
+        done = certbot(sandbox, "certonly", *fresh_account(tmp_path), "--authenticator",
+                       "epages-dns", "--cert-name", "lagging", "-d", domain)
     finally:
         sandbox.hold_transfers(0)
     assert "Some challenges have failed" not in done.stdout + done.stderr
-    live = sandbox.certbot_config_dir / "live" / "lagging"
+    live = tmp_path / "config" / "live" / "lagging"
     assert verify_chain(sandbox, live / "fullchain.pem") == [domain]
     _settled_clean(sandbox, domain)
 
@@ -115,14 +122,14 @@ def test_propagation_timeout_fails_naming_the_server_and_leaves_dns_clean(
     config = write_config(sandbox, tmp_path / "epages.yaml", propagation_timeout=1)
     sandbox.hold_transfers(4)
     try:
-        done = certbot(sandbox, "certonly", "--authenticator", "epages-dns",
-                       "--epages-dns-config", str(config), "--cert-name", "timeout",
-                       "-d", domain, check=False)
+        done = certbot(sandbox, "certonly", *fresh_account(tmp_path), "--authenticator",
+                       "epages-dns", "--epages-dns-config", str(config), "--cert-name",
+                       "timeout", "-d", domain, check=False)
     finally:
         sandbox.hold_transfers(0)
     assert done.returncode != 0
     output = done.stdout + done.stderr
-    assert f"{sandbox.ip.secondary}:53" in output and "lacks" in output
+    assert f"{sandbox.ip.secondary}:53" in output and "lacks" in output, output
     assert _challenge_txt(sandbox, domain)["primary"] == {PLACEHOLDER}
     _settled_clean(sandbox, domain)
 
@@ -136,13 +143,14 @@ def test_wrong_secret_is_a_clean_error_and_the_zone_is_unchanged(
     config = write_config(sandbox, tmp_path / "epages.yaml",
                           tsig_keys={KEY_NAME: {"file": str(key)}})
     before = soa_serial(sandbox.ip.primary, sandbox.zones.challenge)
-    done = certbot(sandbox, "certonly", "--authenticator", "epages-dns",
-                   "--epages-dns-config", str(config), "-d", sandbox.zones.customer,
-                   "--cert-name", "wrong-secret", check=False)
-    log = (sandbox.directory / "certbot" / "logs" / "letsencrypt.log").read_text()
+    # A new account: pebble may reuse an authorization (then the plugin would never run).
+    done = certbot(sandbox, "certonly", *fresh_account(tmp_path / "certbot"), "--authenticator",
+                   "epages-dns", "--epages-dns-config", str(config), "-d",
+                   sandbox.zones.customer, "--cert-name", "wrong-secret", check=False)
+    log = (tmp_path / "certbot" / "logs" / "letsencrypt.log").read_text()
     assert done.returncode != 0, f"certbot succeeded with a wrong secret; its log:\n{log[-6000:]}"
     output = done.stdout + done.stderr
-    assert "secret does not match" in output
+    assert "secret does not match" in output, output
     assert "A" * 20 not in output
     assert soa_serial(sandbox.ip.primary, sandbox.zones.challenge) == before
 
@@ -174,9 +182,10 @@ def test_first_primary_down_fails_over_to_the_second(sandbox: Sandbox, tmp_path:
         zone["primaries"] = [f"{sandbox.ip.base}.9:53", f"{sandbox.ip.primary}:53"]
     config = write_config(sandbox, tmp_path / "epages.yaml", zones=data["dns"]["zones"])
     domain = sandbox.zones.direct
-    certbot(sandbox, "certonly", "--authenticator", "epages-dns", "--epages-dns-config",
-            str(config), "--cert-name", "failover", "-d", domain)
-    live = sandbox.certbot_config_dir / "live" / "failover"
+    certbot(sandbox, "certonly", *fresh_account(tmp_path / "certbot"), "--authenticator",
+            "epages-dns", "--epages-dns-config", str(config), "--cert-name", "failover",
+            "-d", domain)
+    live = tmp_path / "certbot" / "config" / "live" / "failover"
     assert verify_chain(sandbox, live / "fullchain.pem") == [domain]
     assert txt_at(sandbox.ip.primary, f"_acme-challenge.{domain}.") == {PLACEHOLDER}
 
@@ -209,7 +218,9 @@ def test_check_reports_ready_and_broken_domains_and_leaves_no_probe(sandbox: San
     _settled_clean(sandbox, customer)
 
 
-def test_values_of_others_stay_and_no_placeholder_joins_them(sandbox: Sandbox) -> None:
+def test_values_of_others_stay_and_no_placeholder_joins_them(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
     import dns.query
     import dns.rcode
     import dns.update
@@ -231,8 +242,37 @@ def test_values_of_others_stay_and_no_placeholder_joins_them(sandbox: Sandbox) -
 
     change(add=True)
     try:
-        certbot(sandbox, "certonly", "--authenticator", "epages-dns", "--cert-name", "others",
-                "-d", domain)
+        serial = soa_serial(sandbox.ip.primary, sandbox.zones.challenge)
+        certbot(sandbox, "certonly", *fresh_account(tmp_path), "--authenticator",
+                "epages-dns", "--cert-name", "others", "-d", domain)
+        assert soa_serial(sandbox.ip.primary, sandbox.zones.challenge) != serial
         assert txt_at(sandbox.ip.primary, name) == {"another-run"}
     finally:
         change(add=False)
+
+
+def test_reused_authorizations_still_record_the_config_path_for_renew(tmp_path: Path) -> None:
+    """The CA reuses valid authorizations: certbot then never calls perform(). The path of
+    epages.yaml must reach the renewal configuration all the same, for `certbot renew` from a
+    timer, which has no CERTBOT_EPAGES_CONFIG."""
+    with fresh_sandbox(authz_reuse=100) as sandbox:
+        domain, zone = sandbox.zones.customer, sandbox.zones.challenge
+        certbot(sandbox, "certonly", "--authenticator", "epages-dns", "--cert-name", "first",
+                "-d", domain)
+        serial = soa_serial(sandbox.ip.primary, zone)
+        certbot(sandbox, "certonly", "--authenticator", "epages-dns", "--cert-name", "reused",
+                "-d", domain)
+        assert soa_serial(sandbox.ip.primary, zone) == serial, "perform() ran: nothing reused"
+        renewal = sandbox.certbot_config_dir / "renewal" / "reused.conf"
+        assert f"epages_dns_config = {sandbox.config_path}" in renewal.read_text()
+
+        # The renewal must validate for real: renew with an account pebble has no
+        # authorization for (certbot takes --account over the renewal configuration).
+        live = sandbox.certbot_config_dir / "live" / "reused"
+        before = leaf_certificate(live / "cert.pem").serial_number
+        with new_account_beside(sandbox, tmp_path) as account:
+            certbot(sandbox, "renew", "--cert-name", "reused", "--account", account,
+                    "--force-renewal", "--no-random-sleep-on-renew",
+                    unset=("CERTBOT_EPAGES_CONFIG",))
+        assert leaf_certificate(live / "cert.pem").serial_number != before
+        assert soa_serial(sandbox.ip.primary, zone) != serial, "the renewal did not validate"

@@ -8,12 +8,21 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from epages_testlib import certbot, fresh_sandbox, poll, soa_serial, txt_at, verify_chain
+from epages_testlib import (
+    certbot,
+    fresh_account,
+    fresh_sandbox,
+    poll,
+    soa_serial,
+    txt_at,
+    verify_chain,
+)
 
 from certbot_epages.sandbox.platform import Sandbox
 
@@ -38,15 +47,51 @@ def _http_config(sandbox: Sandbox, path: Path, **http01: object) -> Path:
     return path
 
 
-def _run_hook(hook: str, sandbox: Sandbox, env: dict[str, str],
-              config: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _hook_env(sandbox: Sandbox, env: dict[str, str], config: Path | None) -> dict[str, str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CERTBOT_")}
     environment.update(sandbox.env())
     if config is not None:
         environment["CERTBOT_EPAGES_CONFIG"] = str(config)
     environment.update(env)
-    return subprocess.run([hook], env=environment, capture_output=True, text=True, timeout=60,
-                          check=False)
+    return environment
+
+
+def _run_hook(hook: str, sandbox: Sandbox, env: dict[str, str],
+              config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([hook], env=_hook_env(sandbox, env, config), capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+# One process named certbot that runs the hooks it is sent, one after the other, as certbot
+# does: the hooks recognise their run by it.
+FAKE_CERTBOT = """\
+import json, subprocess, sys
+for line in sys.stdin:
+    hook, env = json.loads(line)
+    done = subprocess.run([hook], env=env, capture_output=True, text=True, timeout=60)
+    print(json.dumps([done.returncode, done.stdout, done.stderr]), flush=True)
+"""
+RunHook = Callable[[str, dict[str, str]], subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def certbot_run(sandbox: Sandbox, tmp_path: Path) -> Iterator[RunHook]:
+    """Run hooks from one certbot-like process (one certbot run)."""
+    program = tmp_path / "certbot"
+    program.write_text(FAKE_CERTBOT)
+    with subprocess.Popen([sys.executable, str(program)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+
+        def run(hook: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps([hook, _hook_env(sandbox, env, None)]) + "\n")
+            proc.stdin.flush()
+            code, out, err = json.loads(proc.stdout.readline())
+            return subprocess.CompletedProcess([hook], code, out, err)
+
+        yield run
+        proc.stdin.close()
 
 
 def _http_auth(sandbox: Sandbox, config: Path, token: str) -> subprocess.CompletedProcess[str]:
@@ -63,43 +108,52 @@ def _challenge_files(sandbox: Sandbox) -> list[str]:
                   for p in sandbox.webroot.parent.rglob("*"))
 
 
-def test_dns01_apex_and_wildcard_through_the_cname(sandbox: Sandbox) -> None:
+def test_dns01_apex_and_wildcard_through_the_cname(sandbox: Sandbox, tmp_path: Path) -> None:
     domain = sandbox.zones.customer
-    certbot(sandbox, *_hook_args("dns"), "--cert-name", "manual-dns",
+    certbot(sandbox, *_hook_args("dns"), *fresh_account(tmp_path), "--cert-name", "manual-dns",
             "-d", domain, "-d", f"*.{domain}")
-    live = sandbox.certbot_config_dir / "live" / "manual-dns"
+    live = tmp_path / "config" / "live" / "manual-dns"
     assert verify_chain(sandbox, live / "fullchain.pem") == [f"*.{domain}", domain]
     name = f"_acme-challenge.{domain}.{sandbox.zones.challenge}."
     poll("DNS clean on both servers", lambda: True if txt_at(sandbox.ip.primary, name) ==
          txt_at(sandbox.ip.secondary, name) == {PLACEHOLDER} else None)
 
 
-def test_only_the_last_dns01_call_waits_and_it_waits_for_every_value(sandbox: Sandbox) -> None:
+def test_the_last_dns01_call_publishes_every_value_in_one_update_and_waits_for_all(
+    sandbox: Sandbox, certbot_run: RunHook
+) -> None:
     domain = f"www.{sandbox.zones.customer}"
     name = f"_acme-challenge.{domain}.{sandbox.zones.challenge}."
     common = {"CERTBOT_DOMAIN": domain, "CERTBOT_ALL_DOMAINS": f"{domain},*.{domain}"}
     first = {**common, "CERTBOT_VALIDATION": "a" * 43, "CERTBOT_REMAINING_CHALLENGES": "1"}
     last = {**common, "CERTBOT_VALIDATION": "b" * 43, "CERTBOT_REMAINING_CHALLENGES": "0"}
+    serial = soa_serial(sandbox.ip.primary, sandbox.zones.challenge)
     sandbox.hold_transfers(3)
     try:
-        done = _run_hook(AUTH_HOOK, sandbox, first)
+        done = certbot_run(AUTH_HOOK, first)
         assert done.returncode == 0, done.stderr
-        # Published at once, not awaited: the held-back secondary does not have it yet.
-        assert "a" * 43 in txt_at(sandbox.ip.primary, name)
-        assert "a" * 43 not in txt_at(sandbox.ip.secondary, name)
+        # Only recorded: nothing is published before the run's last call.
+        assert "a" * 43 not in txt_at(sandbox.ip.primary, name)
+        assert json.loads(done.stdout)["state"] == "pending"
         outputs = [done.stdout.strip()]
-        done = _run_hook(AUTH_HOOK, sandbox, last)
+        done = certbot_run(AUTH_HOOK, last)
         assert done.returncode == 0, done.stderr
         outputs.append(done.stdout.strip())
-        # The last call returned only once the secondary served both values.
+        # The last call returned only once the secondary served both values...
         assert {"a" * 43, "b" * 43} <= txt_at(sandbox.ip.secondary, name)
     finally:
         sandbox.hold_transfers(0)
-    for env, output in zip((first, last), outputs, strict=True):
-        assert json.loads(output)["record"] == name
-        done = _run_hook(CLEANUP_HOOK, sandbox, {**env, "CERTBOT_AUTH_OUTPUT": output})
-        assert done.returncode == 0, done.stderr
+    # ... and sent them in one UPDATE.
+    assert soa_serial(sandbox.ip.primary, sandbox.zones.challenge) == serial + 1
+    assert json.loads(outputs[1])["record"] == name
+    # The first cleanup call deletes every value of the run, the second finds none left.
+    done = certbot_run(CLEANUP_HOOK, {**first, "CERTBOT_AUTH_OUTPUT": outputs[0]})
+    assert done.returncode == 0, done.stderr
     assert txt_at(sandbox.ip.primary, name) == {PLACEHOLDER}
+    serial = soa_serial(sandbox.ip.primary, sandbox.zones.challenge)
+    done = certbot_run(CLEANUP_HOOK, {**last, "CERTBOT_AUTH_OUTPUT": outputs[1]})
+    assert done.returncode == 0, done.stderr
+    assert soa_serial(sandbox.ip.primary, sandbox.zones.challenge) == serial
 
 
 def test_http01_through_a_challenge_host_reached_by_rsync_over_ssh(
@@ -112,10 +166,10 @@ def test_http01_through_a_challenge_host_reached_by_rsync_over_ssh(
     )
     before = _challenge_files(sandbox)
     domains = [sandbox.zones.direct, f"www.{sandbox.zones.direct}"]
-    certbot(sandbox, *_hook_args("http"), "--cert-name", "manual-http",
-            *(a for d in domains for a in ("-d", d)),
+    certbot(sandbox, *_hook_args("http"), *fresh_account(tmp_path / "certbot"),
+            "--cert-name", "manual-http", *(a for d in domains for a in ("-d", d)),
             env={"CERTBOT_EPAGES_CONFIG": str(config)})
-    live = sandbox.certbot_config_dir / "live" / "manual-http"
+    live = tmp_path / "certbot" / "config" / "live" / "manual-http"
     assert verify_chain(sandbox, live / "fullchain.pem") == sorted(domains)
     assert _challenge_files(sandbox) == before
     # The self-check and pebble fetched through both load balancers.
@@ -221,12 +275,13 @@ def test_a_failed_manual_run_leaves_no_challenge_txt(sandbox: Sandbox, tmp_path:
     config.chmod(0o600)
     sandbox.hold_transfers(4)
     try:
-        done = certbot(sandbox, *_hook_args("dns"), "--cert-name", "manual-fail",
-                       "-d", domain, "-d", f"*.{domain}", check=False,
-                       env={"CERTBOT_EPAGES_CONFIG": str(config)})
+        done = certbot(sandbox, *_hook_args("dns"), *fresh_account(tmp_path / "certbot"),
+                       "--cert-name", "manual-fail", "-d", domain, "-d", f"*.{domain}",
+                       check=False, env={"CERTBOT_EPAGES_CONFIG": str(config)})
     finally:
         sandbox.hold_transfers(0)
     assert done.returncode != 0
+    assert f"{sandbox.ip.secondary}:53" in done.stderr and "lacks" in done.stderr, done.stderr
     name = f"_acme-challenge.{domain}.{sandbox.zones.challenge}."
     assert txt_at(sandbox.ip.primary, name) == {PLACEHOLDER}
     poll("the secondary to settle clean", lambda: True if txt_at(sandbox.ip.secondary, name)
@@ -262,7 +317,7 @@ def test_bad_environment_is_refused_with_nothing_written(
                                                                    sandbox.zones.challenge)]
 
 
-def test_stateless_mode_issues_with_no_challenge_service() -> None:
+def test_stateless_mode_issues_with_no_challenge_service(tmp_path: Path) -> None:
     with fresh_sandbox() as sandbox:
         certbot(sandbox, "register")
         done = subprocess.run(
@@ -281,3 +336,16 @@ def test_stateless_mode_issues_with_no_challenge_service() -> None:
         live = sandbox.certbot_config_dir / "live" / "stateless"
         assert verify_chain(sandbox, live / "fullchain.pem") == [domain]
         assert "nginx-challenge" not in sandbox.running()
+
+        # Another account: the load balancers answer with the first one's thumbprint. The
+        # self-check fails at once (not after http01.timeout) and says how to fix it.
+        started = time.monotonic()
+        other = certbot(sandbox, *_hook_args("http"), *fresh_account(tmp_path),
+                        "--cert-name", "other-account", "-d", f"www.{domain}", check=False,
+                        env={"CERTBOT_EPAGES_CONFIG": str(config)})
+        assert other.returncode != 0
+        assert time.monotonic() - started < 20
+        thumbprint = done.stdout.split("return 200 \"$1.", 1)[1].split('"', 1)[0]
+        assert f"account thumbprint {thumbprint}, but this certbot account's" in other.stderr, \
+            other.stderr
+        assert "certbot-epages http01-snippet" in other.stderr

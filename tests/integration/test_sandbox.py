@@ -15,7 +15,7 @@ import dns.tsigkeyring
 import dns.update
 import pytest
 from cryptography import x509
-from epages_testlib import certbot, poll, sandbox_dir, txt_at
+from epages_testlib import certbot, fresh_account, poll, sandbox_dir, txt_at
 
 from certbot_epages import config
 from certbot_epages.dns.keys import load_key_file
@@ -60,11 +60,13 @@ def test_ns_records_name_both_authoritative_servers(sandbox: Sandbox) -> None:
     assert targets == ["ns1.platform.test.", "ns2.platform.test."]
 
 
-def test_pebble_validates_http01_through_the_load_balancers(sandbox: Sandbox) -> None:
+def test_pebble_validates_http01_through_the_load_balancers(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
     domain = sandbox.zones.customer
-    certbot(sandbox, "certonly", "--webroot", "-w", str(sandbox.webroot), "-d", domain,
-            "--cert-name", "sandbox-http01")
-    live = sandbox.certbot_config_dir / "live" / "sandbox-http01"
+    certbot(sandbox, "certonly", *fresh_account(tmp_path), "--webroot", "-w",
+            str(sandbox.webroot), "-d", domain, "--cert-name", "sandbox-http01")
+    live = tmp_path / "config" / "live" / "sandbox-http01"
     chain = x509.load_pem_x509_certificates((live / "fullchain.pem").read_bytes())
     root = x509.load_pem_x509_certificate(sandbox.pebble_roots().encode())
     for child, parent in zip(chain, [*chain[1:], root], strict=True):

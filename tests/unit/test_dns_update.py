@@ -13,6 +13,7 @@ import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import dns.tsig
 import dns.update
 import pytest
@@ -416,7 +417,7 @@ def test_tcp_transport_signed_answer_is_validated() -> None:
 
 def test_tcp_transport_returns_unsigned_error_answer() -> None:
     def answer(wire: bytes) -> bytes:
-        q = dns.message.from_wire(wire, keyring=False)
+        q = dns.message.from_wire(wire, keyring={KEY.dns_name: KEY.as_dnspython()})
         return unsigned_response(q, dns.rcode.REFUSED).to_wire()
 
     port, thread = scripted_peer(answer)
@@ -450,7 +451,7 @@ def test_tcp_transport_rejects_forged_signature() -> None:
                      allow_weak=False, where="test")
 
     def answer(wire: bytes) -> bytes:
-        q = dns.message.from_wire(wire, keyring=False)
+        q = dns.message.from_wire(wire, keyring={KEY.dns_name: KEY.as_dnspython()})
         response = dns.update.UpdateMessage(ZONE, id=q.id, keyring=other.as_dnspython())
         response.flags |= dns.flags.QR
         return response.to_wire()
@@ -463,6 +464,29 @@ def test_tcp_transport_rejects_forged_signature() -> None:
     thread.join(5)
 
 
+def test_configured_resolvers_are_asked_on_their_own_port() -> None:
+    """Works on dnspython 2.3 too, which has no dns.nameserver."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    name = N("_acme-challenge.shop.example.")
+
+    def serve() -> None:
+        with sock:
+            wire, peer = sock.recvfrom(512)
+            response = dns.message.make_response(dns.message.from_wire(wire))
+            response.answer.append(dns.rrset.from_text(name, 60, "IN", "CNAME", str(RECORD)))
+            sock.sendto(response.to_wire(), peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = DnsClient([ManagedZone(ZONE, (P1,), KEY, None)],
+                       resolvers=[HostPort("127.0.0.1", port)], delegation="x.{domain}.")
+    answer = client.resolver.resolve(name, "CNAME")
+    thread.join(5)
+    assert [rdata.target for rdata in answer] == [RECORD]
+
+
 # --- DnsClient: one UPDATE per zone, placeholder handling --------------------------------------
 
 
@@ -473,7 +497,8 @@ def test_client_add_and_remove_messages() -> None:
         received = signed_wire(q)
         sent.append((where, received))
         response = dns.message.make_response(q)
-        if received.section_count(dns.update.UpdateSection.PREREQ):
+        assert isinstance(received, dns.update.UpdateMessage)
+        if received.prerequisite:
             response.set_rcode(dns.rcode.YXRRSET if len(sent) == 3 else dns.rcode.NOERROR)
         return response
 
