@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from certbot_epages import runner
-from certbot_epages.domains import validate_domain
 from certbot_epages.errors import ConfigError, EpagesError
+from certbot_epages.names import validate_domain
 
 # Imported where needed, not here: the HTTP-01 code (Jinja2, HTTP, subprocess) only by HTTP-01
 # calls, the config and dnspython only by the calls that talk to DNS.
