@@ -38,6 +38,7 @@ DEFAULT_DNS_STATE = Path("/var/lib/certbot-epages/dns")
 DEFAULT_CERTBOT_DIR = Path("/etc/letsencrypt")
 
 Http01Mode = Literal["files", "stateless"]
+DeployMode = Literal["sites", "shared"]
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -123,6 +124,7 @@ class LoadBalancerConfig:
     reload: tuple[str, ...]
     probe: HostPort | None
     listen: str = ""  # the address shop servers listen on; "" for all
+    worker_group: str = "www-data"  # shared mode: the group nginx workers read keys as
 
     @property
     def is_local(self) -> bool:
@@ -142,6 +144,7 @@ class DeployConfig:
     challenge_service: HostPort | None = None  # HTTP-01 proxy target in shop configs
     account_thumbprint: str | None = None  # for http01.mode stateless
     probe_timeout: float = 120.0  # a reload of 10,000 sites takes ~40 s to take effect
+    mode: DeployMode = "sites"  # sites: a server per shop; shared: maps, see deploy/shared.py
 
 
 @dataclass(frozen=True)
@@ -740,7 +743,7 @@ _LB_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 def _parse_deploy(node: _Node) -> DeployConfig:
     f = node.mapping((
         "templates", "load_balancers", "keep_releases", "spool", "certbot_dir",
-        "challenge_service", "account_thumbprint", "probe_timeout",
+        "challenge_service", "account_thumbprint", "probe_timeout", "mode",
     ))
     templates = f.opt("templates", nullable=True)
     lbs: list[LoadBalancerConfig] = []
@@ -762,6 +765,14 @@ def _parse_deploy(node: _Node) -> DeployConfig:
                 "the base64url thumbprint that 'certbot-epages http01-snippet' prints"
             )
     probe_timeout = f.opt("probe_timeout")
+    mode_node = f.opt("mode")
+    mode: DeployMode = DeployConfig.mode
+    if mode_node is not None:
+        text = mode_node.text()
+        if text not in ("sites", "shared"):
+            mode_node.expected("'sites' (a server block per shop) or 'shared' (one server per "
+                               "template, certificates chosen by a map)")
+        mode = "shared" if text == "shared" else "sites"
     return DeployConfig(
         templates=None if templates is None else templates.local_path(),
         load_balancers=tuple(lbs),
@@ -771,6 +782,7 @@ def _parse_deploy(node: _Node) -> DeployConfig:
         challenge_service=None if challenge is None else challenge.hostport(80),
         account_thumbprint=thumbprint,
         probe_timeout=120.0 if probe_timeout is None else probe_timeout.positive_number(),
+        mode=mode,
     )
 
 
@@ -846,7 +858,8 @@ def _parse_limits(node: _Node) -> FleetLimits:
 
 def _parse_load_balancer(node: _Node) -> LoadBalancerConfig:
     f = node.mapping(
-        ("name", "ssh", "ssh_options", "root", "test", "reload", "probe", "listen")
+        ("name", "ssh", "ssh_options", "root", "test", "reload", "probe", "listen",
+         "worker_group")
     )
     name_node = f.req("name")
     name = name_node.text()
@@ -859,6 +872,12 @@ def _parse_load_balancer(node: _Node) -> LoadBalancerConfig:
     test = f.opt("test")
     reload = f.opt("reload")
     probe = f.opt("probe", nullable=True)
+    group_node = f.opt("worker_group")
+    worker_group = LoadBalancerConfig.worker_group
+    if group_node is not None:
+        worker_group = group_node.text()
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", worker_group):
+            group_node.expected("a Unix group name such as www-data")
     listen_node = f.opt("listen", nullable=True)
     listen = ""
     if listen_node is not None:
@@ -878,6 +897,7 @@ def _parse_load_balancer(node: _Node) -> LoadBalancerConfig:
         reload=("nginx", "-s", "reload") if reload is None else _argv(reload),
         probe=None if probe is None else probe.hostport(443),
         listen=listen,
+        worker_group=worker_group,
     )
 
 

@@ -13,6 +13,7 @@ its names yet, its entry is invalid, its template fails): only the inventory rem
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -65,7 +66,8 @@ class Candidate:
         """The manifest record of the site once shipped."""
         return SiteRecord(domain=self.shop.domain, names=self.shop.server_names,
                           owner=self.shop.owner, lineage=self.lineage.name,
-                          fingerprint=self.lineage.fingerprint)
+                          fingerprint=self.lineage.fingerprint, template=self.shop.template,
+                          vars=dict(self.shop.vars))
 
 
 @dataclass
@@ -230,8 +232,7 @@ def compose(
         comp.lineages[fresh.name] = fresh
         comp.certs[record.lineage] = NEW
         # The lineage ships anew for another site: this one gets the new certificate too.
-        comp.sites[site] = SiteRecord(record.domain, record.names, record.owner,
-                                      record.lineage, fresh.fingerprint)
+        comp.sites[site] = dataclasses.replace(record, fingerprint=fresh.fingerprint)
         uncovered = [n for n in record.names if not fresh.covers(n)]
         if uncovered:
             comp.notes.append(f"{site}: the new certificate of {record.lineage} no longer "

@@ -31,12 +31,19 @@ from cryptography.hazmat.primitives import hashes
 
 from certbot_epages import http01, ownership
 from certbot_epages.config import Config, DeployConfig, LoadBalancerConfig
-from certbot_epages.deploy import decide, lineages, marker, probe, push, release
+from certbot_epages.deploy import decide, lineages, marker, probe, push, release, shared
+from certbot_epages.deploy.certstore import CertificateError, CertStore
 from certbot_epages.deploy.decide import Base, Composition, Selection
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.deploy.manifest import FILENAME as MANIFEST
 from certbot_epages.deploy.manifest import Manifest, ManifestError, SiteRecord, loads
-from certbot_epages.deploy.render import RenderError, TemplateSet, lb_cert_dir, render_site
+from certbot_epages.deploy.render import (
+    RenderError,
+    TemplateSet,
+    lb_cert_dir,
+    render_shared,
+    render_site,
+)
 from certbot_epages.deploy.spool import Spool, control_dir, sha256_of
 from certbot_epages.errors import ConfigError, EpagesError
 from certbot_epages.inventory import Inventory, load_inventory
@@ -109,6 +116,7 @@ class _Lb:
     comp: Composition | None = None
     generation: str | None = None
     marker: str | None = None
+    push_versions: list[str] = field(default_factory=list)  # shared mode: new certificates
 
     @property
     def lb(self) -> LoadBalancerConfig:  # noqa: D102
@@ -129,6 +137,7 @@ class Deployer:
         self.say = say
         self.templates = TemplateSet(self.deploy.templates)
         self.spool = Spool(self.deploy.spool)
+        self.certs = CertStore(self.deploy.spool / "certs")  # shared mode
         self.acme_snippet = self._acme_snippet()
         self.rules = ownership.rules_for(settings)
 
@@ -209,6 +218,8 @@ class Deployer:
                 return report
             self._phase1(lbs, report)
             self._phase2(lbs, report)
+        if self.deploy.mode == "shared":
+            self._prune_staged()
         failed = [o for o in report.lbs if not o.went_live]
         if failed:
             raise DeployError(
@@ -289,11 +300,21 @@ class Deployer:
     def _build(self, lb: _Lb, selection: Selection, force: bool, report: Report) -> None:
         rendered: dict[str, bytes] = {}
         failures: dict[str, str] = {}
+        in_map = self.deploy.mode == "shared"
         for cand in selection.candidates:
+            if in_map and not self.templates.own_server(cand.shop.template):
+                problem = shared.value_problem(cand.shop.vars)
+                if problem is not None:
+                    failures[cand.site] = (f"{lb.name}: {cand.shop.domain}: {problem}; its "
+                                           "current config (if any) stays")
+                    report.note(failures[cand.site])
+                continue  # rendered with its template's shared server
+            cert_dir = (shared.cert_dir(lb.lb.root, cand.lineage.name, cand.lineage.fingerprint)
+                        if in_map else lb_cert_dir(lb.lb.root, cand.lineage.name))
             try:
                 rendered[cand.site] = render_site(
                     self.templates, cand.shop, lb_name=lb.name, lb_root=lb.lb.root,
-                    cert_dir=lb_cert_dir(lb.lb.root, cand.lineage.name),
+                    cert_dir=cert_dir,
                     challenge_service=str(self.deploy.challenge_service or ""),
                     acme_challenge=self.acme_snippet, listen_address=lb.lb.listen,
                 ).encode()
@@ -307,7 +328,10 @@ class Deployer:
         for line in comp.notes:
             report.note(f"{lb.name}: {line}")
         lb.comp = comp
-        files = self._files(lb, comp, rendered, comp.lineages, report)
+        if in_map:
+            files = self._shared_files(lb, comp, rendered, report)
+        else:
+            files = self._files(lb, comp, rendered, comp.lineages, report)
         problem = decide.removal_problem(lb.base, comp, force=force)
         if problem is not None:
             raise DeployError(f"{lb.name}: {problem}")
@@ -353,6 +377,109 @@ class Deployer:
         files[MANIFEST] = release.FileSpec(data=manifest.dumps())
         return files
 
+    def _shared_files(self, lb: _Lb, comp: Composition, rendered: dict[str, bytes],
+                      report: Report) -> dict[str, release.FileSpec]:
+        """The files of a shared-mode release; the certificates it needs are staged.
+
+        Shops of a template without its own server blocks become map lines and a place in
+        their template's one server; a kept site of a sites-mode release keeps its file and
+        the certificate files beside it.
+        """
+        root, live = lb.lb.root, lb.base_dir
+        files: dict[str, release.FileSpec] = {}
+        entries: list[shared.Entry] = []
+        versions: set[str] = {self.certs.default()}
+        for site, record in sorted(comp.sites.items()):
+            cand = comp.rendered.get(site)
+            template = cand.shop.template if cand else record.template
+            values = dict(cand.shop.vars) if cand else dict(record.vars or {})
+            if site in rendered:
+                files[f"sites/{site}"] = release.FileSpec(data=rendered[site])
+            elif template in self.templates.names() and not self.templates.own_server(
+                    str(template)):
+                entries.append(shared.Entry(record.domain, record.names, str(template), values,
+                                            record.lineage, record.fingerprint))
+            elif live is not None and (live / "sites" / site).is_file():
+                files[f"sites/{site}"] = release.FileSpec(source=live / "sites" / site)
+                for pem, mode in (("fullchain.pem", 0o644), ("privkey.pem", 0o600)):
+                    path = f"certs/{record.lineage}/{pem}"
+                    if (live / path).is_file():
+                        files[path] = release.FileSpec(source=live / path, mode=mode)
+                continue
+            else:
+                del comp.sites[site]
+                comp.dropped[site] = "its config is missing from the live release"
+                report.note(f"{lb.name}: {site}: {comp.dropped[site]}")
+                continue
+            versions.add(self._stage(record, comp, live, fresh=cand is not None))
+        config, refused = shared.plan(entries, root)
+        if refused:  # checked before compose: only a kept record's old value could get here
+            raise DeployError(f"{lb.name}: cannot put into the shared config: "
+                              + "; ".join(f"{d}: {why}" for d, why in refused.items()))
+        parts = [shared.render_maps(config, shared.cert_dir(root, *_split(self.certs.default()))
+                                    + "/")]
+        for template, members in sorted(config.kinds.items()):
+            try:
+                parts.append(render_shared(
+                    self.templates, template, shared.template_context(template, members),
+                    lb_name=lb.name, lb_root=root,
+                    challenge_service=str(self.deploy.challenge_service or ""),
+                    acme_challenge=self.acme_snippet, listen_address=lb.lb.listen))
+            except RenderError as e:
+                raise DeployError(f"{lb.name}: the shared server of template {template!r} "
+                                  f"cannot be rendered, so nothing goes live: {e}") from None
+        files[f"sites/{shared.SITE}"] = release.FileSpec(data="".join(parts).encode())
+        files[shared.VERSIONS] = release.FileSpec(
+            data="".join(f"{v}\n" for v in sorted(versions)).encode())
+        on_lb = _versions_of(live) if live is not None else set()
+        lb.push_versions = sorted(versions - on_lb)
+        self._add_marker(lb, files, comp.sites)
+        manifest = Manifest(sites=comp.sites, claims=comp.claims, generation=lb.generation,
+                            marker=lb.marker, mode="shared")
+        files[MANIFEST] = release.FileSpec(data=manifest.dumps())
+        return files
+
+    def _prune_staged(self) -> None:
+        """Drop staged certificates that no release kept in the spool uses."""
+        keep: set[str] = set()
+        for lb in self.deploy.load_balancers:
+            releases = self.spool.releases(lb.name)
+            if releases.is_dir():
+                for rel in releases.iterdir():
+                    keep |= _versions_of(rel)
+        with contextlib.suppress(OSError):
+            self.certs.prune(keep)
+
+    def _stage(self, record: SiteRecord, comp: Composition, live: Path | None,
+               fresh: bool) -> str:
+        """The staged version of a record's certificate (copied and checked when new)."""
+        version = shared.cert_version(record.lineage, record.fingerprint)
+        if self.certs.has(version):
+            return version
+        sources: list[tuple[Path, Path]] = []
+        lineage = comp.lineages.get(record.lineage)
+        if lineage is not None and lineage.fingerprint == record.fingerprint:
+            sources.append((lineage.fullchain, lineage.privkey))
+        if live is not None:
+            sources.append((live / "certs" / record.lineage / "fullchain.pem",
+                            live / "certs" / record.lineage / "privkey.pem"))
+        for chain, key in sources:
+            try:
+                data, key_data = chain.read_bytes(), key.read_bytes()
+            except OSError:
+                continue
+            try:
+                staged = self.certs.stage(record.lineage, data, key_data, record.names,
+                                          check_validity=fresh)
+            except CertificateError as e:
+                raise DeployError(f"the certificate of {record.lineage} for {record.domain} "
+                                  f"cannot be deployed: {e}") from None
+            if staged == version:
+                return version
+        raise DeployError(f"no copy of the certificate {version} that {record.domain} is "
+                          f"served with; run 'certbot-epages deploy --all' after checking "
+                          f"{self.deploy.certbot_dir}/live/{record.lineage}")
+
     def _add_marker(self, lb: _Lb, files: dict[str, release.FileSpec],
                     sites: dict[str, SiteRecord]) -> None:
         cert_dir = lb_cert_dir(lb.lb.root, marker.CERT_DIR)
@@ -385,7 +512,10 @@ class Deployer:
             outcome = LbOutcome(lb.name, rel.id, live=lb.live.release, changed=len(rel.changed))
             root = lb.lb.root
             try:
-                outcome.bytes_sent = lb.target.rsync(rel.path, rel.id, lb.base.release)
+                if lb.push_versions:
+                    outcome.bytes_sent += lb.target.push_certs(
+                        self.certs.root, lb.push_versions, lb.lb.worker_group)
+                outcome.bytes_sent += lb.target.rsync(rel.path, rel.id, lb.base.release)
                 test = lb.target.step(push.script_test(root, rel.id, outcome.live, lb.lb.test))
                 if test.status in (push.SWITCH_FAILED, push.RESTORE_FAILED, push.STEP_BUSY,
                                    push.NOT_OURS):
@@ -443,6 +573,8 @@ class Deployer:
                 lb.target.step(push.script_prune(lb.lb.root, self.deploy.keep_releases, protect))
                 release.prune(self.spool.releases(lb.name), self.deploy.keep_releases,
                               set(protect))
+                if self.deploy.mode == "shared" or lb.push_versions:
+                    lb.target.step(push.script_prune_certs(lb.lb.root))
             except (OSError, push.PushError) as e:
                 logger.warning("%s: live, but the bookkeeping after it failed: %s", lb.name, e)
 
@@ -489,22 +621,53 @@ def _expected(lb: _Lb) -> dict[str, str]:
     """Names to probe after going live, and the fingerprint each must serve.
 
     Every name whose site or certificate changed, and the release marker when nginx's config
-    changed (or nginx ran a stale one).
+    changed (or nginx ran a stale one). In shared mode a name's certificate comes from the
+    map, so a name is changed when its record is; riders are probed through their wildcard.
     """
     rel, comp = lb.built, lb.comp
     assert rel is not None and comp is not None
     changed = rel.changed
+    before = lb.base.manifest
+    in_map = f"sites/{shared.SITE}" in changed or f"sites/{shared.SITE}" in rel.files
+    old = before.sites if before is not None and before.mode == "shared" else {}
     out = {}
     for site, record in comp.sites.items():
-        if (f"sites/{site}" in changed
+        if in_map and f"sites/{site}" not in rel.files:
+            was = old.get(site)
+            if was is None or was.fingerprint != record.fingerprint:
+                out.update(dict.fromkeys(_probe_names(record, comp), record.fingerprint))
+        elif (f"sites/{site}" in changed
                 or f"certs/{record.lineage}/fullchain.pem" in changed
-                or f"certs/{record.lineage}/privkey.pem" in changed):
+                or f"certs/{record.lineage}/privkey.pem" in changed
+                or (in_map and before is not None and before.mode != "shared")):
             out.update(dict.fromkeys(record.names, record.fingerprint))
-    previous = lb.base.manifest.generation if lb.base.manifest is not None else None
-    if lb.marker is not None and (lb.generation != previous or lb.stale_config
+    generation = before.generation if before is not None else None
+    if lb.marker is not None and (lb.generation != generation or lb.stale_config
                                   or any(p.startswith("sites/") for p in rel.removed)):
         out[marker.NAME] = lb.marker
     return out
+
+
+def _probe_names(record: SiteRecord, comp: Composition) -> list[str]:
+    """A record's names that have a line of their own in the certificate map."""
+    wildcards = {n[2:] for r in comp.sites.values() if r.lineage == record.lineage
+                 for n in r.names if n.startswith("*.")}
+    return [n for n in record.names
+            if n.startswith("*.") or n.split(".", 1)[-1] not in wildcards]
+
+
+def _split(version: str) -> tuple[str, str]:
+    lineage, fp = version.split("/")
+    return lineage, fp
+
+
+def _versions_of(release_dir: Path) -> set[str]:
+    """The certificate versions a (shared-mode) release uses, from its list."""
+    try:
+        text = (release_dir / shared.VERSIONS).read_text()
+    except OSError:
+        return set()
+    return {line.strip() for line in text.splitlines() if line.strip()}
 
 
 def _base_of(release_id: str, local: Path) -> Base:

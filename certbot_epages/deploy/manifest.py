@@ -49,11 +49,19 @@ class SiteRecord:
     owner: str
     lineage: str
     fingerprint: str
+    # Shared mode renders every release's config anew: what a kept shop is rendered with.
+    template: str | None = None
+    vars: Mapping[str, str | int | bool] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The record as JSON data."""
-        return {"domain": self.domain, "names": list(self.names), "owner": self.owner,
-                "lineage": self.lineage, "fingerprint": self.fingerprint}
+        data: dict[str, Any] = {"domain": self.domain, "names": list(self.names),
+                                "owner": self.owner, "lineage": self.lineage,
+                                "fingerprint": self.fingerprint}
+        if self.template is not None:
+            data["template"] = self.template
+            data["vars"] = dict(self.vars or {})
+        return data
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ class Manifest:
     claims: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     generation: str | None = None
     marker: str | None = None  # fingerprint of the release marker's certificate
+    mode: str = "sites"  # deploy.mode of the release
     format: int = FORMAT
 
     def __post_init__(self) -> None:
@@ -84,6 +93,7 @@ class Manifest:
             "format": FORMAT,
             "generation": self.generation,
             "marker": self.marker,
+            "mode": self.mode,
             "sites": {name: site.as_json() for name, site in self.sites.items()},
             "claims": dict(self.claims),
         }
@@ -138,6 +148,9 @@ def _format2(raw: Mapping[str, Any]) -> Manifest:
             owner=_text(entry["owner"], f"{name}.owner"),
             lineage=_text(entry["lineage"], f"{name}.lineage"),
             fingerprint=_fingerprint(entry["fingerprint"], name),
+            template=None if entry.get("template") is None
+            else _text(entry["template"], f"{name}.template"),
+            vars=_vars(entry.get("vars"), name),
         )
     claims = {_text(k, "claims"): _text(v, f"claims.{k}")
               for k, v in _mapping(raw.get("claims", {}), "claims").items()}
@@ -148,11 +161,24 @@ def _format2(raw: Mapping[str, Any]) -> Manifest:
                                  f"{record.domain} serves it for {record.owner!r}")
     generation = raw.get("generation")
     marker = raw.get("marker")
+    mode = raw.get("mode", "sites")
+    if mode not in ("sites", "shared"):
+        raise ValueError(f"mode: unknown {mode!r}")
     return Manifest(
         sites=sites, claims=claims,
         generation=None if generation is None else _text(generation, "generation"),
         marker=None if marker is None else _fingerprint(marker, "marker"),
+        mode=mode,
     )
+
+
+def _vars(value: object, what: str) -> Mapping[str, str | int | bool] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int, bool)) for k, v in value.items()):
+        raise ValueError(f"{what}.vars: expected an object of strings, numbers and booleans")
+    return dict(value)
 
 
 def _mapping(value: object, what: str) -> Mapping[str, Any]:

@@ -38,14 +38,14 @@ def generation(sites: Iterable[tuple[str, bytes]], certificates: Iterable[str]) 
     return digest.hexdigest()
 
 
-def make(generation_id: str) -> tuple[bytes, bytes, str]:
-    """A self-signed certificate for :data:`NAME` naming ``generation_id``.
+def make(generation_id: str, *, name: str = NAME) -> tuple[bytes, bytes, str]:
+    """A self-signed certificate for ``name`` (the marker's) naming ``generation_id``.
 
     Returns (certificate PEM, key PEM, sha256 fingerprint of the certificate in hex).
     """
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, NAME),
+        x509.NameAttribute(NameOID.COMMON_NAME, name),
         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"generation {generation_id[:32]}"),
     ])
     now = datetime.now(timezone.utc)
@@ -57,7 +57,7 @@ def make(generation_id: str) -> tuple[bytes, bytes, str]:
         .serial_number(int.from_bytes(secrets.token_bytes(16), "big") >> 1)
         .not_valid_before(now - timedelta(days=1))
         .not_valid_after(now + timedelta(days=3650))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .sign(key, hashes.SHA256())
     )
     pem = cert.public_bytes(serialization.Encoding.PEM)

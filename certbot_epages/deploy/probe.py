@@ -27,9 +27,15 @@ def served_fingerprint(address: HostPort, server_name: str, timeout: float = 3.0
 
     No verification: the point is to compare with the certificate just deployed.
     """
+    server_name.encode("idna")  # raises here: ssl's own check would leak the socket (CPython)
     with socket.create_connection((address.host, address.port), timeout=timeout) as raw:
-        with _context().wrap_socket(raw, server_hostname=server_name) as tls:
+        tls = _context().wrap_socket(raw, server_hostname=server_name,
+                                     do_handshake_on_connect=False)
+        try:
+            tls.do_handshake()  # a failed handshake must not leave the TLS socket open
             der = tls.getpeercert(binary_form=True)
+        finally:
+            tls.close()
     if der is None:
         raise ssl.SSLError("no certificate presented")
     return hashlib.sha256(der).hexdigest()

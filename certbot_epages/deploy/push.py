@@ -195,6 +195,52 @@ class Target:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def push_certs(self, store: Path, versions: Sequence[str], group: str) -> int:
+        """Copy certificate versions (``<lineage>/<fp16>``) to ``<root>/certs/``; bytes sent.
+
+        Files arrive mode 0640 with group ``group``: nginx workers, not only the root
+        master, read them at handshake time. A version's content never changes (its name is
+        its fingerprint); sending it again only repairs its mode and group.
+        """
+        dest_dir = f"{self.lb.root}/certs/"
+        dest = dest_dir if self.lb.is_local else f"{_rsync_host(self.lb.ssh)}:{dest_dir}"
+        listing = "".join(f"{v}/fullchain.pem\n{v}/privkey.pem\n" for v in versions)
+        argv = ["rsync", "-rlt", "-p", "-s", "--mkpath", "--stats",
+                "--chmod=D0755,F0640", f"--chown=:{group}", "--files-from=-"]
+        if not self.lb.is_local:
+            argv += ["-e", shlex.join(self._ssh)]
+        argv += ["--", f"{store}/", dest]
+        try:
+            done = subprocess.run(argv, input=listing, capture_output=True, text=True,
+                                  errors="replace", timeout=self.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise PushError(f"copying certificates to {dest} took longer than "
+                            f"{self.timeout:g}s") from None
+        except OSError as e:
+            raise PushError(f"cannot run rsync: {e.strerror}") from None
+        if done.returncode != 0:
+            if "chgrp" in done.stderr or "chown" in done.stderr or "ownership" in done.stderr:
+                raise PushError(
+                    f"cannot give the certificates in {dest_dir} to group {group!r}: "
+                    f"{_last(done.stderr)}; the deploy user must be root or a member of "
+                    f"{group!r} (deploy.load_balancers[].worker_group, the group nginx "
+                    "workers run as)")
+            raise PushError(f"copying certificates to {dest} failed: {_last(done.stderr)}")
+        if versions:
+            key = f"{self.lb.root}/certs/{versions[0]}/privkey.pem"
+            check = self.run(
+                f"g=$(stat -c %G {shlex.quote(key)}) || exit 1\n"
+                f'[ "$g" = {shlex.quote(group)} ] || {{ echo "$g"; exit 3; }}')
+            if check.status != 0:
+                raise PushError(
+                    f"the certificates in {dest_dir} belong to group "
+                    f"{check.output.strip() or '?'}, not {group!r} (no such group there, or the "
+                    "deploy user may not give files to it): nginx workers could not read the "
+                    "keys; make the deploy user root or a member of that group, or set "
+                    "deploy.load_balancers[].worker_group to the group nginx workers run as")
+        match = re.search(r"Total bytes sent: ([\d,.]+)", done.stdout)
+        return int(re.sub(r"[,.]", "", match[1])) if match else 0
+
     def rsync(self, source: Path, release_id: str, link_dest: str | None) -> int:
         """Copy a local release to ``<root>/releases/<id>/``; returns the bytes sent."""
         dest_dir = f"{self.lb.root}/releases/{release_id}/"
@@ -412,6 +458,21 @@ def script_discard(root: str, release: str, live: str | None) -> str:
         f'if [ "$(readlink {r}/current 2>/dev/null)" = {shlex.quote(f"releases/{release}")} ]; '
         f"then {_switch(root, live)}; fi",
         f"rm -rf {shlex.quote(f'{root}/releases/{release}')}",
+    ])
+
+
+def script_prune_certs(root: str) -> str:
+    """Delete certificate versions that no release on the load balancer lists any more."""
+    r = shlex.quote(root)
+    return "\n".join([
+        f"cd {r}/certs 2>/dev/null || exit 0",
+        "used=$(mktemp) && have=$(mktemp) || exit 1",
+        f"cat {r}/releases/*/certs.list 2>/dev/null | sort -u > \"$used\"",
+        "find . -mindepth 2 -maxdepth 2 -type d | sed 's|^\\./||' "
+        "| grep -E '^[A-Za-z0-9_][A-Za-z0-9._-]*/[0-9a-f]{16}$' | sort > \"$have\"",
+        'comm -23 "$have" "$used" | while read -r v; do rm -rf -- "$v"; done',
+        'rm -f "$used" "$have"',
+        "find . -mindepth 1 -maxdepth 1 -type d -empty -delete",
     ])
 
 

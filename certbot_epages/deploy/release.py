@@ -65,6 +65,7 @@ class Built:
     changed: set[str] = field(default_factory=set)
     removed: set[str] = field(default_factory=set)
     previous: set[str] = field(default_factory=set)  # the files of the release before
+    files: set[str] = field(default_factory=set)  # the files of this release
 
 
 def files_of(tree: Path) -> set[str]:
@@ -107,9 +108,10 @@ def build(
             dest.parent.mkdir(parents=True, exist_ok=True)
             prev = previous / rel if previous is not None and rel in old else None
             spec = files.get(rel)
-            if spec is None:
+            if spec is None or (prev is not None and spec.source == prev
+                                and (prev.stat().st_mode & 0o777) == spec.mode):
                 assert prev is not None
-                os.link(prev, dest)
+                os.link(prev, dest)  # the very same file: no need to compare contents
                 continue
             data = spec.read()
             if prev is not None and _same(prev, data, spec.mode):
@@ -125,6 +127,7 @@ def build(
         raise
     built.removed = old - wanted
     built.previous = old
+    built.files = wanted
     return built
 
 

@@ -54,6 +54,7 @@ SUFFIX = ".conf.j2"
 SNIPPETS = frozenset({"acme-challenge-proxy", "acme-challenge-stateless", "challenge-service",
                       "epages-release"})
 
+_OWN_SERVER_RE = re.compile(r"\{#-?\s*epages:\s*own_server\s*-?#\}")
 _SAFE_VARS_RE = re.compile(r"\{#-?\s*epages:\s*safe_vars\s*=([^\n#]*?)-?#\}")
 
 
@@ -82,6 +83,7 @@ class TemplateSet:
         self._names: tuple[str, ...] | None = None
         self._safe: dict[str, frozenset[str]] = {}
         self._paths: dict[str, Path] = {}
+        self._own: dict[str, bool] = {}
 
     def names(self) -> tuple[str, ...]:
         """The names of the available shop templates, sorted (read once per TemplateSet)."""
@@ -143,6 +145,15 @@ class TemplateSet:
                     )
                 declared.add(var)
         return frozenset(declared)
+
+    def own_server(self, name: str) -> bool:
+        """Whether template ``name`` wants a server block per shop in shared mode.
+
+        It says so with ``{# epages: own_server #}``.
+        """
+        if name not in self._own:
+            self._own[name] = bool(_OWN_SERVER_RE.search(self.source(name)))
+        return self._own[name]
 
     def all_safe_vars(self) -> dict[str, frozenset[str]]:
         """``safe_vars`` of every shop template, by name (for ``load_inventory(safe_vars=)``)."""
@@ -208,6 +219,39 @@ def render_site(
         "challenge_service": challenge_service,
         "shop": shop.as_dict(),
     }
+    return _render(templates, path, context, what, shop.domain, challenge_service,
+                   acme_challenge)
+
+
+def render_shared(
+    templates: TemplateSet,
+    template: str,
+    context: dict[str, Any],
+    *,
+    lb_name: str,
+    lb_root: str,
+    challenge_service: str,
+    listen_address: str = "",
+    acme_challenge: str | None = None,
+) -> str:
+    """Render template ``template`` once for all its shops (``deploy.mode: shared``).
+
+    ``context`` comes from :func:`certbot_epages.deploy.shared.template_context`.
+    """
+    path = templates.path(template)
+    what = f"{path}: cannot render the shared server of template {template!r}"
+    try:
+        _check_settings(lb_name, lb_root, lb_root, challenge_service, listen_address)
+    except ValueError as e:
+        raise RenderError(f"{what}: {e}") from None
+    context = {**context, "lb": {"name": lb_name, "root": lb_root},
+               "listen_address": listen_address, "challenge_service": challenge_service}
+    return _render(templates, path, context, what, f"template {template}", challenge_service,
+                   acme_challenge)
+
+
+def _render(templates: TemplateSet, path: Path, context: dict[str, Any], what: str,
+            subject: str, challenge_service: str, acme_challenge: str | None) -> str:
     if acme_challenge is None:
         acme_challenge = templates.env.get_template("acme-challenge-proxy" + SUFFIX).render(
             challenge_service=challenge_service
@@ -222,7 +266,7 @@ def render_site(
         raise RenderError(f"{what}: included template {e.name!r} not found") from None
     except jinja2.UndefinedError as e:
         raise RenderError(
-            f"{_location(e, path)}: cannot render the site of {shop.domain!r}: "
+            f"{_location(e, path)}: cannot render the site of {subject!r}: "
             f"undefined variable: {e.message}"
         ) from None
     except jinja2.TemplateError as e:

@@ -135,9 +135,9 @@ def test_sync_with_debian_12_issues_by_both_challenges_and_deploys(
     data["fleet"]["certbot"] = _program("debian12")
     data["fleet"]["state_dir"] = str(tmp_path / "fleet")
     data["inventory"] = str(write_inventory(tmp_path / "inventory.yaml", [
-        {"domain": "*.platform.test", "template": "platform-wildcard",
+        {"domain": "*.platform.test", "shop": "platform", "template": "platform-wildcard",
          "vars": {"upstream": sandbox.backend}},
-        {"domain": "h1.custom.test", "template": "custom-domain",
+        {"domain": "h1.custom.test", "shop": "2001", "template": "custom-domain",
          "vars": {"upstream": sandbox.backend}},
     ]))
     config = tmp_path / "epages.yaml"
@@ -148,7 +148,7 @@ def test_sync_with_debian_12_issues_by_both_challenges_and_deploys(
                           env={**os.environ, **sandbox.env()}, capture_output=True, text=True,
                           timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    for lineage, name in (("wildcard.platform.test", "x.platform.test"),
+    for lineage, name in (("wildcard_.platform.test", "x.platform.test"),
                           ("h1.custom.test", "h1.custom.test")):
         pem = (sandbox.certbot_config_dir / "live" / lineage / "cert.pem").read_bytes()
         expected = x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()

@@ -16,6 +16,7 @@ import dns.rdatatype
 import dns.rrset
 import dns.tsig
 import dns.update
+import dns.version
 import pytest
 from dns.message import Message
 
@@ -428,6 +429,8 @@ def test_tcp_transport_returns_unsigned_error_answer() -> None:
     thread.join(5)
 
 
+@pytest.mark.skipif(dns.version.MAJOR == 2 and dns.version.MINOR < 7,
+                    reason="reading a TSIG error answer unvalidated needs dnspython 2.7")
 def test_tcp_transport_returns_a_tsig_error_answer_with_its_rcode() -> None:
     def answer(wire: bytes) -> bytes:
         q = dns.message.from_wire(wire, keyring=False)

@@ -1,0 +1,223 @@
+"""deploy.mode: shared on the sandbox's two nginx load balancers (through sshd and rsync)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from epages_testlib import (
+    deploy_config,
+    fresh_sandbox,
+    make_lineage,
+    poll,
+    served,
+    shop_sites,
+    write_inventory,
+)
+
+from certbot_epages.sandbox.pki import SandboxCA
+from certbot_epages.sandbox.platform import Sandbox
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+CUSTOM = ("one.test", "two.test", "three.test")
+RIDERS = ("a.platform.test", "b.platform.test", "c.platform.test")
+
+
+@pytest.fixture
+def platform() -> Iterator[Sandbox]:
+    with fresh_sandbox() as sandbox:
+        yield sandbox
+
+
+def _deploy(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "certbot-epages"), "--config", str(config), "deploy", *args],
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+class Shared:
+    """Custom domains, a platform wildcard and its riders, deployed in shared mode."""
+
+    def __init__(self, sandbox: Sandbox, mode: str = "shared") -> None:
+        self.sandbox = sandbox
+        self.base = sandbox.directory / "t"
+        self.base.mkdir()
+        self.certbot_dir = self.base / "le"
+        self.ca = SandboxCA(self.base)
+        self.fingerprints = {d: make_lineage(self.certbot_dir, d, [d, f"www.{d}"], self.ca)
+                             for d in CUSTOM}
+        self.wildcard = make_lineage(self.certbot_dir, "wildcard_.platform.test",
+                                     ["*.platform.test"], self.ca)
+        up = {"upstream": sandbox.backend}
+        self.shops: list[dict[str, Any]] = [
+            {"domain": "*.platform.test", "shop": "platform", "template": "platform-wildcard",
+             "vars": up},
+            *({"domain": d, "shop": f"id-{d}", "aliases": [f"www.{d}"],
+               "template": "custom-domain", "vars": up} for d in CUSTOM),
+            *({"domain": r, "shop": f"id-{r}", "template": "custom-domain", "vars": up}
+              for r in RIDERS),
+        ]
+        self.inventory = write_inventory(self.base / "inventory.yaml", self.shops)
+        self.config = deploy_config(sandbox, self.base / "epages.yaml", inventory=self.inventory,
+                                    certbot_dir=str(self.certbot_dir), mode=mode)
+
+    def set_deploy(self, **changes: Any) -> None:
+        data = yaml.safe_load(self.config.read_text())
+        data["deploy"].update(changes)
+        self.config.write_text(yaml.safe_dump(data))
+
+    def assert_serves(self) -> None:
+        for domain, fingerprint in self.fingerprints.items():
+            for name in (domain, f"www.{domain}"):
+                assert set(served(self.sandbox, name).values()) == {fingerprint}, name
+        for rider in RIDERS:
+            assert set(served(self.sandbox, rider).values()) == {self.wildcard}, rider
+
+
+def _https_status(address: str, name: str) -> str:
+    """The status line a load balancer answers for https://name/."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((address, 443), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=name) as tls:
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+        return tls.recv(4096).decode(errors="replace").splitlines()[0]
+
+
+def _raw_sni_fingerprint(address: str, sni: str) -> str | None:
+    """The certificate served for an SNI value sent as it is (openssl s_client sends any)."""
+    hello = subprocess.run(["openssl", "s_client", "-connect", f"{address}:443",
+                            "-servername", sni], input="", capture_output=True, timeout=30,
+                           check=False)
+    der = subprocess.run(["openssl", "x509", "-outform", "DER"], input=hello.stdout,
+                         capture_output=True, timeout=30, check=False)
+    return hashlib.sha256(der.stdout).hexdigest() if der.returncode == 0 else None
+
+
+def test_shared_mode_serves_every_name_from_maps_with_worker_readable_keys(
+    platform: Sandbox,
+) -> None:
+    fleet = Shared(platform)
+    done = _deploy(fleet.config, "--all")
+    assert done.returncode == 0, done.stderr
+    fleet.assert_serves()
+    for lb in platform.lbs:
+        root = Path(lb.root)
+        assert shop_sites(lb.root) == ["_epages-shared.conf"]  # one file, no site per shop
+        text = (root / "current" / "sites" / "_epages-shared.conf").read_text()
+        assert "map $ssl_server_name $epages_certdir" in text
+        assert "a.platform.test" not in text.split("map $host")[0]  # riders: no cert lines
+        # Certificates live outside the releases, by lineage and fingerprint, mode 0640 with
+        # the workers' group.
+        key = root / "certs" / "one.test" / fleet.fingerprints["one.test"][:16] / "privkey.pem"
+        stat = key.stat()
+        assert stat.st_mode & 0o777 == 0o640 and stat.st_gid == 65534  # nogroup
+        assert not (root / "current" / "certs" / "one.test").exists()
+        # The shops' own upstream answers through the map.
+        assert _https_status(lb.address, "one.test").split()[1] != "421"
+    # Hostile SNI values (sent raw: Python's ssl refuses them) never pick a file: they get
+    # the load balancer's default certificate.
+    default = served(platform, "nowhere.test")
+    for evil in ("../../one.test", "..", "one.test/../../certs/one.test", "one.test%2f..",
+                 "one.test/", "one.test\\"):
+        for lb in platform.lbs:
+            got = _raw_sni_fingerprint(lb.address, evil)
+            assert got in (default[lb.name], None), evil
+    # A literal "*.platform.test" is the map's own wildcard key: the wildcard's certificate.
+    assert _raw_sni_fingerprint(platform.lbs[0].address, "*.platform.test") == fleet.wildcard
+
+
+def test_a_renewal_in_shared_mode_is_a_new_version_and_a_map_line(platform: Sandbox) -> None:
+    fleet = Shared(platform)
+    assert _deploy(fleet.config, "--all").returncode == 0
+    old = fleet.fingerprints["two.test"]
+    fleet.fingerprints["two.test"] = make_lineage(
+        fleet.certbot_dir, "two.test", ["two.test", "www.two.test"], SandboxCA(fleet.base / "n"))
+    # Hold lb1's phase-1 test: `current` points at the candidate, nothing reloaded yet.
+    started, go = fleet.base / "started", fleet.base / "go"
+    data = yaml.safe_load(fleet.config.read_text())
+    lb1 = data["deploy"]["load_balancers"][0]
+    lb1["test"] = ["sh", "-c", f'touch {started}; while [ ! -e {go} ]; do sleep 0.05; done; '
+                   'exec "$@"', "test", *lb1["test"]]
+    fleet.config.write_text(yaml.safe_dump(data))
+    deploy = subprocess.Popen([str(BIN / "certbot-epages"), "--config", str(fleet.config),
+                               "deploy", "--lineage", "two.test"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        poll("lb1's test started", lambda: started.exists() or None, timeout=60)
+        # Flipping `current` for the test changes nothing that is served.
+        assert served(platform, "two.test")["lb1"] == old
+        go.write_text("go")
+        out, err = deploy.communicate(timeout=120)
+    finally:
+        if deploy.poll() is None:
+            deploy.send_signal(signal.SIGKILL)
+            deploy.communicate()
+    assert deploy.returncode == 0, out + err
+    fleet.assert_serves()
+    for lb in platform.lbs:
+        versions = Path(lb.root) / "certs" / "two.test"
+        # The old version stays while a kept release still uses it.
+        assert {p.name for p in versions.iterdir()} >= {old[:16],
+                                                        fleet.fingerprints["two.test"][:16]}
+
+
+def test_switching_modes_is_one_deploy_all_each_way(platform: Sandbox) -> None:
+    fleet = Shared(platform, mode="sites")
+    assert _deploy(fleet.config, "--all").returncode == 0
+    fleet.assert_serves()
+    fleet.set_deploy(mode="shared")
+    done = _deploy(fleet.config, "--all")
+    assert done.returncode == 0, done.stderr
+    assert "would remove" not in done.stderr
+    fleet.assert_serves()
+    fleet.set_deploy(mode="sites")
+    done = _deploy(fleet.config, "--all")
+    assert done.returncode == 0, done.stderr
+    fleet.assert_serves()
+    for lb in platform.lbs:
+        assert "one.test.conf" in shop_sites(lb.root)
+
+
+def test_a_config_change_whose_reload_does_not_take_effect_is_caught_in_shared_mode(
+    platform: Sandbox,
+) -> None:
+    fleet = Shared(platform)
+    assert _deploy(fleet.config, "--all").returncode == 0
+    data = yaml.safe_load(fleet.config.read_text())
+    data["deploy"]["load_balancers"][0]["reload"] = ["true"]
+    data["deploy"]["probe_timeout"] = 2
+    fleet.config.write_text(yaml.safe_dump(data))
+    fleet.shops[1]["vars"] = {"upstream": "127.0.0.1:9"}
+    write_inventory(fleet.inventory, fleet.shops)
+    done = _deploy(fleet.config, "--all")
+    assert done.returncode == 1
+    assert "lb1: probe of the release marker" in done.stderr
+
+
+def test_a_deploy_user_that_cannot_set_the_worker_group_gets_a_clear_error(
+    platform: Sandbox,
+) -> None:
+    fleet = Shared(platform)
+    data = yaml.safe_load(fleet.config.read_text())
+    for lb in data["deploy"]["load_balancers"]:
+        lb["worker_group"] = "nosuchgroup"
+    fleet.config.write_text(yaml.safe_dump(data))
+    done = _deploy(fleet.config, "--all")
+    assert done.returncode == 1
+    assert "worker_group" in done.stderr and "nosuchgroup" in done.stderr
+    for lb in platform.lbs:
+        assert not (Path(lb.root) / "current").exists()  # nothing went live
+    assert os.path.isdir(platform.directory)
