@@ -7,16 +7,42 @@ import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from certbot_epages.resources import jinja_env
 from certbot_epages.sandbox import primary
-from certbot_epages.sandbox.addresses import ACME_PORT, MANAGEMENT_PORT, LoadBalancer
+from certbot_epages.sandbox.addresses import (
+    ACME_PORT,
+    MANAGEMENT_PORT,
+    Addresses,
+    LoadBalancer,
+    Zones,
+)
 from certbot_epages.sandbox.pki import SandboxCA
 from certbot_epages.sandbox.processes import run
 
-if TYPE_CHECKING:
-    from certbot_epages.sandbox.platform import Sandbox
+
+class Sandbox(Protocol):
+    """What the files are made from (a :class:`~certbot_epages.sandbox.platform.Sandbox`)."""
+
+    directory: Path
+    ip: Addresses
+    zones: Zones
+    dns: primary.Kind
+    lbs: tuple[LoadBalancer, ...]
+    aaaa: bool
+    key_file: Path
+    webroot: Path
+    ssh_key: Path
+    known_hosts: Path
+    backend: str
+    inventory_path: Path
+    config_path: Path
+    certbot_ini: Path
+    certbot_config_dir: Path
+
+    @property
+    def acme_url(self) -> str: ...  # noqa: D102
 
 KEY_NAME = "acme-update"
 

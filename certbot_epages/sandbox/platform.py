@@ -175,6 +175,26 @@ class Sandbox:
         state = State.load(self.directory)
         processes.stop([p for p in state.processes if p.name == name])
 
+    def usage(self) -> str:
+        """How to use a running sandbox by hand, and how to stop it."""
+        ip, d = self.ip, self.directory
+        return "\n".join([
+            f"sandbox running in {d}",
+            f"  primary        {ip.primary}:53   {primary.NAMES[self.dns]} "
+            f"(zones {', '.join(vars(self.zones).values())})",
+            f"  BIND secondary {ip.secondary}:53   ({self.zones.challenge}, by zone transfer)",
+            f"  resolver       {ip.resolver}:53   (pebble validates through it)",
+            f"  pebble         {self.acme_url}",
+            f"  lb1, lb2       {ip.lb1}, {ip.lb2} (:80, :443; ssh :22)",
+            f"  challenge      {ip.challenge}:80 serving {self.webroot}",
+            "use it:",
+            f"  eval \"$(certbot-epages sandbox env --dir {d})\"",
+            f"  certbot -c {self.certbot_ini} certonly --webroot -w {self.webroot} "
+            f"-d {self.zones.customer}",
+            "stop it:",
+            f"  certbot-epages sandbox down --dir {d}",
+        ])
+
     def pebble_roots(self) -> str:
         """PEM of pebble's current issuing root (it changes at every pebble start)."""
         return readiness.https_get(f"{self.management_url}/roots/0", self.ca_bundle).decode()
