@@ -216,15 +216,10 @@ class DnsClient:
 
     # --- changes ---------------------------------------------------------------------------
 
-    def _send(
-        self,
-        zone: ManagedZone,
-        changes: Sequence[update.Change],
-        primaries: Sequence[HostPort] | None = None,
-    ) -> HostPort:
+    def _send(self, zone: ManagedZone, changes: Sequence[update.Change]) -> HostPort:
         message = update.build_update(zone.name, changes, self._ttl, zone.key)
         server = update.send_update(
-            message, zone.name, primaries or zone.primaries, zone.key,
+            message, zone.name, zone.primaries, zone.key,
             timeout=self._timeout, transport=self._transport, identify=self.kind,
         )
         logger.info(

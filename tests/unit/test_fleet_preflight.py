@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,11 +18,18 @@ from certbot_epages.fleet.preflight import (
     DnsResolver,
     Resolver,
     Verdict,
-    caa_verdict,
+    caa_outcome,
     check,
 )
 
 pytestmark = pytest.mark.unit
+
+
+def caa_verdict(name: str, lookup: Callable[[str], list[CaaRecord] | None],
+                identities: list[str]) -> tuple[bool, str | None]:
+    """The production CAA decision (the one check() uses), as (allowed, reason and fix)."""
+    outcome = caa_outcome(name, lookup, identities)
+    return (True, None) if outcome.allowed else (False, f"{outcome.reason}; fix: {outcome.fix}")
 
 LB = ["192.0.2.10", "2001:db8::10"]
 PLATFORM = ["platform.example"]
