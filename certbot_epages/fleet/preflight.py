@@ -332,15 +332,7 @@ class DnsResolver:
         self._caa: dict[str, list[CaaRecord] | None] = {}
 
     def _resolve(self, name: str, rdtype: dns.rdatatype.RdataType) -> dns.resolver.Answer | None:
-        try:
-            qname = dns.name.from_text(name.rstrip(".") + ".")
-            return self._client.resolver.resolve(qname, rdtype, search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return None
-        except dns.exception.DNSException as e:
-            raise DNSError(
-                f"DNS lookup of {name} {dns.rdatatype.to_text(rdtype)} failed: {e}"
-            ) from None
+        return self._client.lookup(name, rdtype)
 
     def addresses(self, name: str) -> list[str]:
         """The A and AAAA addresses of ``name`` after CNAMEs; [] for NXDOMAIN or no data."""

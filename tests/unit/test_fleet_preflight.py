@@ -12,6 +12,7 @@ import dns.resolver
 import dns.rrset
 import pytest
 
+from certbot_epages.dns.client import DnsClient
 from certbot_epages.errors import DelegationError, DNSError
 from certbot_epages.fleet.preflight import (
     CaaRecord,
@@ -365,6 +366,8 @@ class FakeDnsResolver:
 
 
 class FakeClient:
+    lookup = DnsClient.lookup  # the real wrapper, over the fake resolver
+
     def __init__(self, resolver: FakeDnsResolver, delegation: dict[str, Exception | None]):
         self.resolver = resolver
         self.delegation = delegation
