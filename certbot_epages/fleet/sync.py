@@ -293,7 +293,9 @@ class Sync:
         return load_inventory(self.settings.need_inventory("syncs"), templates=templates.names(),
                               safe_vars=templates.all_safe_vars(),
                               timeout=self.settings.inventory_timeout,
-                              max_bytes=self.settings.inventory_max_bytes)
+                              max_bytes=self.settings.inventory_max_bytes,
+                              cache=(self.settings.deploy.spool if self.settings.deploy
+                                     else self.fleet.state_dir))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
