@@ -51,8 +51,9 @@ def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, repor
 
     ``riders`` holds, for platform shops whose own name fails the preflight, (reason, fix);
     ``conflicts`` the entries refused because their names belong to someone else. ``only``
-    (sync --domain) limits the entries written to those of these entry domains; ``started``
-    is when the run started (default ``now``), recorded in each entry it writes.
+    (sync --domain) limits the entries written to those of these entry domains and leaves the
+    Prometheus file to full syncs; ``started`` is when the run started (default ``now``),
+    recorded in each entry it writes.
     """
     target = settings.fleet.state_dir / STATUS_FILE
     with FleetLocks(settings.fleet.state_dir).status():
@@ -80,7 +81,8 @@ def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, repor
                         "deploy_error": document.get("deploy_error"), **document,
                         "domains": domains}
         _atomic_write(target, json.dumps(document, indent=1, sort_keys=True) + "\n")
-    if settings.fleet.prometheus is not None:
+    if settings.fleet.prometheus is not None and only is None:
+        # Full syncs only: collect() reads every lineage, seconds with 100,000 of them.
         write_prometheus(settings.fleet.prometheus, collect(settings, now=now))
     return target
 

@@ -78,7 +78,9 @@ class SyncReport:
     outcomes: list[Outcome] = field(default_factory=list)
     deploy: Report | None = None
     deploy_error: str | None = None
-    refused: list[str] = field(default_factory=list)  # sync --domain: named entries refused
+    # sync --domain: named shops that cannot be served now, and why (refused or invalid
+    # entries, platform shops whose name does not point at the load balancers)
+    unserved: list[str] = field(default_factory=list)
 
     def count(self, state: str) -> int:
         """How many certificates ended in ``state``."""
@@ -86,7 +88,7 @@ class SyncReport:
 
     def all_served(self) -> bool:
         """Whether every certificate of the run is in place and deployed (sync --domain)."""
-        return not (self.deploy_error or self.refused or any(
+        return not (self.deploy_error or self.unserved or any(
             o.state in ("failed", "blocked", "waiting", "busy") for o in self.outcomes))
 
 
@@ -186,14 +188,14 @@ class Sync:
             if selection is None or problem in selection.invalid:
                 self.say(f"inventory: {problem}")
                 if selection is not None:
-                    report.refused.append(str(problem))
+                    report.unserved.append(str(problem))
         resolution = self._resolve(inventory)
         conflicts = [c for c in resolution.conflicts
                      if selection is None or c.shop.domain in selection.shops]
         for conflict in conflicts:
             self.say(f"refused: {conflict}; fix: {conflict.fix}")
             if selection is not None:
-                report.refused.append(f"{conflict}; fix: {conflict.fix}")
+                report.unserved.append(f"refused: {conflict}; fix: {conflict.fix}")
         now = self.clock()
         self.known = self._lineages(resolution, selection)
         the_plan = planning.make_plan(resolution.inventory.shops, self.known,
@@ -216,8 +218,12 @@ class Sync:
             self._deploy_lineages(report, inventory, the_plan)
         known = (self._lineages(resolution, selection) if selection is not None
                  else {lin.name: lin for lin in lineages.scan(self.certbot_dir)})
+        riders = self._check_riders(the_plan)
+        if selection is not None:
+            report.unserved.extend(f"{domain}: {reason}; fix: {fix}"
+                                   for domain, (reason, fix) in sorted(riders.items()))
         status.write(self.settings, resolution.inventory, the_plan, report, known,
-                     self.clock(), self._check_riders(the_plan), conflicts,
+                     self.clock(), riders, conflicts,
                      only=None if selection is None else selection.domains, started=started)
         self.say(self._summary(report))
         return report
@@ -558,6 +564,7 @@ class Sync:
             if o.state in ("blocked", "waiting", "failed", "busy"):
                 lines.append(f"  {o.state} {o.step.unit.lineage}: {o.reason}"
                              + (f"; fix: {o.fix}" if o.fix else ""))
+        lines.extend(f"  not served: {line}" for line in report.unserved)
         if report.deploy is not None:
             lines.append(report.deploy.summary())
         if report.deploy_error:

@@ -25,7 +25,7 @@ from certbot_epages.fleet import limits, status
 from certbot_epages.fleet import plan as planning
 from certbot_epages.fleet.limits import Ledger, LedgerError, Limits
 from certbot_epages.fleet.locks import FleetLocks, LockTimeout, held
-from certbot_epages.fleet.sync import Outcome, Sync, SyncError, restrict, select
+from certbot_epages.fleet.sync import Outcome, Sync, SyncError, SyncReport, restrict, select
 from certbot_epages.inventory import parse_inventory
 
 pytestmark = pytest.mark.unit
@@ -199,6 +199,17 @@ def test_the_plan_is_cut_to_the_certificates_of_the_chosen_shops() -> None:
     assert rider.riders == {"a.platform.example": "wildcard_.platform.example"}
     own = restrict(full, frozenset({"shop.example"}))
     assert [s.unit.lineage for s in own.steps] == ["shop.example"] and not own.riders
+
+
+@pytest.mark.parametrize("state", ["failed", "blocked", "waiting", "busy"])
+def test_a_domain_sync_succeeds_only_when_every_named_shop_is_served(state: str) -> None:
+    served = SyncReport([issue_step("a.example"), issue_step("b.example")])
+    served.outcomes[0].state, served.outcomes[1].state = "done", "kept"
+    assert served.all_served()
+    served.outcomes[1].state = state
+    assert not served.all_served()
+    assert not SyncReport(unserved=["refused: b.example (shop 2): ..."]).all_served()
+    assert not SyncReport(deploy_error="lb1: unreachable").all_served()
 
 
 # -- status.json merges ----------------------------------------------------------------------
