@@ -197,7 +197,7 @@ class Sync:
             if selection is not None:
                 report.unserved.append(f"refused: {conflict}; fix: {conflict.fix}")
         now = self.clock()
-        self.known = self._lineages(resolution, selection)
+        self.known = self._lineages(selection)
         the_plan = planning.make_plan(resolution.inventory.shops, self.known,
                                       self.fleet.platform_domains,
                                       datetime.fromtimestamp(now, timezone.utc),
@@ -216,7 +216,7 @@ class Sync:
             self._deploy(report)
         else:
             self._deploy_lineages(report, inventory, the_plan)
-        known = (self._lineages(resolution, selection) if selection is not None
+        known = (self._lineages(selection) if selection is not None
                  else {lin.name: lin for lin in lineages.scan(self.certbot_dir)})
         riders = self._check_riders(the_plan)
         if selection is not None:
@@ -228,8 +228,7 @@ class Sync:
         self.say(self._summary(report))
         return report
 
-    def _lineages(self, resolution: ownership.Resolution,
-                  selection: Selection | None) -> dict[str, Lineage]:
+    def _lineages(self, selection: Selection | None) -> dict[str, Lineage]:
         """certbot's lineages: all of them, or (sync --domain) those the named shops may use."""
         if selection is None:
             return {lin.name: lin for lin in lineages.scan(self.certbot_dir)}
