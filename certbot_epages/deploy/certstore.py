@@ -107,9 +107,11 @@ class CertStore:
 
     def default(self) -> str:
         """The certificate unknown names get (made once, self-signed, for a name no shop has)."""
-        found = sorted((self.root / shared.DEFAULT_LINEAGE).glob("*/fullchain.pem"))
+        found = sorted(v for v in (f"{shared.DEFAULT_LINEAGE}/{p.parent.name}" for p in
+                                   (self.root / shared.DEFAULT_LINEAGE).glob("*/fullchain.pem"))
+                       if _VERSION.fullmatch(v) and self.has(v))
         if found:
-            return f"{shared.DEFAULT_LINEAGE}/{found[-1].parent.name}"
+            return found[-1]
         from certbot_epages.deploy import marker
 
         pem, key, _ = marker.make("default", name="epages-default.invalid")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import socket
@@ -26,28 +25,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-
 from certbot_epages import http01, ownership
 from certbot_epages.config import Config, DeployConfig, LoadBalancerConfig
-from certbot_epages.deploy import decide, lineages, marker, probe, push, release, shared
-from certbot_epages.deploy.certstore import CertificateError, CertStore
+from certbot_epages.deploy import builder, decide, lineages, marker, probe, push, release, shared
+from certbot_epages.deploy.certstore import CertStore
 from certbot_epages.deploy.decide import Base, Composition, Selection
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.deploy.manifest import FILENAME as MANIFEST
-from certbot_epages.deploy.manifest import Manifest, ManifestError, SiteRecord, loads
+from certbot_epages.deploy.manifest import SiteRecord
 from certbot_epages.deploy.render import (
-    RenderError,
     TemplateSet,
-    lb_cert_dir,
-    render_shared,
-    render_site,
 )
 from certbot_epages.deploy.spool import Spool, control_dir, sha256_of
 from certbot_epages.errors import ConfigError, EpagesError
 from certbot_epages.inventory import Inventory, load_inventory
-from certbot_epages.names import legacy_owner
 from certbot_epages.resources import jinja_env
 
 logger = logging.getLogger(__name__)
@@ -116,7 +107,8 @@ class _Lb:
     comp: Composition | None = None
     generation: str | None = None
     marker: str | None = None
-    push_versions: list[str] = field(default_factory=list)  # shared mode: new certificates
+    push_versions: list[str] = field(default_factory=list)  # certificate versions to send
+    on_lb: frozenset[str] = frozenset()  # certificate versions it holds (workers' group)
 
     @property
     def lb(self) -> LoadBalancerConfig:  # noqa: D102
@@ -239,6 +231,9 @@ class Deployer:
                 lb.live = push.read_live(lb.target)
                 self._mirror(lb, report)
                 self._check_running_generation(lb, report)
+                if self.deploy.mode == "shared" or lb.base.known.mode == "shared":
+                    lb.on_lb = push.list_versions(
+                        lb.target, lb.lb.worker_group if self.deploy.mode == "shared" else None)
             except (push.PushError, OSError) as e:
                 return f"{lb.name}: {e}"
             return None
@@ -275,7 +270,7 @@ class Deployer:
             lb.target.pull(live.release, local, cached)
         self.spool.set_live(name, live.release)
         lb.base_dir = local
-        lb.base = _base_of(live.release, local)
+        lb.base = builder.base_of(live.release, local)
         if lb.base.problem is not None:
             report.note(f"{name}: {lb.base.problem}")
 
@@ -298,29 +293,13 @@ class Deployer:
                         f"{lb.live.release} (an interrupted deploy?); this run reloads it")
 
     def _build(self, lb: _Lb, selection: Selection, force: bool, report: Report) -> None:
-        rendered: dict[str, bytes] = {}
-        failures: dict[str, str] = {}
-        in_map = self.deploy.mode == "shared"
-        for cand in selection.candidates:
-            if in_map and not self.templates.own_server(cand.shop.template):
-                problem = shared.value_problem(cand.shop.vars)
-                if problem is not None:
-                    failures[cand.site] = (f"{lb.name}: {cand.shop.domain}: {problem}; its "
-                                           "current config (if any) stays")
-                    report.note(failures[cand.site])
-                continue  # rendered with its template's shared server
-            cert_dir = (shared.cert_dir(lb.lb.root, cand.lineage.name, cand.lineage.fingerprint)
-                        if in_map else lb_cert_dir(lb.lb.root, cand.lineage.name))
-            try:
-                rendered[cand.site] = render_site(
-                    self.templates, cand.shop, lb_name=lb.name, lb_root=lb.lb.root,
-                    cert_dir=cert_dir,
-                    challenge_service=str(self.deploy.challenge_service or ""),
-                    acme_challenge=self.acme_snippet, listen_address=lb.lb.listen,
-                ).encode()
-            except RenderError as e:
-                failures[cand.site] = f"{lb.name}: {e}; its current config (if any) stays"
-                report.note(failures[cand.site])
+        target = builder.Target(lb.name, lb.lb.root, lb.lb.listen, lb.base, lb.base_dir,
+                                lb.on_lb)
+        settings = builder.Settings(
+            self.templates, self.certs, self.deploy.mode,
+            str(self.deploy.challenge_service or ""), self.acme_snippet, selection.known)
+        build = builder.Builder(settings, target, report.note)
+        rendered, failures = build.render(selection)
         try:
             comp = decide.compose(lb.base, selection, failures=failures)
         except decide.DecisionError as e:
@@ -328,116 +307,17 @@ class Deployer:
         for line in comp.notes:
             report.note(f"{lb.name}: {line}")
         lb.comp = comp
-        if in_map:
-            files = self._shared_files(lb, comp, rendered, report)
-        else:
-            files = self._files(lb, comp, rendered, comp.lineages, report)
+        try:
+            out = build.build(comp, rendered)
+        except builder.BuildError as e:
+            raise DeployError(str(e)) from None
+        lb.generation, lb.marker, lb.push_versions = out.generation, out.marker, out.push
         problem = decide.removal_problem(lb.base, comp, force=force)
         if problem is not None:
             raise DeployError(f"{lb.name}: {problem}")
         releases = self.spool.releases(lb.name)
         releases.mkdir(parents=True, exist_ok=True)
-        lb.built = release.build(releases, lb.base_dir, files, keep_previous_files=False)
-
-    def _files(self, lb: _Lb, comp: Composition, rendered: dict[str, bytes],
-               new: dict[str, Lineage], report: Report) -> dict[str, release.FileSpec]:
-        """Every file of the next release: sites, certificates, the marker, the manifest."""
-        live = lb.base_dir
-        files: dict[str, release.FileSpec] = {}
-        for site in sorted(comp.sites):
-            if site in rendered:
-                files[f"sites/{site}"] = release.FileSpec(data=rendered[site])
-            elif live is not None and (live / "sites" / site).is_file():
-                files[f"sites/{site}"] = release.FileSpec(source=live / "sites" / site)
-            else:
-                # Its manifest lists it, its release lacks it: it cannot be kept (and the
-                # removal guard counts it).
-                del comp.sites[site]
-                comp.dropped[site] = "its file is missing from the live release"
-                report.note(f"{lb.name}: {site}: {comp.dropped[site]}")
-        sites = comp.sites
-        certs = dict(comp.certs)
-        if live is not None and lb.base.manifest is None:
-            # The live manifest was unreadable: keep every certificate it had, whoever used it.
-            for held in (live / "certs").glob("*"):
-                if held.name != marker.CERT_DIR:
-                    certs.setdefault(held.name, decide.LIVE)
-        for lineage, source in certs.items():
-            for pem, mode in (("fullchain.pem", 0o644), ("privkey.pem", 0o600)):
-                path = f"certs/{lineage}/{pem}"
-                if source == decide.NEW:
-                    origin = new[lineage].fullchain if pem == "fullchain.pem" else \
-                        new[lineage].privkey
-                    files[path] = release.FileSpec(source=origin, mode=mode)
-                elif live is not None and (live / path).is_file():
-                    files[path] = release.FileSpec(source=live / path, mode=mode)
-        self._add_marker(lb, files, sites)
-        manifest = Manifest(sites=sites, claims=comp.claims, generation=lb.generation,
-                            marker=lb.marker)
-        files[MANIFEST] = release.FileSpec(data=manifest.dumps())
-        return files
-
-    def _shared_files(self, lb: _Lb, comp: Composition, rendered: dict[str, bytes],
-                      report: Report) -> dict[str, release.FileSpec]:
-        """The files of a shared-mode release; the certificates it needs are staged.
-
-        Shops of a template without its own server blocks become map lines and a place in
-        their template's one server; a kept site of a sites-mode release keeps its file and
-        the certificate files beside it.
-        """
-        root, live = lb.lb.root, lb.base_dir
-        files: dict[str, release.FileSpec] = {}
-        entries: list[shared.Entry] = []
-        versions: set[str] = {self.certs.default()}
-        for site, record in sorted(comp.sites.items()):
-            cand = comp.rendered.get(site)
-            template = cand.shop.template if cand else record.template
-            values = dict(cand.shop.vars) if cand else dict(record.vars or {})
-            if site in rendered:
-                files[f"sites/{site}"] = release.FileSpec(data=rendered[site])
-            elif template in self.templates.names() and not self.templates.own_server(
-                    str(template)):
-                entries.append(shared.Entry(record.domain, record.names, str(template), values,
-                                            record.lineage, record.fingerprint))
-            elif live is not None and (live / "sites" / site).is_file():
-                files[f"sites/{site}"] = release.FileSpec(source=live / "sites" / site)
-                for pem, mode in (("fullchain.pem", 0o644), ("privkey.pem", 0o600)):
-                    path = f"certs/{record.lineage}/{pem}"
-                    if (live / path).is_file():
-                        files[path] = release.FileSpec(source=live / path, mode=mode)
-                continue
-            else:
-                del comp.sites[site]
-                comp.dropped[site] = "its config is missing from the live release"
-                report.note(f"{lb.name}: {site}: {comp.dropped[site]}")
-                continue
-            versions.add(self._stage(record, comp, live, fresh=cand is not None))
-        config, refused = shared.plan(entries, root)
-        if refused:  # checked before compose: only a kept record's old value could get here
-            raise DeployError(f"{lb.name}: cannot put into the shared config: "
-                              + "; ".join(f"{d}: {why}" for d, why in refused.items()))
-        parts = [shared.render_maps(config, shared.cert_dir(root, *_split(self.certs.default()))
-                                    + "/")]
-        for template, members in sorted(config.kinds.items()):
-            try:
-                parts.append(render_shared(
-                    self.templates, template, shared.template_context(template, members),
-                    lb_name=lb.name, lb_root=root,
-                    challenge_service=str(self.deploy.challenge_service or ""),
-                    acme_challenge=self.acme_snippet, listen_address=lb.lb.listen))
-            except RenderError as e:
-                raise DeployError(f"{lb.name}: the shared server of template {template!r} "
-                                  f"cannot be rendered, so nothing goes live: {e}") from None
-        files[f"sites/{shared.SITE}"] = release.FileSpec(data="".join(parts).encode())
-        files[shared.VERSIONS] = release.FileSpec(
-            data="".join(f"{v}\n" for v in sorted(versions)).encode())
-        on_lb = _versions_of(live) if live is not None else set()
-        lb.push_versions = sorted(versions - on_lb)
-        self._add_marker(lb, files, comp.sites)
-        manifest = Manifest(sites=comp.sites, claims=comp.claims, generation=lb.generation,
-                            marker=lb.marker, mode="shared")
-        files[MANIFEST] = release.FileSpec(data=manifest.dumps())
-        return files
+        lb.built = release.build(releases, lb.base_dir, out.files, keep_previous_files=False)
 
     def _prune_staged(self) -> None:
         """Drop staged certificates that no release kept in the spool uses."""
@@ -446,64 +326,9 @@ class Deployer:
             releases = self.spool.releases(lb.name)
             if releases.is_dir():
                 for rel in releases.iterdir():
-                    keep |= _versions_of(rel)
+                    keep |= builder.versions_of(rel)
         with contextlib.suppress(OSError):
             self.certs.prune(keep)
-
-    def _stage(self, record: SiteRecord, comp: Composition, live: Path | None,
-               fresh: bool) -> str:
-        """The staged version of a record's certificate (copied and checked when new)."""
-        version = shared.cert_version(record.lineage, record.fingerprint)
-        if self.certs.has(version):
-            return version
-        sources: list[tuple[Path, Path]] = []
-        lineage = comp.lineages.get(record.lineage)
-        if lineage is not None and lineage.fingerprint == record.fingerprint:
-            sources.append((lineage.fullchain, lineage.privkey))
-        if live is not None:
-            sources.append((live / "certs" / record.lineage / "fullchain.pem",
-                            live / "certs" / record.lineage / "privkey.pem"))
-        for chain, key in sources:
-            try:
-                data, key_data = chain.read_bytes(), key.read_bytes()
-            except OSError:
-                continue
-            try:
-                staged = self.certs.stage(record.lineage, data, key_data, record.names,
-                                          check_validity=fresh)
-            except CertificateError as e:
-                raise DeployError(f"the certificate of {record.lineage} for {record.domain} "
-                                  f"cannot be deployed: {e}") from None
-            if staged == version:
-                return version
-        raise DeployError(f"no copy of the certificate {version} that {record.domain} is "
-                          f"served with; run 'certbot-epages deploy --all' after checking "
-                          f"{self.deploy.certbot_dir}/live/{record.lineage}")
-
-    def _add_marker(self, lb: _Lb, files: dict[str, release.FileSpec],
-                    sites: dict[str, SiteRecord]) -> None:
-        cert_dir = lb_cert_dir(lb.lb.root, marker.CERT_DIR)
-        files[f"sites/{marker.SITE}"] = release.FileSpec(data=jinja_env().get_template(
-            "nginx/epages-release.conf.j2").render(
-                generation="", marker_name=marker.NAME, listen_address=lb.lb.listen,
-                ssl_certificate=f"{cert_dir}/fullchain.pem",
-                ssl_certificate_key=f"{cert_dir}/privkey.pem").encode())
-        lb.generation = marker.generation(
-            ((path, spec.read()) for path, spec in files.items() if path.startswith("sites/")),
-            (record.fingerprint for record in sites.values()))
-        previous = lb.base.manifest
-        live = lb.base_dir
-        cert = f"certs/{marker.CERT_DIR}/fullchain.pem"
-        key = f"certs/{marker.CERT_DIR}/privkey.pem"
-        if (previous is not None and previous.generation == lb.generation and previous.marker
-                and live is not None and (live / cert).is_file() and (live / key).is_file()):
-            files[cert] = release.FileSpec(source=live / cert)
-            files[key] = release.FileSpec(source=live / key, mode=0o600)
-            lb.marker = previous.marker
-            return
-        pem, key_pem, lb.marker = marker.make(lb.generation)
-        files[cert] = release.FileSpec(data=pem)
-        files[key] = release.FileSpec(data=key_pem, mode=0o600)
 
     def _phase1(self, lbs: list[_Lb], report: Report) -> None:
         def stage(lb: _Lb) -> LbOutcome:
@@ -573,7 +398,7 @@ class Deployer:
                 lb.target.step(push.script_prune(lb.lb.root, self.deploy.keep_releases, protect))
                 release.prune(self.spool.releases(lb.name), self.deploy.keep_releases,
                               set(protect))
-                if self.deploy.mode == "shared" or lb.push_versions:
+                if lb.on_lb or lb.push_versions:
                     lb.target.step(push.script_prune_certs(lb.lb.root))
             except (OSError, push.PushError) as e:
                 logger.warning("%s: live, but the bookkeeping after it failed: %s", lb.name, e)
@@ -654,65 +479,6 @@ def _probe_names(record: SiteRecord, comp: Composition) -> list[str]:
                  for n in r.names if n.startswith("*.")}
     return [n for n in record.names
             if n.startswith("*.") or n.split(".", 1)[-1] not in wildcards]
-
-
-def _split(version: str) -> tuple[str, str]:
-    lineage, fp = version.split("/")
-    return lineage, fp
-
-
-def _versions_of(release_dir: Path) -> set[str]:
-    """The certificate versions a (shared-mode) release uses, from its list."""
-    try:
-        text = (release_dir / shared.VERSIONS).read_text()
-    except OSError:
-        return set()
-    return {line.strip() for line in text.splitlines() if line.strip()}
-
-
-def _base_of(release_id: str, local: Path) -> Base:
-    """What the live release (mirrored at ``local``) holds, read off its manifest."""
-    try:
-        data = (local / MANIFEST).read_bytes()
-    except OSError:
-        problem = f"the live release {release_id} has no readable {MANIFEST}"
-        return Base(release_id, None, problem, _recover(local))
-    try:
-        return Base(release_id, loads(data, f"release {release_id}'s {MANIFEST}"))
-    except ManifestError as e:
-        return Base(release_id, None, f"{e}; rebuilt what it can from the release's files",
-                    _recover(local))
-
-
-_SERVER_NAME = re.compile(rb"^\s*server_name\s+([^;]+);", re.MULTILINE)
-_CERT_PATH = re.compile(rb"/certs/([A-Za-z0-9][A-Za-z0-9._-]*)/fullchain\.pem")
-
-
-def _recover(local: Path) -> Manifest:
-    """A manifest read off a release's site files, for a release whose manifest is lost."""
-    sites: dict[str, SiteRecord] = {}
-    for path in sorted((local / "sites").glob("*.conf")):
-        if path.name == marker.SITE:
-            continue
-        try:
-            text = path.read_bytes()
-        except OSError:
-            continue
-        domain = path.name[: -len(".conf")].replace("_wildcard_", "*")
-        names_match = _SERVER_NAME.search(text)
-        names = tuple(names_match[1].decode(errors="replace").split()) if names_match else ()
-        cert = _CERT_PATH.search(text)
-        lineage = cert[1].decode() if cert else ""
-        fingerprint = "0" * 64
-        if lineage:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                # The chain's first certificate (the plural loader needs cryptography 39).
-                leaf = x509.load_pem_x509_certificate(
-                    (local / "certs" / lineage / "fullchain.pem").read_bytes())
-                fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
-        sites[path.name] = SiteRecord(domain, names or (domain,), legacy_owner(domain),
-                                      lineage or "-", fingerprint)
-    return Manifest(sites=sites, claims={n: r.owner for r in sites.values() for n in r.names})
 
 
 __all__ = ["DeployError", "Deployer", "LbOutcome", "Report"]

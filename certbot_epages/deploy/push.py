@@ -417,6 +417,55 @@ def read_manifest(target: Target) -> tuple[str | None, bytes | None]:
     return release_id, body.encode() if body.strip() else None
 
 
+_VERSION_LINE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*/[0-9a-f]{16}")
+NO_GROUP, NOT_IN_GROUP = 4, 5
+
+
+def script_list_versions(root: str, group: str | None) -> str:
+    """Print the certificate versions below ``<root>/certs`` (``<lineage>/<fp16>``).
+
+    With ``group``: first check that the group exists and that the deploy user may give files
+    to it (root, or a member), then list only versions whose key belongs to it.
+    """
+    r = shlex.quote(root)
+    lines = []
+    select = ""
+    if group is not None:
+        g = shlex.quote(group)
+        lines += [
+            f"getent group {g} >/dev/null || exit {NO_GROUP}",
+            f'[ "$(id -u)" = 0 ] || id -nG | tr " " "\\n" | grep -qxF -- {g} '
+            f"|| {{ id -un; exit {NOT_IN_GROUP}; }}",
+        ]
+        select = f"-group {g} "
+    lines += [
+        f"cd {r}/certs 2>/dev/null || exit 0",
+        f"find . -mindepth 3 -maxdepth 3 -name privkey.pem {select}-printf '%h\\n'",
+    ]
+    return "\n".join(lines)
+
+
+def list_versions(target: Target, group: str | None) -> frozenset[str]:
+    """The certificate versions a load balancer holds (with ``group``: readable by workers).
+
+    Raises :class:`PushError` when the group is missing there or the deploy user cannot give
+    files to it, before anything is built.
+    """
+    result = target.run(script_list_versions(target.lb.root, group))
+    if result.status == NO_GROUP:
+        raise PushError(f"there is no group {group!r} (deploy.load_balancers[].worker_group, "
+                        "the group nginx workers run as); set it to the group of nginx's "
+                        "'user' directive there")
+    if result.status == NOT_IN_GROUP:
+        raise PushError(f"the deploy user {result.output.strip()} is neither root nor a member "
+                        f"of {group!r}, so it cannot give the certificates to nginx's workers; "
+                        f"add it to {group!r} or deploy as root")
+    if result.status != 0:
+        raise PushError(f"cannot list {target.lb.root}/certs: {_last(result.output)}")
+    found = (line.strip().removeprefix("./") for line in result.output.splitlines())
+    return frozenset(v for v in found if _VERSION_LINE.fullmatch(v))
+
+
 def script_test(root: str, candidate: str, live: str | None, test: Sequence[str]) -> str:
     """Point ``current`` at the candidate, run the test, point it back.
 

@@ -84,6 +84,7 @@ class TemplateSet:
         self._safe: dict[str, frozenset[str]] = {}
         self._paths: dict[str, Path] = {}
         self._own: dict[str, bool] = {}
+        self._required: dict[str, frozenset[str]] = {}
 
     def names(self) -> tuple[str, ...]:
         """The names of the available shop templates, sorted (read once per TemplateSet)."""
@@ -155,6 +156,17 @@ class TemplateSet:
             self._own[name] = bool(_OWN_SERVER_RE.search(self.source(name)))
         return self._own[name]
 
+    def required_vars(self, name: str) -> frozenset[str]:
+        """The ``vars.<x>`` template ``name`` uses without asking whether they are set.
+
+        A shop that lacks one fails to render in sites mode (undefined variables are errors);
+        in shared mode its map value would silently be empty, so it is checked per shop. A use
+        under ``is defined`` / ``is undefined`` or ``| default`` is optional.
+        """
+        if name not in self._required:
+            self._required[name] = _required_vars(self.env, self.source(name), self.path(name))
+        return self._required[name]
+
     def all_safe_vars(self) -> dict[str, frozenset[str]]:
         """``safe_vars`` of every shop template, by name (for ``load_inventory(safe_vars=)``)."""
         return {name: self.safe_vars(name) for name in self.names()}
@@ -168,6 +180,45 @@ class TemplateSet:
 
     def _where(self) -> str:
         return ", ".join(str(p) for p in self.search_path)
+
+
+def _required_vars(env: jinja2.Environment, source: str, path: Path) -> frozenset[str]:
+    from jinja2 import nodes
+
+    try:
+        tree = env.parse(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise RenderError(f"{e.filename or path}:{e.lineno}: template syntax error: "
+                          f"{e.message}") from None
+
+    def var_of(node: nodes.Node) -> str | None:
+        if isinstance(node, nodes.Getattr):
+            attr, owner = node.attr, node.node
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) \
+                and isinstance(node.arg.value, str):
+            attr, owner = node.arg.value, node.node
+        else:
+            return None
+        if isinstance(owner, nodes.Name) and owner.name == "vars":
+            return attr
+        if isinstance(owner, nodes.Getattr) and owner.attr == "vars" \
+                and isinstance(owner.node, nodes.Name) and owner.node.name == "shop":
+            return attr
+        return None
+
+    used: set[str] = set()
+    optional: set[str] = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        var = var_of(node)
+        if var is not None:
+            used.add(var)
+    for node in tree.find_all((nodes.Test, nodes.Filter)):
+        guarded = (node.name in ("defined", "undefined") if isinstance(node, nodes.Test)
+                   else node.name in ("default", "d"))
+        var = var_of(node.node) if guarded and node.node is not None else None
+        if var is not None:
+            optional.add(var)
+    return frozenset(used - optional - {"get", "items", "keys", "values"})
 
 
 def lb_cert_dir(lb_root: str, cert_name: str) -> str:

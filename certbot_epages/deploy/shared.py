@@ -145,8 +145,12 @@ def value_problem(values: Mapping[str, str | int | bool]) -> str | None:
     for var, value in sorted(values.items()):
         try:
             _map_value(var, value)
+            if var == "upstream":
+                HostPort.parse(str(value), 80)
         except MapValueError as e:
             return str(e)
+        except ValueError as e:
+            return f"variable 'upstream': {e}"
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -25,6 +26,7 @@ from epages_testlib import (
     write_inventory,
 )
 
+from certbot_epages.resources import templates_dir
 from certbot_epages.sandbox.pki import SandboxCA
 from certbot_epages.sandbox.platform import Sandbox
 
@@ -183,12 +185,97 @@ def test_switching_modes_is_one_deploy_all_each_way(platform: Sandbox) -> None:
     assert done.returncode == 0, done.stderr
     assert "would remove" not in done.stderr
     fleet.assert_serves()
+    # Back to sites mode while two.test cannot ship (a new alias no certificate covers): its
+    # line of the maps becomes a file of its own, rendered from what the manifest recorded,
+    # with the certificate version it served from.
+    fleet.shops[2]["aliases"] = ["www.two.test", "new.two.test"]
+    write_inventory(fleet.inventory, fleet.shops)
     fleet.set_deploy(mode="sites")
     done = _deploy(fleet.config, "--all")
     assert done.returncode == 0, done.stderr
     fleet.assert_serves()
+    version = f"two.test/{fleet.fingerprints['two.test'][:16]}"
     for lb in platform.lbs:
-        assert "one.test.conf" in shop_sites(lb.root)
+        assert {"one.test.conf", "two.test.conf"} <= set(shop_sites(lb.root))
+        current = Path(lb.root) / "current"
+        assert version in (current / "certs.list").read_text().split()
+        assert f"/certs/{version}/" in (current / "sites" / "two.test.conf").read_text()
+        assert (Path(lb.root) / "certs" / version / "privkey.pem").is_file()  # not pruned
+
+
+def _spool(fleet: Shared) -> Path:
+    return Path(yaml.safe_load(fleet.config.read_text())["deploy"]["spool"])
+
+
+def test_a_lost_spool_and_shops_that_cannot_ship_lose_nothing_in_shared_mode(
+    platform: Sandbox,
+) -> None:
+    fleet = Shared(platform)
+    assert _deploy(fleet.config, "--all").returncode == 0
+    # A new deploy host: no spool, no staged certificates. lb2 lost one certificate version
+    # (a restored backup). one.test cannot ship (a new alias no certificate covers), two.test's
+    # entry is invalid, and three.test's renewal came with a key that is not its own.
+    shutil.rmtree(_spool(fleet))
+    one = f"one.test/{fleet.fingerprints['one.test'][:16]}"
+    lb2_version = Path(platform.lbs[1].root) / "certs" / one
+    shutil.rmtree(lb2_version)
+    fleet.shops[1]["aliases"] = ["www.one.test", "new.one.test"]
+    fleet.shops[2]["vars"] = {"upstream": platform.backend, "note": "a;b"}
+    write_inventory(fleet.inventory, fleet.shops)
+    make_lineage(fleet.certbot_dir, "three.test", ["three.test", "www.three.test"],
+                 SandboxCA(fleet.base / "n"))
+    live = fleet.certbot_dir / "live"
+    (live / "three.test" / "privkey.pem").write_bytes((live / "one.test" / "privkey.pem")
+                                                      .read_bytes())
+    done = _deploy(fleet.config, "--all")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "private key does not belong" in done.stdout + done.stderr
+    fleet.assert_serves()  # every shop serves what it served, on both load balancers
+    key = lb2_version / "privkey.pem"
+    assert key.stat().st_gid == 65534 and key.stat().st_mode & 0o777 == 0o640  # sent again
+
+
+def test_a_kept_shop_with_a_server_of_its_own_keeps_its_certificate(platform: Sandbox) -> None:
+    fleet = Shared(platform)
+    own = fleet.base / "templates" / "nginx"
+    own.mkdir(parents=True)
+    packaged = (templates_dir() / "nginx" / "custom-domain.conf.j2").read_text()
+    (own / "own.conf.j2").write_text("{# epages: own_server #}\n" + packaged)
+    (own / "plain.conf.j2").write_text(packaged)
+    fleet.set_deploy(templates=str(fleet.base / "templates"))
+    fleet.shops[1]["template"] = "own"
+    fleet.shops[3]["template"] = "plain"
+    write_inventory(fleet.inventory, fleet.shops)
+    assert _deploy(fleet.config, "--all").returncode == 0
+    fleet.assert_serves()
+    # one.test cannot ship now; another lineage renews: one.test's file stays, and so does
+    # the certificate version it names (the release lists it, so no prune removes it).
+    fleet.shops[1]["aliases"] = ["www.one.test", "new.one.test"]
+    write_inventory(fleet.inventory, fleet.shops)
+    fleet.fingerprints["two.test"] = make_lineage(
+        fleet.certbot_dir, "two.test", ["two.test", "www.two.test"], SandboxCA(fleet.base / "n"))
+    done = _deploy(fleet.config, "--all")
+    assert done.returncode == 0, done.stdout + done.stderr
+    fleet.assert_serves()
+    # Its own lineage renews, still covering the names it serves: its file is rendered anew
+    # from the manifest's record, naming the new version.
+    fleet.fingerprints["one.test"] = make_lineage(
+        fleet.certbot_dir, "one.test", ["one.test", "www.one.test"], SandboxCA(fleet.base / "m"))
+    done = _deploy(fleet.config, "--all")
+    assert done.returncode == 0, done.stdout + done.stderr
+    fleet.assert_serves()
+    # The templates go away while shops still serve with them. one.test keeps its own file;
+    # three.test is a line of the maps that no template can render any more: refused,
+    # nothing changes.
+    before = {lb.name: os.readlink(Path(lb.root) / "current") for lb in platform.lbs}
+    (own / "own.conf.j2").unlink()
+    (own / "plain.conf.j2").unlink()
+    done = _deploy(fleet.config, "--all")
+    assert done.returncode == 1
+    assert "template 'plain' is gone but three.test" in done.stderr
+    assert "'own' is gone" not in done.stderr
+    assert {lb.name: os.readlink(Path(lb.root) / "current") for lb in platform.lbs} == before
+    fleet.assert_serves()
 
 
 def test_a_config_change_whose_reload_does_not_take_effect_is_caught_in_shared_mode(

@@ -57,3 +57,24 @@ def test_the_test_writes_the_commands_whole_output_to_its_file_first(tmp_path: P
     assert done.returncode == 3
     assert done.stdout.split() == ["out", "err"] and done.stderr == ""
     assert not (root / "current").exists()  # put back: there was no live release
+
+
+def test_the_versions_listed_are_those_whose_key_the_workers_group_owns(tmp_path: Path) -> None:
+    import grp
+    import os
+
+    root = tmp_path / "lb"
+    mine = grp.getgrgid(os.getgid()).gr_name
+    for version in ("one.test/0123456789abcdef", "two.test/fedcba9876543210",
+                    "three.test/0123456789abcdef"):
+        (root / "certs" / version).mkdir(parents=True)
+        if not version.startswith("three"):  # three.test's key never arrived
+            (root / "certs" / version / "privkey.pem").write_text("")
+    (root / "certs" / "one.test" / ".0123456789abcdef.tmp").mkdir()
+    listed = _sh(push.script_list_versions(str(root), mine))
+    assert listed.returncode == 0
+    assert sorted(listed.stdout.split()) == ["./one.test/0123456789abcdef",
+                                            "./two.test/fedcba9876543210"]
+    missing = _sh(push.script_list_versions(str(root), "no-such-group-here"))
+    assert missing.returncode == push.NO_GROUP
+    assert _sh(push.script_list_versions(str(tmp_path / "none"), None)).returncode == 0

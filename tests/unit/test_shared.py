@@ -88,3 +88,30 @@ def test_certificates_are_checked_before_they_can_be_switched_to(tmp_path: Path)
     store.prune(set())
     assert not store.has(version) and store.has(default)
     assert other_crt.exists()
+
+
+def test_an_upstream_that_is_no_address_is_a_value_problem_not_a_crash() -> None:
+    assert shared.value_problem({"upstream": "10.0.0.5:8080"}) is None
+    problem = shared.value_problem({"upstream": "[::1"})
+    assert problem is not None and "upstream" in problem
+
+
+def test_a_template_says_which_vars_every_shop_must_set(tmp_path: Path) -> None:
+    own = tmp_path / "nginx"
+    own.mkdir()
+    (own / "t.conf.j2").write_text(
+        "proxy_pass http://{{ vars.upstream }};\n"
+        "{% if vars.banner is defined %}add_header X-Banner {{ vars.banner }};{% endif %}\n"
+        "add_header X-Tier {{ vars['tier'] }};\n"
+        "add_header X-Note {{ shop.vars.note | default('none') }};\n"
+        "{{ vars.get('extra', '') }}\n")
+    assert TemplateSet(tmp_path).required_vars("t") == {"upstream", "tier"}
+    assert TemplateSet().required_vars("custom-domain") == {"upstream"}
+
+
+def test_the_default_certificate_ignores_unfinished_versions(tmp_path: Path) -> None:
+    store = CertStore(tmp_path)
+    first = store.default()
+    (tmp_path / shared.DEFAULT_LINEAGE / ".ffffffffffffffff.tmp").mkdir()
+    (tmp_path / shared.DEFAULT_LINEAGE / ".ffffffffffffffff.tmp" / "fullchain.pem").write_text("")
+    assert store.default() == first and store.has(first)

@@ -1,0 +1,487 @@
+"""The files of one load balancer's next release, in either mode, from a decided composition.
+
+:mod:`.decide` says which sites a release holds; this module turns that into files: rendered
+site configs, kept ones, certificates, the shared config and its certificate list, the release
+marker and the manifest. It never drops a site silently: a site that cannot be carried over is
+either a note the removal guard counts, or, where dropping would lose a shop that serves, a
+:class:`~certbot_epages.deploy.deployer.DeployError` before anything is pushed.
+
+Certificate versions (``<root>/certs/<lineage>/<fp16>``, shared mode, and the kept sites of a
+shared-mode release in either mode) come from what the load balancer already has (listed at the
+start of the run, with the workers' group) or are staged here, checked, and pushed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from certbot_epages.deploy import marker, release, shared
+from certbot_epages.deploy.certstore import CertificateError, CertStore
+from certbot_epages.deploy.decide import Base, Candidate, Composition, Selection
+from certbot_epages.deploy.lineages import Lineage
+from certbot_epages.deploy.manifest import FILENAME as MANIFEST
+from certbot_epages.deploy.manifest import Manifest, ManifestError, SiteRecord, loads
+from certbot_epages.deploy.render import (
+    RenderError,
+    TemplateSet,
+    lb_cert_dir,
+    render_shared,
+    render_site,
+)
+from certbot_epages.errors import EpagesError
+from certbot_epages.inventory import Shop
+from certbot_epages.names import IMPLICIT_OWNER, is_legacy_owner, legacy_owner
+from certbot_epages.resources import jinja_env
+
+PEMS = (("fullchain.pem", 0o644), ("privkey.pem", 0o600))
+_GONE = "gone"  # a kept site whose template is gone
+_VERSION_PATH = re.compile(rb"/certs/([A-Za-z0-9_][A-Za-z0-9._-]*/[0-9a-f]{16})/")
+
+
+class BuildError(EpagesError):
+    """The release cannot be built without losing a site that serves; nothing is pushed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every load balancer's release is built with (the same for a whole run)."""
+
+    templates: TemplateSet
+    certs: CertStore
+    mode: str  # deploy.mode
+    challenge_service: str
+    acme_snippet: str
+    known: Mapping[str, Lineage]  # every lineage certbot has (a copy of a kept certificate)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The load balancer a release is built for, and what it serves now."""
+
+    name: str
+    root: str
+    listen: str
+    base: Base
+    base_dir: Path | None  # the live release in the local spool
+    on_lb: frozenset[str] = frozenset()  # certificate versions it holds, readable by workers
+
+
+@dataclass
+class Output:
+    """A built release's files, and what the deploy must do besides sending them."""
+
+    files: dict[str, release.FileSpec] = field(default_factory=dict)
+    push: list[str] = field(default_factory=list)  # certificate versions to send first
+    generation: str | None = None
+    marker: str | None = None
+
+
+class Builder:
+    """Builds one load balancer's release (see the module's docstring)."""
+
+    def __init__(self, settings: Settings, target: Target, note: Callable[[str], None]) -> None:
+        self.s = settings
+        self.t = target
+        self.note = note
+        self.shared = settings.mode == "shared"
+        self.versions: set[str] = set()  # certificate versions the release uses
+        self.tree: set[str] = set()  # lineages the release carries in certs/<lineage>/
+        self.sources: dict[str, Lineage] = {}  # the composition's new certificates
+        self.out = Output()
+
+    # --- shops to ship -------------------------------------------------------------------------
+
+    def render(self, selection: Selection) -> tuple[dict[str, bytes], dict[str, str]]:
+        """Render the candidates that get a file of their own; the sites that cannot ship.
+
+        In shared mode a shop in its template's shared server gets no file, but its values
+        and its certificate are checked here, so one bad shop keeps what it serves instead of
+        stopping the release of all.
+        """
+        rendered: dict[str, bytes] = {}
+        failures: dict[str, str] = {}
+        for cand in selection.candidates:
+            try:
+                self._check_candidate(cand)
+                if self.shared and not self.s.templates.own_server(cand.shop.template):
+                    continue
+                rendered[cand.site] = self._render(cand.shop, self._cert_dir(cand.record()))
+            except (RenderError, CertificateError, shared.MapValueError) as e:
+                failures[cand.site] = (f"{self.t.name}: {cand.shop.domain}: {e}; its current "
+                                       "config (if any) stays")
+                self.note(failures[cand.site])
+        return rendered, failures
+
+    def _check_candidate(self, cand: Candidate) -> None:
+        if not self.shared:
+            return
+        if not self.s.templates.own_server(cand.shop.template):
+            problem = (shared.value_problem(cand.shop.vars)
+                       or self._missing_vars(cand.shop.template, cand.shop.vars))
+            if problem is not None:
+                raise shared.MapValueError(problem)
+        version = shared.cert_version(cand.lineage.name, cand.lineage.fingerprint)
+        if version not in self.t.on_lb and not self.s.certs.has(version):
+            try:
+                chain, key = cand.lineage.fullchain.read_bytes(), cand.lineage.privkey.read_bytes()
+            except OSError as e:
+                raise CertificateError(f"cannot read the certificate of {cand.lineage.name}: "
+                                       f"{e}") from None
+            self.s.certs.stage(cand.lineage.name, chain, key, cand.shop.server_names)
+
+    def _missing_vars(self, template: str, values: Mapping[str, object]) -> str | None:
+        missing = sorted(self.s.templates.required_vars(template) - set(values))
+        if not missing:
+            return None
+        return (f"template {template!r} uses {', '.join('vars.' + m for m in missing)}, which "
+                "the entry does not set")
+
+    def _render(self, shop: Shop, cert_dir: str) -> bytes:
+        return render_site(self.s.templates, shop, lb_name=self.t.name, lb_root=self.t.root,
+                           cert_dir=cert_dir, challenge_service=self.s.challenge_service,
+                           acme_challenge=self.s.acme_snippet,
+                           listen_address=self.t.listen).encode()
+
+    def _cert_dir(self, record: SiteRecord) -> str:
+        """Where a rendered candidate's certificate is: its version, or the release's tree."""
+        if self.shared:
+            return shared.cert_dir(self.t.root, record.lineage, record.fingerprint)
+        return lb_cert_dir(self.t.root, record.lineage)
+
+    # --- the release -------------------------------------------------------------------------
+
+    def build(self, comp: Composition, rendered: Mapping[str, bytes]) -> Output:
+        """Every file of the next release (``comp.sites`` loses what cannot be carried over)."""
+        self.sources = dict(comp.lineages)
+        out = Output()
+        self.out = out
+        entries: list[shared.Entry] = []
+        gone: dict[str, list[str]] = {}  # template -> shops whose template is gone
+        base = self.t.base.known
+        for site, record in sorted(comp.sites.items()):
+            if site in comp.rendered:
+                if site in rendered:
+                    out.files[f"sites/{site}"] = release.FileSpec(data=rendered[site])
+                else:  # a shop of its template's shared server, checked by render()
+                    entries.append(_entry(record))
+                if not self.shared:
+                    self.tree.add(record.lineage)
+                elif not self._version(record, fresh=True):
+                    raise BuildError(f"{self.t.name}: the certificate of {record.lineage} for "
+                                     f"{record.domain} was checked but is gone from "
+                                     f"{self.s.certs.root}")
+                continue
+            why = self._keep(site, record, base.sites.get(site, record), comp, entries)
+            if why == _GONE:
+                gone.setdefault(str(record.template), []).append(record.domain)
+            elif why is not None:
+                del comp.sites[site]
+                comp.dropped[site] = why
+                self.note(f"{self.t.name}: {site}: {why}")
+        if gone:
+            raise BuildError(
+                f"{self.t.name}: "
+                + "; ".join(f"template {t!r} is gone but {', '.join(sorted(d))} still "
+                            "serve(s) with it" for t, d in sorted(gone.items()))
+                + "; restore the template (or give these shops another one in the inventory) "
+                  "and deploy again; nothing went live")
+        if self.shared:
+            self._shared_config(entries)
+        self._release_certs()
+        if self.versions:
+            out.files[shared.VERSIONS] = release.FileSpec(
+                data="".join(f"{v}\n" for v in sorted(self.versions)).encode())
+        self._add_marker(out, comp.sites)
+        manifest = Manifest(sites=comp.sites, claims=comp.claims, generation=out.generation,
+                            marker=out.marker, mode=self.s.mode)
+        out.files[MANIFEST] = release.FileSpec(data=manifest.dumps())
+        return out
+
+    def _keep(self, site: str, record: SiteRecord, before: SiteRecord, comp: Composition,
+              entries: list[shared.Entry]) -> str | None:
+        """Carry a site that stays over: None when it is in, else why it cannot be.
+
+        ``record`` is the site as it is to be (with a renewed certificate, say), ``before`` as
+        it serves now; when the first cannot be carried over, the second is. ``_GONE``: the
+        template it needs is gone.
+        """
+        why: str | None = None
+        for rec in (record, before) if record != before else (record,):
+            why = self._carry(site, rec, entries)
+            if why is None:
+                comp.sites[site] = rec
+                return None
+        return why
+
+    def _carry(self, site: str, record: SiteRecord, entries: list[shared.Entry]) -> str | None:
+        """Carry one version of a kept site over; None when it is in, else why not.
+
+        A shop of a shared server stays a line of the maps (shared mode) or gets a file of its
+        own rendered from what the manifest recorded (sites mode, or a certificate version its
+        file does not name); a site with a file keeps it, with the certificate it names.
+        """
+        live = self.t.base_dir
+        has_file = live is not None and (live / "sites" / site).is_file()
+        template = record.template
+        if template is None or template not in self.s.templates.names():
+            if has_file:
+                return self._keep_file(site, record)
+            return _GONE if template is not None else "its config is missing from the live release"
+        if (self.shared and not self.s.templates.own_server(template)
+                and shared.value_problem(record.vars or {}) is None):
+            if self._version(record, fresh=False):
+                entries.append(_entry(record))
+                return None
+        elif not has_file or self._named_version(site) not in (
+                None, shared.cert_version(record.lineage, record.fingerprint)):
+            if self._render_kept(site, record):
+                return None
+        if has_file:
+            return self._keep_file(site, record)
+        return ("no copy of its certificate "
+                f"{shared.cert_version(record.lineage, record.fingerprint)} is on the load "
+                "balancer or here")
+
+    def _render_kept(self, site: str, record: SiteRecord) -> bool:
+        """Render a kept shop's own file from what its record holds; whether that worked."""
+        if not self.shared and self._tree_copy(record.lineage):
+            cert_dir = lb_cert_dir(self.t.root, record.lineage)
+            self.tree.add(record.lineage)
+        elif self._version(record, fresh=False):
+            cert_dir = shared.cert_dir(self.t.root, record.lineage, record.fingerprint)
+        else:
+            return False
+        try:
+            data = self._render(_shop_of(record), cert_dir)
+        except RenderError as e:
+            self.note(f"{self.t.name}: {site}: {e}")
+            return False
+        self.out.files[f"sites/{site}"] = release.FileSpec(data=data)
+        return True
+
+    def _named_version(self, site: str) -> str | None:
+        """The certificate version a live site file names (written in shared mode), if any."""
+        assert self.t.base_dir is not None
+        match = _VERSION_PATH.search((self.t.base_dir / "sites" / site).read_bytes())
+        return match[1].decode() if match else None
+
+    def _keep_file(self, site: str, record: SiteRecord) -> str | None:
+        """Keep a site's file as it is, with the certificate it names."""
+        assert self.t.base_dir is not None
+        named = self._named_version(site)
+        if named is None:
+            self.tree.add(record.lineage)  # it names current/certs/<lineage>
+        elif named != shared.cert_version(record.lineage, record.fingerprint):
+            return f"its file names the certificate {named}, not the one it is to serve"
+        elif not self._version(record, fresh=False):
+            return f"no copy of the certificate {named} it names is on the load balancer or here"
+        self.out.files[f"sites/{site}"] = release.FileSpec(
+            source=self.t.base_dir / "sites" / site)
+        return None
+
+    def _tree_copy(self, lineage: str) -> bool:
+        """Whether the release can carry ``certs/<lineage>/`` in its own tree."""
+        return all(self._tree_source(lineage, pem) is not None for pem, _ in PEMS)
+
+    def _tree_source(self, lineage: str, pem: str) -> Path | None:
+        """The file a release's ``certs/<lineage>/<pem>`` is copied from."""
+        new = self.sources.get(lineage)
+        if new is not None:
+            return new.fullchain if pem == "fullchain.pem" else new.privkey
+        live = self.t.base_dir
+        path = live / "certs" / lineage / pem if live is not None else None
+        return path if path is not None and path.is_file() else None
+
+    def _release_certs(self) -> None:
+        """``certs/<lineage>/`` of the release for every site file that names one there."""
+        lineages = set(self.tree)
+        live = self.t.base_dir
+        if live is not None and self.t.base.manifest is None and not self.shared:
+            # The live manifest was unreadable: keep every certificate it had, whoever used it.
+            lineages |= {p.name for p in (live / "certs").glob("*")
+                         if p.name != marker.CERT_DIR and p.is_dir()}
+        for lineage in sorted(lineages):
+            for pem, mode in PEMS:
+                source = self._tree_source(lineage, pem)
+                if source is not None:
+                    self.out.files[f"certs/{lineage}/{pem}"] = release.FileSpec(source=source,
+                                                                               mode=mode)
+
+    def _shared_config(self, entries: list[shared.Entry]) -> None:
+        root = self.t.root
+        default = self.s.certs.default()
+        self._use_version(default)
+        config, refused = shared.plan(entries, root)
+        if refused:  # every value was checked before: this is a bug, not a shop's fault
+            raise BuildError(f"{self.t.name}: cannot put into the shared config: "
+                             + "; ".join(f"{d}: {why}" for d, why in refused.items()))
+        lineage, fp = default.split("/")
+        parts = [shared.render_maps(config, shared.cert_dir(root, lineage, fp) + "/")]
+        for template, members in sorted(config.kinds.items()):
+            try:
+                parts.append(render_shared(
+                    self.s.templates, template, shared.template_context(template, members),
+                    lb_name=self.t.name, lb_root=root,
+                    challenge_service=self.s.challenge_service,
+                    acme_challenge=self.s.acme_snippet, listen_address=self.t.listen))
+            except RenderError as e:
+                raise BuildError(f"{self.t.name}: the shared server of template {template!r} "
+                                 f"cannot be rendered, so nothing goes live: {e}") from None
+        self.out.files[f"sites/{shared.SITE}"] = release.FileSpec(data="".join(parts).encode())
+
+    # --- certificate versions ------------------------------------------------------------------
+
+    def _version(self, record: SiteRecord, *, fresh: bool) -> bool:
+        """Make the record's certificate version part of the release; False if no copy exists.
+
+        A version the load balancer holds (readable by its workers) is used as it is; any other
+        is staged here from certbot's lineage or the live release, checked, and pushed.
+        """
+        version = shared.cert_version(record.lineage, record.fingerprint)
+        if version not in self.t.on_lb and not self.s.certs.has(version) \
+                and not self._stage(record, fresh=fresh):
+            return False
+        self._use_version(version)
+        return True
+
+    def _use_version(self, version: str) -> None:
+        self.versions.add(version)
+        if version not in self.t.on_lb and version not in self.out.push:
+            self.out.push.append(version)
+
+    def _stage(self, record: SiteRecord, *, fresh: bool) -> bool:
+        """Stage a checked copy of the record's certificate; False if there is none."""
+        copies: list[tuple[Path, Path]] = []
+        for lineage in (self.sources.get(record.lineage), self.s.known.get(record.lineage)):
+            if lineage is not None and lineage.fingerprint == record.fingerprint:
+                copies.append((lineage.fullchain, lineage.privkey))
+        live = self.t.base_dir
+        if live is not None:
+            copies.append((live / "certs" / record.lineage / "fullchain.pem",
+                           live / "certs" / record.lineage / "privkey.pem"))
+        want = shared.cert_version(record.lineage, record.fingerprint)
+        for chain, key in copies:
+            try:
+                data, key_data = chain.read_bytes(), key.read_bytes()
+            except OSError:
+                continue
+            try:
+                staged = self.s.certs.stage(record.lineage, data, key_data, record.names,
+                                            check_validity=fresh)
+            except CertificateError as e:
+                self.note(f"{self.t.name}: the certificate of {record.lineage} for "
+                          f"{record.domain} cannot be deployed: {e}")
+                continue
+            if staged == want:
+                return True
+        return False
+
+    # --- marker --------------------------------------------------------------------------------
+
+    def _add_marker(self, out: Output, sites: Mapping[str, SiteRecord]) -> None:
+        files = out.files
+        cert_dir = lb_cert_dir(self.t.root, marker.CERT_DIR)
+        files[f"sites/{marker.SITE}"] = release.FileSpec(data=jinja_env().get_template(
+            "nginx/epages-release.conf.j2").render(
+                generation="", marker_name=marker.NAME, listen_address=self.t.listen,
+                ssl_certificate=f"{cert_dir}/fullchain.pem",
+                ssl_certificate_key=f"{cert_dir}/privkey.pem").encode())
+        out.generation = marker.generation(
+            ((path, spec.read()) for path, spec in files.items() if path.startswith("sites/")),
+            (record.fingerprint for record in sites.values()))
+        previous = self.t.base.manifest
+        live = self.t.base_dir
+        cert = f"certs/{marker.CERT_DIR}/fullchain.pem"
+        key = f"certs/{marker.CERT_DIR}/privkey.pem"
+        if (previous is not None and previous.generation == out.generation and previous.marker
+                and live is not None and (live / cert).is_file() and (live / key).is_file()):
+            files[cert] = release.FileSpec(source=live / cert)
+            files[key] = release.FileSpec(source=live / key, mode=0o600)
+            out.marker = previous.marker
+            return
+        pem, key_pem, out.marker = marker.make(out.generation)
+        files[cert] = release.FileSpec(data=pem)
+        files[key] = release.FileSpec(data=key_pem, mode=0o600)
+
+
+def _entry(record: SiteRecord) -> shared.Entry:
+    return shared.Entry(record.domain, record.names, str(record.template),
+                        dict(record.vars or {}), record.lineage, record.fingerprint)
+
+
+def _shop_of(record: SiteRecord) -> Shop:
+    """The shop a manifest record was rendered from (to render a kept site anew)."""
+    implicit = record.owner == IMPLICIT_OWNER.format(domain=record.domain)
+    shop_id = None if implicit or is_legacy_owner(record.owner) else record.owner
+    return Shop(record.domain, record.names[1:], str(record.template), dict(record.vars or {}),
+                shop=shop_id)
+
+
+# --- reading a live release back ---------------------------------------------------------------
+
+def base_of(release_id: str, local: Path) -> Base:
+    """What the live release (mirrored at ``local``) holds, read off its manifest.
+
+    A release whose manifest is lost is read back from its site files; one that served a shared
+    config cannot be (its shops are lines of maps), so deploying over it needs ``--force``.
+    """
+    try:
+        data = (local / MANIFEST).read_bytes()
+    except OSError:
+        problem = f"the live release {release_id} has no readable {MANIFEST}"
+    else:
+        try:
+            return Base(release_id, loads(data, f"release {release_id}'s {MANIFEST}"))
+        except ManifestError as e:
+            problem = f"{e}; rebuilt what it can from the release's files"
+    if (local / "sites" / shared.SITE).is_file():
+        return Base(release_id, None, f"{problem}; it serves a shared config, whose shops "
+                    "cannot be read back from its files", recover(local), missing=True)
+    return Base(release_id, None, problem, recover(local))
+
+
+_SERVER_NAME = re.compile(rb"^\s*server_name\s+([^;]+);", re.MULTILINE)
+_CERT_PATH = re.compile(rb"/certs/([A-Za-z0-9][A-Za-z0-9._-]*)/(?:[0-9a-f]{16}/)?fullchain\.pem")
+
+
+def recover(local: Path) -> Manifest:
+    """A manifest read off a release's site files, for a release whose manifest is lost."""
+    sites: dict[str, SiteRecord] = {}
+    for path in sorted((local / "sites").glob("*.conf")):
+        if path.name in (marker.SITE, shared.SITE):
+            continue
+        try:
+            text = path.read_bytes()
+        except OSError:
+            continue
+        domain = path.name[: -len(".conf")].replace("_wildcard_", "*")
+        names_match = _SERVER_NAME.search(text)
+        names = tuple(names_match[1].decode(errors="replace").split()) if names_match else ()
+        cert = _CERT_PATH.search(text)
+        lineage = cert[1].decode() if cert else ""
+        fingerprint = "0" * 64
+        if lineage:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # The chain's first certificate (the plural loader needs cryptography 39).
+                leaf = x509.load_pem_x509_certificate(
+                    (local / "certs" / lineage / "fullchain.pem").read_bytes())
+                fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
+        sites[path.name] = SiteRecord(domain, names or (domain,), legacy_owner(domain),
+                                      lineage or "-", fingerprint)
+    return Manifest(sites=sites, claims={n: r.owner for r in sites.values() for n in r.names})
+
+
+def versions_of(release_dir: Path) -> set[str]:
+    """The certificate versions a release uses, from its list."""
+    try:
+        text = (release_dir / shared.VERSIONS).read_text()
+    except OSError:
+        return set()
+    return {line.strip() for line in text.splitlines() if line.strip()}
