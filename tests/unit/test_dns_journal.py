@@ -205,7 +205,7 @@ class Server:
             raise TimeoutError("timed out")
         if self.drop:
             return response
-        if q.section_count(dns.update.UpdateSection.PREREQ):
+        if q.sections[1]:  # prerequisites (section_count needs dnspython 2.4)
             name = q.sections[1][0].name
             if self.txt.get(name):
                 response.set_rcode(dns.rcode.YXRRSET)
