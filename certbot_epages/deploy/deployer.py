@@ -27,7 +27,17 @@ from pathlib import Path
 
 from certbot_epages import http01, ownership
 from certbot_epages.config import Config, DeployConfig, LoadBalancerConfig
-from certbot_epages.deploy import builder, decide, lineages, marker, probe, push, release, shared
+from certbot_epages.deploy import (
+    builder,
+    decide,
+    lineages,
+    marker,
+    probe,
+    push,
+    release,
+    scripts,
+    shared,
+)
 from certbot_epages.deploy.certstore import CertStore
 from certbot_epages.deploy.decide import Base, Composition, Selection
 from certbot_epages.deploy.lineages import Lineage
@@ -181,7 +191,8 @@ class Deployer:
                 stack.callback(lb.target.close)
             try:
                 for lb in sorted(lbs, key=lambda x: (x.lb.ssh, x.lb.root)):
-                    stack.enter_context(lb.target.locked(owner, push.STEP_LOCK_TIMEOUT, self.say))
+                    stack.enter_context(
+                        lb.target.locked(owner, scripts.STEP_LOCK_TIMEOUT, self.say))
             except push.PushError as e:
                 raise DeployError(f"nothing went live anywhere: {e}") from None
             self._read_truth(lbs, report)
@@ -341,9 +352,9 @@ class Deployer:
                     outcome.bytes_sent += lb.target.push_certs(
                         self.certs.root, lb.push_versions, lb.lb.worker_group)
                 outcome.bytes_sent += lb.target.rsync(rel.path, rel.id, lb.base.release)
-                test = lb.target.step(push.script_test(root, rel.id, outcome.live, lb.lb.test))
-                if test.status in (push.SWITCH_FAILED, push.RESTORE_FAILED, push.STEP_BUSY,
-                                   push.NOT_OURS):
+                test = lb.target.step(scripts.script_test(root, rel.id, outcome.live, lb.lb.test))
+                if test.status in (scripts.SWITCH_FAILED, scripts.RESTORE_FAILED, scripts.STEP_BUSY,
+                                   scripts.NOT_OURS):
                     outcome.error = (f"cannot switch {root}/current for the test: "
                                      f"{test.output.strip()}")
                 elif test.status != 0:
@@ -362,7 +373,7 @@ class Deployer:
             assert lb.built is not None
             with contextlib.suppress(push.PushError):
                 # Puts `current` back first, should a test have been cut off mid-way.
-                lb.target.step(push.script_discard(lb.lb.root, lb.built.id, lb.live.release))
+                lb.target.step(scripts.script_discard(lb.lb.root, lb.built.id, lb.live.release))
             shutil.rmtree(lb.built.path, ignore_errors=True)
         for o in outcomes:
             o.error = o.error or "not switched: another load balancer failed phase 1"
@@ -383,7 +394,7 @@ class Deployer:
                 problem = f"{type(e).__name__}: {e}" if not isinstance(e, EpagesError) else str(e)
             if problem is not None:
                 try:
-                    back = lb.target.step(push.script_roll_back(lb.lb.root, outcome.live,
+                    back = lb.target.step(scripts.script_roll_back(lb.lb.root, outcome.live,
                                                                lb.lb.reload))
                     rolled = ("switched back and reloaded" if back.status == 0 else
                               f"switching back failed too: {back.output.strip()}")
@@ -395,11 +406,11 @@ class Deployer:
             try:
                 self.spool.set_live(lb.name, outcome.release)
                 protect = [outcome.release, *([outcome.live] if outcome.live else [])]
-                lb.target.step(push.script_prune(lb.lb.root, self.deploy.keep_releases, protect))
+                lb.target.step(scripts.script_prune(lb.lb.root, self.deploy.keep_releases, protect))
                 release.prune(self.spool.releases(lb.name), self.deploy.keep_releases,
                               set(protect))
                 if lb.on_lb or lb.push_versions:
-                    lb.target.step(push.script_prune_certs(lb.lb.root))
+                    lb.target.step(scripts.script_prune_certs(lb.lb.root))
             except (OSError, push.PushError) as e:
                 logger.warning("%s: live, but the bookkeeping after it failed: %s", lb.name, e)
 
@@ -409,8 +420,8 @@ class Deployer:
     def _switch_and_probe(self, lb: _Lb, outcome: LbOutcome) -> str | None:
         """Switch, reload, probe; the problem if any (the caller switches back)."""
         root = lb.lb.root
-        done = lb.target.step(push.script_go_live(root, outcome.release, lb.lb.reload))
-        if done.status in (push.SWITCH_FAILED, push.STEP_BUSY, push.NOT_OURS):
+        done = lb.target.step(scripts.script_go_live(root, outcome.release, lb.lb.reload))
+        if done.status in (scripts.SWITCH_FAILED, scripts.STEP_BUSY, scripts.NOT_OURS):
             return f"cannot switch {root}/current: {done.output.strip()}"
         if done.status != 0:
             return f"'{' '.join(lb.lb.reload)}' failed: {done.output.strip()}"

@@ -1,9 +1,8 @@
 """Reaching a load balancer: read what it serves, rsync a release, test, switch, reload.
 
 One ssh connection per load balancer and run is shared by every call (ControlMaster), since a
-new connection costs a key exchange each time. Remote steps are small POSIX sh scripts built
-with every value quoted (:func:`shlex.quote`); values were validated before they got here.
-``ssh: local`` runs the same scripts on this machine without ssh.
+new connection costs a key exchange each time. Remote steps are the small POSIX sh scripts of
+:mod:`.scripts`, every value quoted. ``ssh: local`` runs them on this machine without ssh.
 
 Two locks on the load balancer itself (``flock``, which every Linux has) keep deploys from
 different hosts apart: a run holds ``<root>/.deploy.lock`` for its whole length through a
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certbot_epages.config import LoadBalancerConfig
+from certbot_epages.deploy import scripts
 from certbot_epages.deploy.release import is_release_id
 from certbot_epages.errors import EpagesError
 
@@ -81,7 +81,7 @@ class Target:
         """
         if self.owner is None:
             raise PushError(f"{self.name}: a deploy step without the deploy lock")
-        return self.run(_step(self.lb.root, body, self.owner))
+        return self.run(scripts.step(self.lb.root, body, self.owner))
 
     def run(self, script: str) -> Result:
         """Run ``script`` with sh on the load balancer; output is stdout and stderr together."""
@@ -111,7 +111,7 @@ class Target:
         this process also ends the session and frees the lock. ``owner`` is shown to a deploy
         that has to wait.
         """
-        argv = self._argv(script_hold_lock(self.lb.root, owner, timeout))
+        argv = self._argv(scripts.script_hold_lock(self.lb.root, owner, timeout))
         try:
             # A session of its own: Ctrl-C must not free the lock while a rollback still runs.
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -142,7 +142,7 @@ class Target:
                     break
                 if line is None:
                     proc.wait(timeout=10)
-                    if proc.returncode == LOCK_BUSY:
+                    if proc.returncode == scripts.LOCK_BUSY:
                         raise PushError(
                             f"another deploy has held {self.lb.root}/.deploy.lock on {self.name} "
                             f"for over {timeout:g}s ({' '.join(said[-1:]) or 'holder unknown'})")
@@ -286,84 +286,6 @@ def _last(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-# --- the scripts run on a load balancer ------------------------------------------------------
-
-SWITCH_FAILED = 97  # exit status of a script whose switch of `current` failed
-RESTORE_FAILED = 98  # ... whose switch back failed
-STEP_BUSY = 96  # ... that did not get the step lock
-NOT_OURS = 95  # ... whose run no longer holds the deploy lock
-LOCK_BUSY = 75  # ... of the run lock's session when the lock stayed taken
-STEP_LOCK_TIMEOUT = 60  # below Target's timeout: a step never waits longer than its caller
-
-
-def _switch(root: str, target: str | None) -> str:
-    """Point ``<root>/current`` at ``releases/<target>`` atomically (rename of a new symlink)."""
-    r = shlex.quote(root)
-    if target is None:
-        return f"rm -f {r}/current"
-    link = shlex.quote(f"releases/{target}")
-    return f"ln -sfn {link} {r}/.current.new && mv -Tf {r}/.current.new {r}/current"
-
-
-def _step(root: str, body: str, owner: str) -> str:
-    """``body`` under the step lock, and only while ``owner`` holds the deploy lock.
-
-    The step lock is fd 8, closed for the commands the body runs (a daemon they start must not
-    hold it).
-    """
-    r = shlex.quote(root)
-    busy = shlex.quote(f"a step of another deploy holds {root}/.step.lock")
-    gone = shlex.quote("this deploy no longer holds the deploy lock; the step did not run")
-    return "\n".join([
-        f"mkdir -p {r}/releases || exit 1",
-        f"exec 8>>{r}/.step.lock || exit 1",
-        f"flock -w {STEP_LOCK_TIMEOUT} 8 || {{ echo {busy}; exit {STEP_BUSY}; }}",
-        f"if [ \"$(cat {r}/.deploy.owner 2>/dev/null)\" != {shlex.quote(owner)} ] || "
-        f"flock -n {r}/.deploy.lock true; then echo {gone}; exit {NOT_OURS}; fi",
-        body,
-    ])
-
-
-def _command(argv: Sequence[str], output: str | None = None) -> str:
-    """An operator's command without the lock's descriptor, stderr with stdout (or a file)."""
-    target = f"> {shlex.quote(output)} 2>&1" if output else "2>&1"
-    return f"{shlex.join(argv)} 8>&- {target}"
-
-
-def script_hold_lock(root: str, owner: str, timeout: float) -> str:
-    """Take ``<root>/.deploy.lock`` and hold it until stdin ends; say ``LOCKED`` once held."""
-    r = shlex.quote(root)
-    return "\n".join([
-        f"mkdir -p {r} || exit 1",
-        f"exec 9>>{r}/.deploy.lock || exit 1",
-        "if ! flock -n 9; then",
-        f"  printf 'BUSY %s\\n' \"$(cat {r}/.deploy.owner.info 2>/dev/null)\"",
-        f"  flock -w {int(timeout)} 9 || exit {LOCK_BUSY}",
-        "fi",
-        f"printf '%s pid %s\\n' {shlex.quote(owner)} $$ > {r}/.deploy.owner.info",
-        f"printf '%s\\n' {shlex.quote(owner)} > {r}/.deploy.owner",
-        "echo LOCKED",
-        "exec cat >/dev/null",
-    ])
-
-
-def script_prepare(root: str) -> str:
-    """Print ``CURRENT=<live release id>`` and, if it has one, ``MANIFEST=<its sha256>``."""
-    r = shlex.quote(root)
-    return "\n".join([
-        f"target=$(readlink {r}/current 2>/dev/null) || target=",
-        'id=${target##*/}',
-        'printf "CURRENT=%s\\n" "$id"',
-        f'if [ -n "$id" ] && [ -d {r}/releases/"$id" ]; then',
-        "  echo EXISTS=1",
-        f'  m={r}/releases/"$id"/manifest.json',
-        '  if [ -f "$m" ]; then',
-        '    sum=$(sha256sum < "$m") && printf "MANIFEST=%s\\n" "${sum%% *}"',
-        "  fi",
-        "fi",
-    ])
-
-
 @dataclass(frozen=True)
 class Live:
     """What ``current`` points to on a load balancer."""
@@ -375,7 +297,7 @@ class Live:
 
 def read_live(target: Target) -> Live:
     """The release a load balancer serves now, and the checksum of its manifest."""
-    result = target.step(script_prepare(target.lb.root))
+    result = target.step(scripts.script_prepare(target.lb.root))
     values = dict(line.split("=", 1) for line in result.output.splitlines() if "=" in line)
     if result.status != 0 or "CURRENT" not in values:
         raise PushError(f"{target.name}: cannot prepare {target.lb.root}: "
@@ -392,20 +314,9 @@ def read_live(target: Target) -> Live:
     return Live(live, exists=values.get("EXISTS") == "1", manifest_sha256=sha)
 
 
-def script_read_manifest(root: str) -> str:
-    """Print ``CURRENT=<id>``, a line ``--``, then the live release's manifest (for status)."""
-    r = shlex.quote(root)
-    return "\n".join([
-        f"target=$(readlink {r}/current 2>/dev/null) || target=",
-        'printf "CURRENT=%s\\n--\\n" "${target##*/}"',
-        f"cat {r}/current/manifest.json 2>/dev/null",
-        "exit 0",
-    ])
-
-
 def read_manifest(target: Target) -> tuple[str | None, bytes | None]:
     """The release a load balancer serves and its manifest's bytes (None: none there)."""
-    result = target.run(script_read_manifest(target.lb.root))
+    result = target.run(scripts.script_read_manifest(target.lb.root))
     head, sep, body = result.output.partition("\n--\n")
     if not head.startswith("CURRENT=") or not sep:
         raise PushError(f"{target.name}: cannot read {target.lb.root}/current: "
@@ -417,123 +328,22 @@ def read_manifest(target: Target) -> tuple[str | None, bytes | None]:
     return release_id, body.encode() if body.strip() else None
 
 
-_VERSION_LINE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*/[0-9a-f]{16}")
-NO_GROUP, NOT_IN_GROUP = 4, 5
-
-
-def script_list_versions(root: str, group: str | None) -> str:
-    """Print the certificate versions below ``<root>/certs`` (``<lineage>/<fp16>``).
-
-    With ``group``: first check that the group exists and that the deploy user may give files
-    to it (root, or a member), then list only versions whose key belongs to it.
-    """
-    r = shlex.quote(root)
-    lines = []
-    select = ""
-    if group is not None:
-        g = shlex.quote(group)
-        lines += [
-            f"getent group {g} >/dev/null || exit {NO_GROUP}",
-            f'[ "$(id -u)" = 0 ] || id -nG | tr " " "\\n" | grep -qxF -- {g} '
-            f"|| {{ id -un; exit {NOT_IN_GROUP}; }}",
-        ]
-        select = f"-group {g} "
-    lines += [
-        f"cd {r}/certs 2>/dev/null || exit 0",
-        f"find . -mindepth 3 -maxdepth 3 -name privkey.pem {select}-printf '%h\\n'",
-    ]
-    return "\n".join(lines)
-
-
 def list_versions(target: Target, group: str | None) -> frozenset[str]:
     """The certificate versions a load balancer holds (with ``group``: readable by workers).
 
     Raises :class:`PushError` when the group is missing there or the deploy user cannot give
     files to it, before anything is built.
     """
-    result = target.run(script_list_versions(target.lb.root, group))
-    if result.status == NO_GROUP:
+    result = target.run(scripts.script_list_versions(target.lb.root, group))
+    if result.status == scripts.NO_GROUP:
         raise PushError(f"there is no group {group!r} (deploy.load_balancers[].worker_group, "
                         "the group nginx workers run as); set it to the group of nginx's "
                         "'user' directive there")
-    if result.status == NOT_IN_GROUP:
+    if result.status == scripts.NOT_IN_GROUP:
         raise PushError(f"the deploy user {result.output.strip()} is neither root nor a member "
                         f"of {group!r}, so it cannot give the certificates to nginx's workers; "
                         f"add it to {group!r} or deploy as root")
     if result.status != 0:
         raise PushError(f"cannot list {target.lb.root}/certs: {_last(result.output)}")
     found = (line.strip().removeprefix("./") for line in result.output.splitlines())
-    return frozenset(v for v in found if _VERSION_LINE.fullmatch(v))
-
-
-def script_test(root: str, candidate: str, live: str | None, test: Sequence[str]) -> str:
-    """Point ``current`` at the candidate, run the test, point it back.
-
-    Nothing reloads meanwhile, so the running nginx never loads the candidate unless it passes
-    on every load balancer. A deploy killed meanwhile does not stop the script (hang-ups and
-    broken pipes are ignored, the output waits in a file), so `current` is always put back;
-    an interrupt or termination of the script itself puts it back too.
-    """
-    restore = _switch(root, live)
-    out = f"{root}/.test-output"
-    return "\n".join([
-        "trap '' HUP PIPE",
-        f"trap '{restore.replace(chr(39), chr(39) + chr(92) + chr(39) + chr(39))}; exit 99' "
-        "INT TERM",
-        _switch(root, candidate) + f" || exit {SWITCH_FAILED}",
-        _command(test, out),
-        "status=$?",
-        "trap - INT TERM",
-        restore + f" || exit {RESTORE_FAILED}",
-        f"cat {shlex.quote(out)}; rm -f {shlex.quote(out)}",
-        "exit $status",
-    ])
-
-
-def script_go_live(root: str, candidate: str, reload: Sequence[str]) -> str:
-    """Switch ``current`` to the candidate and reload."""
-    return f"{_switch(root, candidate)} || exit {SWITCH_FAILED}\n{_command(reload)}"
-
-
-def script_roll_back(root: str, live: str | None, reload: Sequence[str]) -> str:
-    """Switch ``current`` back to the release that served before, and reload."""
-    return f"{_switch(root, live)} || exit {RESTORE_FAILED}\n{_command(reload)}"
-
-
-def script_discard(root: str, release: str, live: str | None) -> str:
-    """Remove a candidate that never went live; first put `current` back if it points there."""
-    r = shlex.quote(root)
-    return "\n".join([
-        f'if [ "$(readlink {r}/current 2>/dev/null)" = {shlex.quote(f"releases/{release}")} ]; '
-        f"then {_switch(root, live)}; fi",
-        f"rm -rf {shlex.quote(f'{root}/releases/{release}')}",
-    ])
-
-
-def script_prune_certs(root: str) -> str:
-    """Delete certificate versions that no release on the load balancer lists any more."""
-    r = shlex.quote(root)
-    return "\n".join([
-        f"cd {r}/certs 2>/dev/null || exit 0",
-        "used=$(mktemp) && have=$(mktemp) || exit 1",
-        f"cat {r}/releases/*/certs.list 2>/dev/null | sort -u > \"$used\"",
-        "find . -mindepth 2 -maxdepth 2 -type d | sed 's|^\\./||' "
-        "| grep -E '^[A-Za-z0-9_][A-Za-z0-9._-]*/[0-9a-f]{16}$' | sort > \"$have\"",
-        'comm -23 "$have" "$used" | while read -r v; do rm -rf -- "$v"; done',
-        'rm -f "$used" "$have"',
-        "find . -mindepth 1 -maxdepth 1 -type d -empty -delete",
-    ])
-
-
-def script_prune(root: str, keep: int, protect: Sequence[str]) -> str:
-    """Delete the oldest releases beyond ``keep``, sparing the ``protect`` ids."""
-    r = shlex.quote(root)
-    spared = " ".join(shlex.quote(p) for p in protect) or "''"
-    return "\n".join([
-        f"cd {r}/releases || exit 0",
-        f"ls -1 | grep -E '^[0-9]{{8}}T[0-9]{{6}}Z-[0-9a-f]{{4}}$' | sort | head -n -{int(keep)} |",
-        "while read -r id; do",
-        f"  case \" {spared} \" in *\" $id \"*) continue ;; esac",
-        '  rm -rf -- "$id"',
-        "done",
-    ])
+    return frozenset(v for v in found if scripts.VERSION_LINE.fullmatch(v))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from certbot_epages.deploy import push
+from certbot_epages.deploy import scripts
 
 pytestmark = pytest.mark.unit
 
@@ -21,8 +21,8 @@ def test_a_step_refuses_to_run_once_its_run_no_longer_holds_the_deploy_lock(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "it's; touch pwned"  # quotes and separators stay data
-    done = _sh(push._step(str(root), "echo ran", "host pid 1 run ab"))
-    assert done.returncode == push.NOT_OURS and "ran" not in done.stdout
+    done = _sh(scripts.step(str(root), "echo ran", "host pid 1 run ab"))
+    assert done.returncode == scripts.NOT_OURS and "ran" not in done.stdout
     assert "no longer holds the deploy lock" in done.stdout
     assert not (tmp_path / "pwned").exists() and (root / "releases").is_dir()
 
@@ -30,14 +30,14 @@ def test_a_step_refuses_to_run_once_its_run_no_longer_holds_the_deploy_lock(
 def test_a_step_runs_while_its_run_holds_the_deploy_lock(tmp_path: Path) -> None:
     root = tmp_path / "lb"
     owner = "host pid 1 run ab"
-    holder = subprocess.Popen(["sh", "-c", push.script_hold_lock(str(root), owner, 10)],
+    holder = subprocess.Popen(["sh", "-c", scripts.script_hold_lock(str(root), owner, 10)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "LOCKED"
-        done = _sh(push._step(str(root), "echo ran", owner))
+        done = _sh(scripts.step(str(root), "echo ran", owner))
         assert done.returncode == 0 and done.stdout.strip() == "ran"
-        other = _sh(push._step(str(root), "echo ran", "another run"))
-        assert other.returncode == push.NOT_OURS
+        other = _sh(scripts.step(str(root), "echo ran", "another run"))
+        assert other.returncode == scripts.NOT_OURS
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
@@ -45,13 +45,13 @@ def test_a_step_runs_while_its_run_holds_the_deploy_lock(tmp_path: Path) -> None
         assert holder.stdout is not None
         holder.stdout.close()
     # The session ended: the lock is free, and the step no longer runs.
-    assert _sh(push._step(str(root), "echo ran", owner)).returncode == push.NOT_OURS
+    assert _sh(scripts.step(str(root), "echo ran", owner)).returncode == scripts.NOT_OURS
 
 
 def test_the_test_writes_the_commands_whole_output_to_its_file_first(tmp_path: Path) -> None:
     root = tmp_path / "lb"
     (root / "releases" / "20260101T000000Z-abcd").mkdir(parents=True)
-    script = push.script_test(str(root), "20260101T000000Z-abcd", None,
+    script = scripts.script_test(str(root), "20260101T000000Z-abcd", None,
                               ["sh", "-c", "echo out; echo err >&2; exit 3"])
     done = _sh(script)
     assert done.returncode == 3
@@ -71,10 +71,10 @@ def test_the_versions_listed_are_those_whose_key_the_workers_group_owns(tmp_path
         if not version.startswith("three"):  # three.test's key never arrived
             (root / "certs" / version / "privkey.pem").write_text("")
     (root / "certs" / "one.test" / ".0123456789abcdef.tmp").mkdir()
-    listed = _sh(push.script_list_versions(str(root), mine))
+    listed = _sh(scripts.script_list_versions(str(root), mine))
     assert listed.returncode == 0
     assert sorted(listed.stdout.split()) == ["./one.test/0123456789abcdef",
                                             "./two.test/fedcba9876543210"]
-    missing = _sh(push.script_list_versions(str(root), "no-such-group-here"))
-    assert missing.returncode == push.NO_GROUP
-    assert _sh(push.script_list_versions(str(tmp_path / "none"), None)).returncode == 0
+    missing = _sh(scripts.script_list_versions(str(root), "no-such-group-here"))
+    assert missing.returncode == scripts.NO_GROUP
+    assert _sh(scripts.script_list_versions(str(tmp_path / "none"), None)).returncode == 0
