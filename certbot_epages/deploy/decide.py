@@ -160,31 +160,45 @@ def compose(
     they keep what they serve, like shops no certificate covers yet.
     """
     failed = dict(failures or {})
-    inventory = selection.inventory
     if not selection.full and base.release is not None and base.problem is not None:
         raise DecisionError(
             f"the manifest of the live release {base.release} cannot be read ({base.problem}): "
             "a deploy of only some shops would not know what else serves there; run "
             "'certbot-epages deploy --all', which rebuilds it from what the release holds"
         )
-    live = base.known
     comp = Composition()
     for cand in selection.candidates:
-        if cand.site in failed:
-            continue
-        comp.rendered[cand.site] = cand
-        comp.sites[cand.site] = cand.record()
+        if cand.site not in failed:
+            comp.rendered[cand.site] = cand
+            comp.sites[cand.site] = cand.record()
+    _carry_over(base.known, selection, failed, comp)
+    _choose_certificates(selection, comp)
+    # Who holds what: the settled claims (suspended shops included), names held as this load
+    # balancer records them, and whatever its sites serve.
+    comp.claims.update(selection.claims)
+    comp.claims.update({n: o for n, o in base.known.claims.items() if n in selection.held})
+    for record in comp.sites.values():
+        comp.claims.update(dict.fromkeys(record.names, record.owner))
+    for site, why in sorted(failed.items()):
+        if site in comp.sites and site not in comp.rendered:
+            comp.kept.setdefault(site, why)
+    return comp
+
+
+def _carry_over(live: Manifest, selection: Selection, failed: Mapping[str, str],
+                comp: Composition) -> None:
+    """Decide, for every live site not rendered anew, whether it stays (and why) or goes."""
+    inventory = selection.inventory
     served_by_new = {name: site for site, rec in comp.sites.items() for name in rec.names}
     shops = {site_file(shop.domain): shop for shop in inventory.shops}
+    # An entry that cannot ship keeps what serves for its owner (and, for a site recorded
+    # before shop ids, what serves for its domain).
     unready = dict(selection.unready)
+    unready_domains = dict(selection.unready_domains)
     for cand in selection.candidates:
         if cand.site in failed:
             unready.setdefault(cand.shop.owner, failed[cand.site])
-    # An entry that cannot ship keeps what serves for its owner (and, for a site recorded
-    # before shop ids, what serves for its domain).
-    unready_domains = dict(selection.unready_domains)
-    unready_domains.update({c.shop.domain: failed[c.site] for c in selection.candidates
-                            if c.site in failed})
+            unready_domains[cand.shop.domain] = failed[cand.site]
     held_by_problem = [p for p in inventory.problems if p.status in (None, "active")]
     invalid = {p.owner: str(p) for p in held_by_problem if p.owner is not None}
     invalid_domains = {p.name: str(p) for p in held_by_problem if p.name is not None}
@@ -220,6 +234,9 @@ def compose(
         comp.sites[site] = record
         comp.kept[site] = why
 
+
+def _choose_certificates(selection: Selection, comp: Composition) -> None:
+    """Each site's certificate: its new one, certbot's renewal of a kept one, or the live one."""
     comp.lineages = {c.lineage.name: c.lineage for c in comp.rendered.values()}
     for site, record in comp.sites.items():
         if site in comp.rendered:
@@ -237,16 +254,6 @@ def compose(
         if uncovered:
             comp.notes.append(f"{site}: the new certificate of {record.lineage} no longer "
                               f"covers {', '.join(uncovered)}")
-    # Who holds what: the settled claims (suspended shops included), names held as this load
-    # balancer records them, and whatever its sites serve.
-    comp.claims.update(selection.claims)
-    comp.claims.update({n: o for n, o in live.claims.items() if n in selection.held})
-    for record in comp.sites.values():
-        comp.claims.update(dict.fromkeys(record.names, record.owner))
-    for site, why in sorted(failed.items()):
-        if site in comp.sites and site not in comp.rendered:
-            comp.kept.setdefault(site, why)
-    return comp
 
 
 def removal_problem(base: Base, comp: Composition, *, force: bool) -> str | None:
