@@ -41,6 +41,12 @@ def shop(domain: str, template: str = "custom-domain", **values: str) -> Shop:
     return Shop(domain, (f"www.{domain}",), template, values or UP, shop=f"id-{domain}")
 
 
+def not_covered(domain: str) -> Shop:
+    """An active shop with a new alias no certificate covers: it cannot ship now."""
+    return Shop(domain, (f"www.{domain}", f"new.{domain}"), "custom-domain", UP,
+                shop=f"id-{domain}")
+
+
 def record(s: Shop, lin: Lineage) -> SiteRecord:
     return SiteRecord(s.domain, s.server_names, s.owner, lin.name, lin.fingerprint,
                       template=s.template, vars=dict(s.vars))
@@ -80,8 +86,7 @@ def test_a_kept_map_shop_uses_the_version_its_load_balancer_holds(tmp_path: Path
     held = shared.cert_version("two.test", lin2.fingerprint)
     # two.test cannot ship now (a new alias), and certbot's copy of its certificate is gone:
     # the version the load balancer holds is enough.
-    unready = Shop("two.test", ("www.two.test", "new.two.test"), "custom-domain", UP,
-                   shop="id-two.test")
+    unready = not_covered("two.test")
     out, comp, _ = build(tmp_path, "shared", [record(one, lin1), record(two, lin2)], "shared",
                          [one, unready], [lin1], on_lb=frozenset({held}))
     assert "two.test.conf" in comp.sites and "two.test.conf" in comp.kept
@@ -98,8 +103,7 @@ def test_a_kept_shop_whose_certificate_is_nowhere_is_dropped_with_the_reason(
     ca = SandboxCA(tmp_path)
     two = shop("two.test")
     lin2 = lineage(tmp_path, ca, "two.test", ["two.test", "www.two.test"])
-    unready = Shop("two.test", ("www.two.test", "new.two.test"), "custom-domain", UP,
-                   shop="id-two.test")
+    unready = not_covered("two.test")
     out, comp, notes = build(tmp_path, "shared", [record(two, lin2)], "shared", [unready], [])
     assert "two.test.conf" in comp.dropped and "no copy of its certificate" in \
         comp.dropped["two.test.conf"]
@@ -111,8 +115,7 @@ def test_a_kept_map_shop_whose_template_is_gone_stops_the_build(tmp_path: Path) 
     ca = SandboxCA(tmp_path)
     lin2 = lineage(tmp_path, ca, "two.test", ["two.test", "www.two.test"])
     gone = record(shop("two.test", template="retired"), lin2)
-    unready = Shop("two.test", ("www.two.test", "new.two.test"), "custom-domain", UP,
-                   shop="id-two.test")
+    unready = not_covered("two.test")
     with pytest.raises(builder.BuildError, match="template 'retired' is gone but two.test"):
         build(tmp_path, "shared", [gone], "shared", [unready], [lin2])
 
@@ -124,8 +127,7 @@ def test_back_to_sites_mode_a_kept_map_shop_gets_a_file_naming_its_version(
     two = shop("two.test")
     lin2 = lineage(tmp_path, ca, "two.test", ["two.test", "www.two.test"])
     version = shared.cert_version("two.test", lin2.fingerprint)
-    unready = Shop("two.test", ("www.two.test", "new.two.test"), "custom-domain", UP,
-                   shop="id-two.test")
+    unready = not_covered("two.test")
     out, comp, _ = build(tmp_path, "sites", [record(two, lin2)], "shared", [unready], [],
                          on_lb=frozenset({version}))
     text = out.files["sites/two.test.conf"].read().decode()
@@ -157,8 +159,7 @@ def test_a_kept_file_keeps_the_version_it_names_through_a_renewal_of_another(
     version = shared.cert_version("one.test", lin1.fingerprint)
     own = SiteRecord("one.test", one.server_names, one.owner, "one.test", lin1.fingerprint,
                      template="retired-own", vars=UP)
-    unready = Shop("one.test", ("www.one.test", "new.one.test"), "custom-domain", UP,
-                   shop="id-one.test")
+    unready = not_covered("one.test")
     text = f"server {{ ssl_certificate {ROOT}/certs/{version}/fullchain.pem; }}\n"
     out, comp, _ = build(tmp_path, "shared", [own], "shared", [unready], [],
                          on_lb=frozenset({version}), files={"one.test.conf": text})
