@@ -9,6 +9,7 @@ Internationalised names are mapped with IDNA 2008 (UTS 46, non-transitional, thr
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 
@@ -116,13 +117,17 @@ def is_legacy_owner(owner: str) -> bool:
 
 
 def site_file(domain: str) -> str:
-    """The site config file of a normalised domain: ``<domain>.conf``, ``*`` as ``_wildcard_``."""
-    return domain.replace("*", WILDCARD_FILE) + ".conf"
+    """The site config file of a normalised domain: ``<domain>.conf``, ``*`` as ``_wildcard_``.
 
-
-def domain_of_site(site: str) -> str:
-    """The domain a site config file is named after (the inverse of :func:`site_file`)."""
-    return site.removesuffix(".conf").replace(WILDCARD_FILE, "*")
+    A name too long for a file name (more than 255 bytes with the suffix: a domain may have
+    253 characters) keeps its first 200 and gains ``~`` and a hash of the whole domain; ``~``
+    is in no domain, so no other domain's file has that name.
+    """
+    name = domain.replace("*", WILDCARD_FILE) + ".conf"
+    if len(name) <= 255:
+        return name
+    digest = hashlib.sha256(domain.encode()).hexdigest()[:16]
+    return f"{name[:200]}~{digest}.conf"
 
 
 def lineage_name(domain: str) -> str:

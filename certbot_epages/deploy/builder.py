@@ -29,6 +29,8 @@ from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.deploy.manifest import FILENAME as MANIFEST
 from certbot_epages.deploy.manifest import Manifest, ManifestError, SiteRecord, loads
 from certbot_epages.deploy.render import (
+    ALL_VARS,
+    SUFFIX,
     RenderError,
     TemplateSet,
     lb_cert_dir,
@@ -96,6 +98,7 @@ class Builder:
         self.sources: dict[str, Lineage] = {}  # the composition's new certificates
         self.out = Output()
         self.template_names = frozenset(settings.templates.names())
+        self.full = True  # a deploy of every shop (render() says)
 
     # --- shops to ship -------------------------------------------------------------------------
 
@@ -106,6 +109,7 @@ class Builder:
         and its certificate are checked here, so one bad shop keeps what it serves instead of
         stopping the release of all.
         """
+        self.full = selection.full
         rendered: dict[str, bytes] = {}
         failures: dict[str, str] = {}
         for cand in selection.candidates:
@@ -124,7 +128,7 @@ class Builder:
         if not self.shared:
             return
         if not self.s.templates.own_server(cand.shop.template):
-            problem = (shared.value_problem(cand.shop.vars)
+            problem = (shared.value_problem(self._map_vars(cand.shop.template, cand.shop.vars))
                        or self._missing_vars(cand.shop.template, cand.shop.vars))
             if problem is not None:
                 raise shared.MapValueError(problem)
@@ -137,6 +141,20 @@ class Builder:
                                        f"{e}") from None
             self.s.certs.stage(cand.lineage.name, chain, key, cand.shop.server_names)
 
+    def _map_vars(self, template: str,
+                  values: Mapping[str, str | int | bool] | None) -> dict[str, str | int | bool]:
+        """The variables of a shop that go into maps: those its template refers to."""
+        used = self.s.templates.used_vars(template)
+        if ALL_VARS in used:
+            return dict(values or {})
+        return {k: v for k, v in (values or {}).items() if k in used}
+
+    def _entry(self, record: SiteRecord) -> shared.Entry:
+        template = str(record.template)
+        return shared.Entry(record.domain, record.names, template,
+                            self._map_vars(template, record.vars), record.lineage,
+                            record.fingerprint)
+
     def _missing_vars(self, template: str, values: Mapping[str, object]) -> str | None:
         missing = sorted(self.s.templates.required_vars(template) - set(values))
         if not missing:
@@ -144,11 +162,11 @@ class Builder:
         return (f"template {template!r} uses {', '.join('vars.' + m for m in missing)}, which "
                 "the entry does not set")
 
-    def _render(self, shop: Shop, cert_dir: str) -> bytes:
+    def _render(self, shop: Shop, cert_dir: str, source: str | None = None) -> bytes:
         return render_site(self.s.templates, shop, lb_name=self.t.name, lb_root=self.t.root,
                            cert_dir=cert_dir, challenge_service=self.s.challenge_service,
-                           acme_challenge=self.s.acme_snippet,
-                           listen_address=self.t.listen).encode()
+                           acme_challenge=self.s.acme_snippet, listen_address=self.t.listen,
+                           source=source).encode()
 
     def _cert_dir(self, record: SiteRecord) -> str:
         """Where a rendered candidate's certificate is: its version, or the release's tree."""
@@ -171,7 +189,7 @@ class Builder:
                 if site in rendered:
                     out.files[f"sites/{site}"] = release.FileSpec(data=rendered[site])
                 else:  # a shop of its template's shared server, checked by render()
-                    entries.append(_entry(record))
+                    entries.append(self._entry(record))
                 if not self.shared:
                     self.tree.add(record.lineage)
                 elif not self._version(record, fresh=True):
@@ -230,17 +248,18 @@ class Builder:
         """
         template = record.template
         known = template is not None and template in self.template_names
-        if (known and self.shared and not self.s.templates.own_server(str(template))
-                and shared.value_problem(record.vars or {}) is None):
+        mapped = (known and self.shared and not self.s.templates.own_server(str(template))
+                  and shared.value_problem(self._map_vars(str(template), record.vars)) is None)
+        missing = self._missing_vars(str(template), record.vars or {}) if mapped else None
+        if mapped and missing is None:
             # The common case, 100,000 times in a renewal: no file system access at all.
             if self._version(record, fresh=False):
-                entries.append(_entry(record))
+                entries.append(self._entry(record))
                 return None
-            mapped = True
-        else:
-            mapped = False
         live = self.t.base_dir
         has_file = live is not None and (live / "sites" / site).is_file()
+        if missing is not None:
+            return self._outgrown(site, record, has_file, missing, entries)
         if not known:
             if has_file:
                 return self._keep_file(site, record)
@@ -254,6 +273,49 @@ class Builder:
         return ("no copy of its certificate "
                 f"{shared.cert_version(record.lineage, record.fingerprint)} is on the load "
                 "balancer or here")
+
+    def _outgrown(self, site: str, record: SiteRecord, has_file: bool, missing: str,
+                  entries: list[shared.Entry]) -> str | None:
+        """A kept shop of a shared server whose template now needs a variable it lacks.
+
+        It keeps what it serves: its own file from an earlier run of this, or one rendered
+        with the template as the live release stored it. A deploy of only some shops refuses
+        (every other shop is kept: the template change is for ``deploy --all``).
+        """
+        if not self.full:
+            raise BuildError(
+                f"{self.t.name}: {record.domain}: {missing}; a deploy of only some shops cannot "
+                "change the template of the others: run 'certbot-epages deploy --all' (shops "
+                "that cannot ship then keep what they serve)")
+        if has_file:
+            return self._keep_file(site, record)
+        stored = self._stored_template(str(record.template))
+        if stored is not None and self._version(record, fresh=False):
+            cert_dir = shared.cert_dir(self.t.root, record.lineage, record.fingerprint)
+            try:
+                data = self._render(_shop_of(record), cert_dir, source=stored)
+            except RenderError as e:
+                self.note(f"{self.t.name}: {site}: {e}")
+            else:
+                self.out.files[f"sites/{site}"] = release.FileSpec(data=data)
+                return None
+        self.note(f"{self.t.name}: {record.domain}: {missing}, and the template it was "
+                  "deployed with is not stored in the live release: it gets an empty value")
+        if self._version(record, fresh=False):
+            entries.append(self._entry(record))
+            return None
+        return (f"no copy of its certificate "
+                f"{shared.cert_version(record.lineage, record.fingerprint)} is on the load "
+                "balancer or here")
+
+    def _stored_template(self, template: str) -> str | None:
+        """The source of ``template`` as the live release stored it, if it did."""
+        if self.t.base_dir is None:
+            return None
+        try:
+            return (self.t.base_dir / "templates" / f"{template}{SUFFIX}").read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def _render_kept(self, site: str, record: SiteRecord) -> bool:
         """Render a kept shop's own file from what its record holds; whether that worked."""
@@ -324,16 +386,23 @@ class Builder:
         root = self.t.root
         default = self.s.certs.default()
         self._use_version(default)
-        config, refused = shared.plan(entries, root)
+        templates = self.s.templates
+        config, refused = shared.plan(entries, root, {
+            t: templates.decided_vars(t) for t in {e.template for e in entries}})
         if refused:  # every value was checked before: this is a bug, not a shop's fault
             raise BuildError(f"{self.t.name}: cannot put into the shared config: "
                              + "; ".join(f"{d}: {why}" for d, why in refused.items()))
         lineage, fp = default.split("/")
         parts = [shared.render_maps(config, shared.cert_dir(root, lineage, fp) + "/")]
-        for template, members in sorted(config.kinds.items()):
+        for template in sorted({kind[0] for kind in config.kinds}):
+            # Kept for shops that a later version of the template cannot render.
+            self.out.files[f"templates/{template}{SUFFIX}"] = release.FileSpec(
+                data=self.s.templates.source(template).encode())
+        for (template, _, _), members in sorted(config.kinds.items()):
             try:
                 parts.append(render_shared(
-                    self.s.templates, template, shared.template_context(template, members),
+                    templates, template,
+                    shared.template_context(template, members, templates.decided_vars(template)),
                     lb_name=self.t.name, lb_root=root,
                     challenge_service=self.s.challenge_service,
                     acme_challenge=self.s.acme_snippet, listen_address=self.t.listen))
@@ -417,9 +486,6 @@ class Builder:
         files[key] = release.FileSpec(data=key_pem, mode=0o600)
 
 
-def _entry(record: SiteRecord) -> shared.Entry:
-    return shared.Entry(record.domain, record.names, str(record.template),
-                        dict(record.vars or {}), record.lineage, record.fingerprint)
 
 
 def _shop_of(record: SiteRecord) -> Shop:
@@ -470,6 +536,8 @@ def recover(local: Path) -> Manifest:
         domain = path.name[: -len(".conf")].replace("_wildcard_", "*")
         names_match = _SERVER_NAME.search(text)
         names = tuple(names_match[1].decode(errors="replace").split()) if names_match else ()
+        if "~" in path.name and names:  # a shortened name (see names.site_file)
+            domain = names[0]
         cert = _CERT_PATH.search(text)
         lineage = cert[1].decode() if cert else ""
         fingerprint = "0" * 64

@@ -213,7 +213,8 @@ class Deployer:
                         shutil.rmtree(lb.built.path, ignore_errors=True)
                 raise
             if all(lb.built is not None and not lb.built.changed and not lb.built.removed
-                   and lb.base.release is not None and not lb.stale_config for lb in lbs):
+                   and lb.base.release is not None and not lb.stale_config
+                   and not lb.push_versions for lb in lbs):
                 for lb in lbs:
                     assert lb.built is not None
                     shutil.rmtree(lb.built.path, ignore_errors=True)

@@ -40,6 +40,7 @@ import functools
 import posixpath
 import re
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ class TemplateSet:
         self._safe: dict[str, frozenset[str]] = {}
         self._paths: dict[str, Path] = {}
         self._own: dict[str, bool] = {}
-        self._required: dict[str, frozenset[str]] = {}
+        self._uses: dict[str, VarUses] = {}
 
     def names(self) -> tuple[str, ...]:
         """The names of the available shop templates, sorted (read once per TemplateSet)."""
@@ -163,9 +164,28 @@ class TemplateSet:
         in shared mode its map value would silently be empty, so it is checked per shop. A use
         under ``is defined`` / ``is undefined`` or ``| default`` is optional.
         """
-        if name not in self._required:
-            self._required[name] = _required_vars(self.env, self.source(name), self.path(name))
-        return self._required[name]
+        return self._var_uses(name).required
+
+    def decided_vars(self, name: str) -> frozenset[str]:
+        """The ``vars.<x>`` template ``name`` decides on rather than prints.
+
+        In a test, a filter, a comparison: in shared mode such a variable has its shops' value
+        in the server of their kind, never an nginx variable.
+        """
+        return self._var_uses(name).decided
+
+    def used_vars(self, name: str) -> frozenset[str]:
+        """Every ``vars.<x>`` template ``name`` refers to (what shared mode puts into maps).
+
+        :data:`ALL_VARS` among them: it also reads the mapping as a whole (``vars.get``, a
+        loop), so every variable counts.
+        """
+        return self._var_uses(name).used
+
+    def _var_uses(self, name: str) -> VarUses:
+        if name not in self._uses:
+            self._uses[name] = _var_uses(self.env, self.source(name), self.path(name))
+        return self._uses[name]
 
     def all_safe_vars(self) -> dict[str, frozenset[str]]:
         """``safe_vars`` of every shop template, by name (for ``load_inventory(safe_vars=)``)."""
@@ -182,7 +202,21 @@ class TemplateSet:
         return ", ".join(str(p) for p in self.search_path)
 
 
-def _required_vars(env: jinja2.Environment, source: str, path: Path) -> frozenset[str]:
+ALL_VARS = "*"  # in used_vars(): the template reads the mapping as a whole (never a var name)
+_MAPPING_METHODS = frozenset({"get", "items", "keys", "values"})
+
+
+@dataclass(frozen=True)
+class VarUses:
+    """How a template uses its shops' variables."""
+
+    used: frozenset[str]  # every vars.<x> it refers to (ALL_VARS: the mapping as a whole)
+    required: frozenset[str]  # ... without asking whether it is set
+    decided: frozenset[str]  # ... other than printed as it is (a test, a filter, a comparison)
+
+
+def _var_uses(env: jinja2.Environment, source: str, path: Path) -> VarUses:
+    """How a template uses ``vars.<x>`` (see :class:`VarUses`)."""
     from jinja2 import nodes
 
     try:
@@ -208,17 +242,29 @@ def _required_vars(env: jinja2.Environment, source: str, path: Path) -> frozense
 
     used: set[str] = set()
     optional: set[str] = set()
+    printed = {id(child) for out in tree.find_all(nodes.Output) for child in out.nodes}
+    decided: set[str] = set()  # used other than printed as it is: in a test, filter, ...
+    named = 0  # uses of the mapping by one name (vars.x, vars["x"]): a method is not one
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         var = var_of(node)
-        if var is not None:
+        if var is not None and var not in _MAPPING_METHODS:
             used.add(var)
+            named += 1
+            if id(node) not in printed:
+                decided.add(var)
+    mappings = sum(1 for n in tree.find_all(nodes.Name) if n.name == "vars") + sum(
+        1 for n in tree.find_all(nodes.Getattr)
+        if n.attr == "vars" and isinstance(n.node, nodes.Name) and n.node.name == "shop")
+    if named != mappings:  # the mapping itself is used (a loop, .get): every variable counts
+        used.add(ALL_VARS)
     for node in tree.find_all((nodes.Test, nodes.Filter)):
         guarded = (node.name in ("defined", "undefined") if isinstance(node, nodes.Test)
                    else node.name in ("default", "d"))
         var = var_of(node.node) if guarded and node.node is not None else None
         if var is not None:
             optional.add(var)
-    return frozenset(used - optional - {"get", "items", "keys", "values"})
+    return VarUses(frozenset(used), frozenset(used - optional - {ALL_VARS}),
+                   frozenset(decided))
 
 
 def lb_cert_dir(lb_root: str, cert_name: str) -> str:
@@ -236,8 +282,12 @@ def render_site(
     challenge_service: str,
     listen_address: str = "",
     acme_challenge: str | None = None,
+    source: str | None = None,
 ) -> str:
     """Render the nginx config of ``shop`` for one load balancer.
+
+    ``source``: the text of the shop's template as an earlier release stored it (a kept shop
+    of a shared server that the current template cannot render), instead of the current one.
 
     ``cert_dir`` is the directory on the load balancer holding ``fullchain.pem`` and
     ``privkey.pem`` (see :func:`lb_cert_dir`).  The shop is checked again (names normalised,
@@ -271,7 +321,7 @@ def render_site(
         "shop": shop.as_dict(),
     }
     return _render(templates, path, context, what, shop.domain, challenge_service,
-                   acme_challenge)
+                   acme_challenge, source)
 
 
 def render_shared(
@@ -302,13 +352,16 @@ def render_shared(
 
 
 def _render(templates: TemplateSet, path: Path, context: dict[str, Any], what: str,
-            subject: str, challenge_service: str, acme_challenge: str | None) -> str:
+            subject: str, challenge_service: str, acme_challenge: str | None,
+            source: str | None = None) -> str:
     if acme_challenge is None:
         acme_challenge = templates.env.get_template("acme-challenge-proxy" + SUFFIX).render(
             challenge_service=challenge_service
         )
     context["acme_challenge"] = acme_challenge
     try:
+        if source is not None:
+            return templates.env.from_string(source).render(context)
         return templates.env.get_template(path.name).render(context)
     except jinja2.TemplateSyntaxError as e:
         where = f"{e.filename or path}:{e.lineno}"

@@ -104,8 +104,10 @@ NO_GROUP, NOT_IN_GROUP = 4, 5
 def script_list_versions(root: str, group: str | None) -> str:
     """Print the certificate versions below ``<root>/certs`` (``<lineage>/<fp16>``).
 
-    With ``group``: first check that the group exists and that the deploy user may give files
-    to it (root, or a member), then list only versions whose key belongs to it.
+    A version counts when it has both files. With ``group``: first check that the group exists
+    and that the deploy user may give files to it (root, or a member), then count only files
+    of that group, readable by it and by no one else (what ``Target.push_certs`` makes), so a
+    version with another group or mode is sent again.
     """
     r = shlex.quote(root)
     lines = []
@@ -117,10 +119,11 @@ def script_list_versions(root: str, group: str | None) -> str:
             f'[ "$(id -u)" = 0 ] || id -nG | tr " " "\\n" | grep -qxF -- {g} '
             f"|| {{ id -un; exit {NOT_IN_GROUP}; }}",
         ]
-        select = f"-group {g} "
+        select = f"-group {g} -perm -0040 ! -perm -0004 "
     lines += [
         f"cd {r}/certs 2>/dev/null || exit 0",
-        f"find . -mindepth 3 -maxdepth 3 -name privkey.pem {select}-printf '%h\\n'",
+        "find . -mindepth 3 -maxdepth 3 -type f \\( -name fullchain.pem -o -name privkey.pem "
+        f"\\) {select}-printf '%h\\n' | awk 'n[$0]++ == 1'",
     ]
     return "\n".join(lines)
 

@@ -49,6 +49,7 @@ SITE = "_epages-shared.conf"
 VERSIONS = "certs.list"  # in a release: the certificate versions it uses, one per line
 DEFAULT_LINEAGE = "_default"  # never a lineage name (those start with a letter or digit)
 CERT_VAR = "$epages_certdir"  # a directory ending in "/"
+MAX_MAP_VALUE = 2048  # well below nginx's 4096-byte limit of one token in a config file
 
 
 def cert_version(lineage: str, fingerprint: str) -> str:
@@ -83,6 +84,9 @@ class Entry:
     fingerprint: str
 
 
+Kind = tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]]
+
+
 @dataclass
 class Config:
     """The parts of the shared config, before they are joined into text."""
@@ -90,15 +94,24 @@ class Config:
     cert_map: list[tuple[str, str]] = field(default_factory=list)  # name -> directory
     var_maps: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # var -> lines
     upstreams: dict[str, str] = field(default_factory=dict)  # block name -> host:port
-    kinds: dict[str, list[Entry]] = field(default_factory=dict)  # template -> its shops
+    # (template, the variables its shops set, the values of those it decides on) -> those
+    # shops: one server each, so a template's `vars.x is defined` or `{% if vars.flag %}`
+    # holds in the server of exactly the shops it holds for.
+    kinds: dict[Kind, list[Entry]] = field(default_factory=dict)
 
 
 class MapValueError(ValueError):
     """A shop's value cannot go into a map (the shop is left out, the caller says why)."""
 
 
-def plan(entries: Sequence[Entry], root: str) -> tuple[Config, dict[str, str]]:
-    """Group shops by template and build the maps; shops that cannot go in, and why."""
+def plan(entries: Sequence[Entry], root: str,
+         fixed: Mapping[str, frozenset[str]] | None = None) -> tuple[Config, dict[str, str]]:
+    """Group shops by template and build the maps; shops that cannot go in, and why.
+
+    ``fixed``: per template, the variables it decides on (a test, a filter, a comparison)
+    rather than prints: they take their shops' values in the server of their kind, not a map.
+    """
+    fixed = fixed or {}
     config = Config()
     refused: dict[str, str] = {}
     wildcard_dirs: dict[str, str] = {}
@@ -108,8 +121,9 @@ def plan(entries: Sequence[Entry], root: str) -> tuple[Config, dict[str, str]]:
             if name.startswith("*."):
                 wildcard_dirs[base_of(name)] = directory
     for entry in sorted(entries, key=lambda e: e.domain):
+        decided = fixed.get(entry.template, frozenset())
         try:
-            lines = _var_lines(entry, config)
+            lines = _var_lines(entry, config, decided)
         except MapValueError as e:
             refused[entry.domain] = str(e)
             continue
@@ -121,13 +135,18 @@ def plan(entries: Sequence[Entry], root: str) -> tuple[Config, dict[str, str]]:
             if not name.startswith("*.") and wildcard_dirs.get(parent) == directory:
                 continue  # a rider: the wildcard's line covers it
             config.cert_map.append((name, directory))
-        config.kinds.setdefault(entry.template, []).append(entry)
+        kind = (entry.template, tuple(sorted(entry.vars)),
+                tuple(sorted((v, repr(entry.vars[v])) for v in decided if v in entry.vars)))
+        config.kinds.setdefault(kind, []).append(entry)
     return config, refused
 
 
-def _var_lines(entry: Entry, config: Config) -> list[tuple[str, list[tuple[str, str]]]]:
+def _var_lines(entry: Entry, config: Config,
+               decided: frozenset[str]) -> list[tuple[str, list[tuple[str, str]]]]:
     out = []
     for var, value in sorted(entry.vars.items()):
+        if var in decided:
+            continue  # the server of its kind has the value itself
         if var == "upstream":
             address = str(value)
             HostPort.parse(address, 80)  # checked by the inventory already; never a unix: path
@@ -162,7 +181,10 @@ def _map_value(var: str, value: str | int | bool) -> str:
         raise MapValueError(f"variable {var!r}: '$' cannot go into a map in shared mode (nginx "
                           "would read it as a variable)")
     if any(c in text for c in ' ";{}#\\\'') or not text:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if len(text) > MAX_MAP_VALUE:
+        raise MapValueError(f"variable {var!r}: {len(text)} characters once quoted for a map; "
+                            f"a map value may have at most {MAX_MAP_VALUE}")
     return text
 
 
@@ -181,11 +203,17 @@ def render_maps(config: Config, default_dir: str) -> str:
     return "".join(parts)
 
 
-def template_context(template: str, entries: Sequence[Entry]) -> dict[str, Any]:
-    """What a template renders with in shared mode (see the module's docstring)."""
+def template_context(template: str, entries: Sequence[Entry],
+                     decided: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """What a template renders with in shared mode (see the module's docstring).
+
+    ``entries`` are the shops of one kind (:attr:`Config.kinds`): the same variables, and the
+    same values of the ``decided`` ones, which the template gets as they are.
+    """
     names = sorted({n for e in entries for n in e.names})
     variables = sorted({v for e in entries for v in e.vars})
-    values = {v: var_name(template, v) for v in variables}
+    values: dict[str, Any] = {
+        v: entries[0].vars[v] if v in decided else var_name(template, v) for v in variables}
     return {
         "domain": "$host",
         "aliases": [],

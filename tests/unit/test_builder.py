@@ -165,3 +165,67 @@ def test_a_kept_file_keeps_the_version_it_names_through_a_renewal_of_another(
                          on_lb=frozenset({version}), files={"one.test.conf": text})
     assert out.files["sites/one.test.conf"].read().decode() == text
     assert version in out.files[shared.VERSIONS].read().decode().split()
+
+
+MOVED = """server {
+    listen 443 ssl;
+    server_name {{ server_names | join(' ') }};
+    ssl_certificate {{ ssl_certificate }};
+    ssl_certificate_key {{ ssl_certificate_key }};
+{% if vars.moved_to is defined %}
+    return 302 https://{{ vars.moved_to }}/;
+{% endif %}
+    location / { proxy_pass http://{{ vars.upstream }}; }
+}
+"""
+
+
+def test_an_optional_variable_reaches_only_the_shops_that_set_it(tmp_path: Path) -> None:
+    ca = SandboxCA(tmp_path)
+    own = tmp_path / "t" / "nginx"
+    own.mkdir(parents=True)
+    (own / "moved.conf.j2").write_text(MOVED)
+    lin1 = lineage(tmp_path, ca, "one.test", ["one.test", "www.one.test"])
+    lin2 = lineage(tmp_path, ca, "two.test", ["two.test", "www.two.test"])
+    shops = [shop("one.test", "moved", upstream="10.0.0.5:80", moved_to="elsewhere.test"),
+             shop("two.test", "moved", upstream="10.0.0.5:80")]
+    out, _, _ = build(tmp_path, "shared", [], "sites", shops, [lin1, lin2],
+                      templates=TemplateSet(tmp_path / "t"))
+    config = out.files["sites/_epages-shared.conf"].read().decode()
+    servers = config.split("server {")[1:]
+    assert len(servers) == 2
+    moved = [s for s in servers if "return 302" in s]
+    assert len(moved) == 1 and "one.test" in moved[0] and "two.test" not in moved[0]
+    # The release keeps the template it rendered with (for shops a later one cannot render).
+    assert out.files["templates/moved.conf.j2"].read().decode() == MOVED
+
+
+def test_only_the_variables_a_template_uses_go_into_maps(tmp_path: Path) -> None:
+    ca = SandboxCA(tmp_path)
+    lin1 = lineage(tmp_path, ca, "one.test", ["one.test", "www.one.test"])
+    lin2 = lineage(tmp_path, ca, "two.test", ["two.test", "www.two.test"])
+    shops = [shop("one.test", note="x" * 4096, **UP),
+             shop("two.test", upstream="10.0.0.5:80", **{"other": "y"})]
+    out, comp, _ = build(tmp_path, "shared", [], "sites", shops, [lin1, lin2])
+    assert set(comp.rendered) == {"one.test.conf", "two.test.conf"}
+    config = out.files["sites/_epages-shared.conf"].read().decode()
+    assert "xxxx" not in config and "_other" not in config and "_note" not in config
+
+
+def test_a_value_too_long_for_a_map_keeps_only_its_shop_out(tmp_path: Path) -> None:
+    ca = SandboxCA(tmp_path)
+    own = tmp_path / "t" / "nginx"
+    own.mkdir(parents=True)
+    banner = MOVED.replace("{% if vars.moved_to is defined %}\n    return 302 https://"
+                           "{{ vars.moved_to }}/;\n{% endif %}\n",
+                           "    add_header X-Banner {{ vars.banner }};\n")
+    assert "moved_to" not in banner
+    (own / "banner.conf.j2").write_text("{# epages: safe_vars = banner #}\n" + banner)
+    lin1 = lineage(tmp_path, ca, "one.test", ["one.test", "www.one.test"])
+    lin2 = lineage(tmp_path, ca, "two.test", ["two.test", "www.two.test"])
+    shops = [shop("one.test", "banner", banner='"' * 1100, **UP),
+             shop("two.test", "banner", banner="hello", **UP)]
+    out, comp, notes = build(tmp_path, "shared", [], "sites", shops, [lin1, lin2],
+                             templates=TemplateSet(tmp_path / "t"))
+    assert set(comp.rendered) == {"two.test.conf"}
+    assert any("one.test" in n and "at most 2048" in n for n in notes)

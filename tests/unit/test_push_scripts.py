@@ -59,22 +59,31 @@ def test_the_test_writes_the_commands_whole_output_to_its_file_first(tmp_path: P
     assert not (root / "current").exists()  # put back: there was no live release
 
 
-def test_the_versions_listed_are_those_whose_key_the_workers_group_owns(tmp_path: Path) -> None:
+def test_the_versions_listed_are_those_the_workers_group_can_use(tmp_path: Path) -> None:
     import grp
     import os
 
     root = tmp_path / "lb"
     mine = grp.getgrgid(os.getgid()).gr_name
-    for version in ("one.test/0123456789abcdef", "two.test/fedcba9876543210",
-                    "three.test/0123456789abcdef"):
+    versions = {"one": "one.test/0123456789abcdef", "two": "two.test/fedcba9876543210",
+                "three": "three.test/0123456789abcdef", "four": "four.test/0123456789abcdef",
+                "five": "five.test/0123456789abcdef"}
+    for label, version in versions.items():
         (root / "certs" / version).mkdir(parents=True)
-        if not version.startswith("three"):  # three.test's key never arrived
-            (root / "certs" / version / "privkey.pem").write_text("")
+        for pem in ("fullchain.pem", "privkey.pem"):
+            if label == "three" and pem == "fullchain.pem":
+                continue  # a botched restore: the chain is gone
+            path = root / "certs" / version / pem
+            path.write_text("")
+            path.chmod({"four": 0o600, "five": 0o644}.get(label, 0o640))
     (root / "certs" / "one.test" / ".0123456789abcdef.tmp").mkdir()
     listed = _sh(scripts.script_list_versions(str(root), mine))
     assert listed.returncode == 0
-    assert sorted(listed.stdout.split()) == ["./one.test/0123456789abcdef",
-                                            "./two.test/fedcba9876543210"]
+    # four.test's key lost its group read bit, five.test's is world-readable: sent again.
+    assert sorted(listed.stdout.split()) == [f"./{versions['one']}", f"./{versions['two']}"]
+    anyhow = _sh(scripts.script_list_versions(str(root), None))
+    assert sorted(anyhow.stdout.split()) == sorted(
+        f"./{v}" for k, v in versions.items() if k != "three")
     missing = _sh(scripts.script_list_versions(str(root), "no-such-group-here"))
     assert missing.returncode == scripts.NO_GROUP
     assert _sh(scripts.script_list_versions(str(tmp_path / "none"), None)).returncode == 0
