@@ -17,19 +17,17 @@ import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from certbot_epages.config import Config
 from certbot_epages.deploy import lineages, served
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.fleet import plan as planning
 from certbot_epages.fleet.locks import FleetLocks
+from certbot_epages.fleet.report import Outcome, SyncReport
 from certbot_epages.inventory import Inventory
 from certbot_epages.names import site_file
 from certbot_epages.ownership import Conflict
-
-if TYPE_CHECKING:
-    from certbot_epages.fleet.sync import SyncReport
 
 STATUS_FILE = "status.json"
 
@@ -185,16 +183,15 @@ def _previous_challenge(previous: Mapping[str, Any], domain: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _state(shop_status: str, outcome: Any, lineage: Lineage | None) -> str:
+def _state(shop_status: str, outcome: Outcome | None, lineage: Lineage | None) -> str:
     if shop_status != "active":
         return shop_status
     if outcome is None:
         return "ok" if lineage else "unknown"
-    state: str = outcome.state
-    return {"done": "ok", "kept": "ok"}.get(state, state)
+    return {"done": "ok", "kept": "ok"}.get(outcome.state, outcome.state)
 
 
-def _next(shop_status: str, outcome: Any, lineage: Lineage | None) -> str:
+def _next(shop_status: str, outcome: Outcome | None, lineage: Lineage | None) -> str:
     if shop_status == "suspended":
         return "none while suspended"
     if shop_status == "deleted":

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from cryptography import x509
 from certbot_epages import ownership
 from certbot_epages.config import Config
 from certbot_epages.deploy import lineages, served
-from certbot_epages.deploy.deployer import Deployer, Report
+from certbot_epages.deploy.deployer import Deployer
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.deploy.render import TemplateSet
 from certbot_epages.dns import client as dns_client
@@ -43,6 +43,7 @@ from certbot_epages.fleet import limits as budget
 from certbot_epages.fleet import plan as planning
 from certbot_epages.fleet.limits import Ledger, Limits
 from certbot_epages.fleet.locks import FleetLocks, LockTimeout
+from certbot_epages.fleet.report import Outcome, SyncReport
 from certbot_epages.inventory import Inventory, Problem, load_inventory
 from certbot_epages.names import lineage_name, printable, validate_domain
 
@@ -56,40 +57,6 @@ CERTBOT_BUSY = "Another instance of Certbot is already running"
 
 class SyncError(EpagesError):
     """Another sync is running, or the sync could not start."""
-
-
-@dataclass
-class Outcome:
-    """What happened to one certificate in this run."""
-
-    step: planning.Step
-    state: str  # done | failed | blocked | waiting | kept | deleted | busy
-    challenge: str | None = None
-    reason: str | None = None
-    fix: str | None = None
-    not_before: float | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class SyncReport:
-    """The run: one outcome per certificate, the deploy, and counts."""
-
-    outcomes: list[Outcome] = field(default_factory=list)
-    deploy: Report | None = None
-    deploy_error: str | None = None
-    # sync --domain: named shops that cannot be served now, and why (refused or invalid
-    # entries, platform shops whose name does not point at the load balancers)
-    unserved: list[str] = field(default_factory=list)
-
-    def count(self, state: str) -> int:
-        """How many certificates ended in ``state``."""
-        return sum(1 for o in self.outcomes if o.state == state)
-
-    def all_served(self) -> bool:
-        """Whether every certificate of the run is in place and deployed (sync --domain)."""
-        return not (self.deploy_error or self.unserved or any(
-            o.state in ("failed", "blocked", "waiting", "busy") for o in self.outcomes))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from certbot_epages.fleet import limits, status
 from certbot_epages.fleet import plan as planning
 from certbot_epages.fleet.limits import Ledger, LedgerError, Limits
 from certbot_epages.fleet.locks import FleetLocks, LockTimeout, held
-from certbot_epages.fleet.sync import Outcome, Sync, SyncError, SyncReport, restrict, select
+from certbot_epages.fleet.report import Outcome, SyncReport
+from certbot_epages.fleet.sync import Sync, SyncError, restrict, select
 from certbot_epages.inventory import parse_inventory
 
 pytestmark = pytest.mark.unit
