@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import re
 import shlex
 import subprocess
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 
 from certbot_epages.config import Http01Config, Http01Target
 from certbot_epages.errors import EpagesError
+from certbot_epages.files import atomic_write
 from certbot_epages.netaddr import HostPort
 from certbot_epages.resources import jinja_env
 
@@ -118,15 +118,7 @@ def _write_local(webroot: Path, token: str, content: str) -> None:
             pass
         if directory.is_symlink() or not directory.is_dir():
             raise Http01Error(f"{directory} is not a plain directory (a symlink?); refusing")
-    fd, tmp = tempfile.mkstemp(prefix=f".{token}.", dir=directory)  # O_EXCL: never a link
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / token)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(directory / token, content, mode=0o644, dir_mode=None)  # O_EXCL: no link
 
 
 def unpublish(

@@ -17,7 +17,6 @@ and leave the name without any TXT, so cleaning them re-asserts the placeholder.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from certbot_epages.errors import DNSError, EpagesError
+from certbot_epages.files import atomic_write, held
 
 logger = logging.getLogger(__name__)
 
@@ -241,9 +241,7 @@ class Journal:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[list[Entry]]:
         self._prepare()
-        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "r+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with held(self.directory / LOCK, wait=None, dir_mode=None, nofollow=True):
             entries = self._load()
             before = list(entries)
             yield entries
@@ -284,12 +282,8 @@ class Journal:
             return []
 
     def _save(self, entries: Sequence[Entry]) -> None:
-        path = self.directory / JOURNAL
-        tmp = path.with_name(f".{JOURNAL}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump([e.to_json() for e in entries], f, indent=1)
-        os.replace(tmp, path)
+        atomic_write(self.directory / JOURNAL,
+                     json.dumps([e.to_json() for e in entries], indent=1), dir_mode=None)
 
 
 def _start_time(pid: int) -> int | None:

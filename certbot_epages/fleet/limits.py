@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from certbot_epages.errors import EpagesError
+from certbot_epages.files import atomic_write
 from certbot_epages.fleet.locks import must_hold
 
 __all__ = [
@@ -216,36 +215,11 @@ class Ledger:
     def save(self, path: Path) -> None:
         """Write the ledger to ``path`` atomically (temporary file, fsync, rename), mode 0600."""
         text = json.dumps(self._to_json(), indent=1, sort_keys=True) + "\n"
-        directory = path.parent
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+            atomic_write(path, text)
         except OSError as e:
             raise LedgerError(f"cannot write the fleet ledger {path}: {e.strerror or e}"
                               ) from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as e:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(e, OSError):
-                raise LedgerError(f"cannot write the fleet ledger {path}: {e.strerror or e}"
-                                  ) from None
-            raise
-        try:
-            dir_fd = os.open(directory, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass
-        finally:
-            os.close(dir_fd)
 
     def copy(self) -> Ledger:
         """An independent copy, e.g. to plan with ``reserve=True`` without touching this one."""

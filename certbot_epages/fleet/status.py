@@ -12,8 +12,6 @@ failures, last sync) is how monitoring learns of a certificate that is not being
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 from certbot_epages.config import Config
 from certbot_epages.deploy import lineages, served
 from certbot_epages.deploy.lineages import Lineage
+from certbot_epages.files import atomic_write
 from certbot_epages.fleet import plan as planning
 from certbot_epages.fleet.locks import FleetLocks
 from certbot_epages.fleet.report import Outcome, SyncReport
@@ -78,7 +77,7 @@ def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, repor
             document = {"last_sync": document.get("last_sync"),
                         "deploy_error": document.get("deploy_error"), **document,
                         "domains": domains}
-        _atomic_write(target, json.dumps(document, indent=1, sort_keys=True) + "\n")
+        atomic_write(target, json.dumps(document, indent=1, sort_keys=True) + "\n")
     if settings.fleet.prometheus is not None and only is None:
         # Full syncs only: collect() reads every lineage, seconds with 100,000 of them.
         write_prometheus(settings.fleet.prometheus, collect(settings, now=now))
@@ -302,21 +301,8 @@ def write_prometheus(path: Path, document: Mapping[str, Any]) -> None:
             "# TYPE certbot_epages_last_sync_timestamp_seconds gauge",
             f"certbot_epages_last_sync_timestamp_seconds {int(stamp.timestamp())}",
         ]
-    _atomic_write(path, "\n".join(lines) + "\n", mode=0o644)
+    atomic_write(path, "\n".join(lines) + "\n", mode=0o644)
 
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -18,7 +18,6 @@ locks; the deploy takes the spool's and the load balancers' locks only while it 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.deploy.render import TemplateSet
 from certbot_epages.dns import client as dns_client
 from certbot_epages.errors import EpagesError
+from certbot_epages.files import held
 from certbot_epages.fleet import ari, preflight, status
 from certbot_epages.fleet import limits as budget
 from certbot_epages.fleet import plan as planning
@@ -474,19 +474,13 @@ class Sync:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         state = self.fleet.state_dir
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(state / "sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with held(state / "sync.lock") as got:
+            if not got:
                 raise SyncError(
                     f"another sync is running (it holds {state / 'sync.lock'}); two syncs "
                     "never run at once"
-                ) from None
+                )
             yield
-        finally:
-            os.close(fd)
 
     def _progress(self, index: int, total: int, outcome: Outcome, report: SyncReport,
                   started: float) -> str:
