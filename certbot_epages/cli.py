@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         "service are needed. It is valid for one ACME account: re-render it if the account "
         "changes.",
     )
-    snippet.add_argument("--config-dir", type=Path, default=Path("/etc/letsencrypt"),
-                         help="certbot's configuration directory (default: /etc/letsencrypt)")
+    snippet.add_argument("--config-dir", type=Path, default=config.DEFAULT_CERTBOT_DIR,
+                         help="certbot's configuration directory (default: "
+                         f"{config.DEFAULT_CERTBOT_DIR})")
     snippet.add_argument("--server", default=None,
                          help="the ACME directory URL certbot uses (default: Let's Encrypt)")
     snippet.add_argument("--account", default=None,

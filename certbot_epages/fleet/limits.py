@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from certbot_epages.config.model import FleetLimits as Limits
 from certbot_epages.errors import EpagesError
 from certbot_epages.files import atomic_write
 from certbot_epages.fleet.locks import must_hold
@@ -47,36 +48,6 @@ _MAX_ERROR_IN_REASON = 200
 
 class LedgerError(EpagesError):
     """The ledger file cannot be read, is corrupt, or cannot be written."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Let's Encrypt's published numbers as defaults."""
-
-    orders_per_account: int = 300
-    """New orders per account per ``orders_window``."""
-    orders_window: float = 3 * 3600
-    certs_per_registered_domain: int = 50
-    """New certificates per registered domain per ``certs_window``."""
-    certs_window: float = 7 * 86400
-    failures_per_hostname: int = 5
-    """Failed validations per hostname per ``failures_window``."""
-    failures_window: float = 3600
-    public_suffixes: tuple[str, ...] = ()
-    """Extra multi-label public suffixes, e.g. ``("co.uk",)``; without them the last label is."""
-
-    def __post_init__(self) -> None:
-        for name in ("orders_per_account", "certs_per_registered_domain",
-                     "failures_per_hostname"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Limits.{name} must be a positive integer, not {value!r}")
-        for name in ("orders_window", "certs_window", "failures_window"):
-            value = getattr(self, name)
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or value <= 0):
-                raise ValueError(f"Limits.{name} must be a positive number of seconds, "
-                                 f"not {value!r}")
 
 
 @dataclass(frozen=True)

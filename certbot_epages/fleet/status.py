@@ -218,8 +218,7 @@ def collect(settings: Config, *, now: float) -> dict[str, Any]:
         document = {}
     if not isinstance(document, dict) or not isinstance(document.get("domains"), dict):
         document = {"last_sync": None, "domains": {}}
-    certbot_dir = settings.deploy.certbot_dir if settings.deploy else Path("/etc/letsencrypt")
-    known = {lin.name: lin for lin in lineages.scan(certbot_dir)}
+    known = {lin.name: lin for lin in lineages.scan(settings.certbot_dir)}
     live, unreachable = _live_releases(settings)
     for entry in document["domains"].values():
         lineage = known.get(entry.get("lineage") or "")

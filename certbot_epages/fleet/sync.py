@@ -41,10 +41,10 @@ from certbot_epages.files import held
 from certbot_epages.fleet import ari, preflight, status
 from certbot_epages.fleet import limits as budget
 from certbot_epages.fleet import plan as planning
-from certbot_epages.fleet.limits import Ledger, Limits
+from certbot_epages.fleet.limits import Ledger
 from certbot_epages.fleet.locks import FleetLocks, LockTimeout
 from certbot_epages.fleet.report import Outcome, SyncReport
-from certbot_epages.inventory import Inventory, Problem, load_inventory
+from certbot_epages.inventory import Inventory, Problem, load_configured
 from certbot_epages.names import lineage_name, printable, validate_domain
 
 CERTBOT_TIMEOUT = 900.0
@@ -120,15 +120,8 @@ class Sync:
         self.dry_run = dry_run
         self.say = say
         self.clock = clock
-        self.certbot_dir = (settings.deploy.certbot_dir if settings.deploy
-                            else Path("/etc/letsencrypt"))
-        fl = self.fleet.limits
-        self.limits = Limits(
-            orders_per_account=fl.orders_per_account,
-            certs_per_registered_domain=fl.certs_per_registered_domain,
-            failures_per_hostname=fl.failures_per_hostname,
-            public_suffixes=fl.public_suffixes,
-        )
+        self.certbot_dir = settings.certbot_dir
+        self.limits = self.fleet.limits
         self.ledger_path = self.fleet.state_dir / "ledger.json"
         self.locks = FleetLocks(self.fleet.state_dir)
         self.domains = tuple(_domain(d) for d in dict.fromkeys(domains))
@@ -464,12 +457,7 @@ class Sync:
 
     def _inventory(self) -> Inventory:
         templates = TemplateSet(self.settings.deploy.templates if self.settings.deploy else None)
-        return load_inventory(self.settings.need_inventory("syncs"), templates=templates.names(),
-                              safe_vars=templates.all_safe_vars(),
-                              timeout=self.settings.inventory_timeout,
-                              max_bytes=self.settings.inventory_max_bytes,
-                              cache=(self.settings.deploy.spool if self.settings.deploy
-                                     else self.fleet.state_dir))
+        return load_configured(self.settings, templates, "syncs")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -28,14 +28,15 @@ from typing import Any
 
 from certbot_epages import __version__
 from certbot_epages.files import atomic_write
-from certbot_epages.inventory import Inventory, Problem, Shop
+from certbot_epages.inventory.model import Inventory, Problem, Shop
 
 logger = logging.getLogger(__name__)
 
 FILENAME = "inventory-cache.json"
 FORMAT = 1
 # The modules whose rules decide what a checked entry is: a change to them is a miss.
-_CHECKING_CODE = ("inventory.py", "inventory_cache.py", "names.py", "netaddr.py")
+_CHECKING_CODE = ("inventory/model.py", "inventory/entries.py", "inventory/fetch.py",
+                  "inventory/cache.py", "names.py", "netaddr.py")
 
 
 class _Miss(Exception):
@@ -86,7 +87,7 @@ def _code_version() -> dict[str, str]:
 
     import yaml
 
-    here = Path(__file__).parent
+    here = Path(__file__).parent.parent  # the package's root
     source = hashlib.sha256()
     for name in _CHECKING_CODE:
         with contextlib.suppress(OSError):
