@@ -24,6 +24,7 @@ from certbot_epages.config.model import FleetLimits as Limits
 from certbot_epages.errors import EpagesError
 from certbot_epages.files import atomic_write
 from certbot_epages.fleet.locks import must_hold
+from certbot_epages.names import bare_host, registered_domain
 
 __all__ = [
     "BACKOFF",
@@ -59,40 +60,6 @@ class Decision:
     """Why it waits, with the budget numbers and the UTC time of the next slot."""
     not_before: float | None = None
     """Epoch seconds from which it may go (it may still meet another limit then)."""
-
-
-def _hostname(name: str) -> str:
-    """The name as the limits count it: lowercase, no trailing dot, no wildcard prefix."""
-    name = name.strip().lower().rstrip(".")
-    while name.startswith("*."):
-        name = name[2:]
-    return name
-
-
-def registered_domain(name: str, public_suffixes: Sequence[str] = ()) -> str:
-    """The registered domain of ``name``: one label more than its public suffix.
-
-    Without a matching entry in ``public_suffixes`` (multi-label suffixes such as ``co.uk``;
-    the longest match wins) the suffix is the last label, so the result is the last two
-    labels. A wildcard prefix and a trailing dot are ignored; the result is lowercase. A name
-    that is itself a suffix, or has no more labels, is returned as it is.
-
-    >>> registered_domain("*.shop.example.co.uk", ("co.uk",))
-    'example.co.uk'
-    """
-    host = _hostname(name)
-    labels = host.split(".")
-    suffix_labels = 1
-    for suffix in public_suffixes:
-        suffix = suffix.strip().lower().strip(".")
-        if not suffix:
-            continue
-        count = suffix.count(".") + 1
-        if count > suffix_labels and (host == suffix or host.endswith("." + suffix)):
-            suffix_labels = count
-    if len(labels) <= suffix_labels:
-        return host
-    return ".".join(labels[-(suffix_labels + 1):])
 
 
 def _utc(when: float) -> str:
@@ -263,7 +230,7 @@ class Ledger:
         The names are kept as they are, so the registered domains follow ``Limits``'
         ``public_suffixes`` at the time of :meth:`admit`.
         """
-        self._certificates.append((now, tuple(_hostname(n) for n in names)))
+        self._certificates.append((now, tuple(bare_host(n) for n in names)))
         self._cert_index.clear()
 
     def record_failure(self, key: str, names: Sequence[str], error: str, now: float) -> None:
@@ -271,7 +238,7 @@ class Ledger:
 
         Also counts one more consecutive failure for ``key`` and remembers ``error``.
         """
-        for host in dict.fromkeys(_hostname(n) for n in names):
+        for host in dict.fromkeys(bare_host(n) for n in names):
             self._host_failures.setdefault(host, []).append(now)
         previous = self._backoff.get(key)
         count = previous.count + 1 if previous else 1
@@ -328,7 +295,7 @@ class Ledger:
                          limits: Limits) -> Decision | None:
         worst = _latest_block(
             ((host, self._host_failures.get(host, ())) for host in
-             dict.fromkeys(_hostname(n) for n in names)),
+             dict.fromkeys(bare_host(n) for n in names)),
             limits.failures_per_hostname, limits.failures_window, now,
         )
         if worst is None:

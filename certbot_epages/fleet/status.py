@@ -24,7 +24,7 @@ from certbot_epages.files import atomic_write
 from certbot_epages.fleet import plan as planning
 from certbot_epages.fleet.locks import FleetLocks
 from certbot_epages.fleet.report import Outcome, SyncReport
-from certbot_epages.inventory import Inventory
+from certbot_epages.inventory import Inventory, Problem, Shop
 from certbot_epages.names import site_file
 from certbot_epages.ownership import Conflict
 
@@ -119,26 +119,8 @@ def _entries(inventory: Inventory, the_plan: planning.Plan, report: SyncReport,
         if only is not None and shop.domain not in only:
             continue
         lineage_name = the_plan.riders.get(shop.domain, planning.lineage_name(shop.domain))
-        outcome = by_lineage.get(lineage_name)
-        lineage = known.get(lineage_name)
-        entry: dict[str, Any] = {
-            "domain": shop.domain,
-            "shop": shop.owner,
-            "names": list(shop.server_names),
-            "status": shop.status,
-            "lineage": lineage_name if lineage else None,
-            "certificate": lineage is not None,
-            "certificate_names": list(lineage.names) if lineage else [],
-            "expires": _iso(lineage.not_after) if lineage else None,
-            # A certificate kept as it is was issued by an earlier sync: keep what it used.
-            "challenge": (outcome.challenge if outcome and outcome.challenge
-                          else _previous_challenge(previous, shop.domain)),
-            "state": _state(shop.status, outcome, lineage),
-            "last_error": outcome.reason if outcome and outcome.state in (
-                "failed", "blocked") else None,
-            "fix": outcome.fix if outcome else None,
-            "next_action": _next(shop.status, outcome, lineage),
-        }
+        entry = _shop_entry(shop, lineage_name, by_lineage.get(lineage_name),
+                            known.get(lineage_name), previous)
         if riders and shop.domain in riders and shop.is_active:
             entry["state"] = "blocked"
             entry["last_error"], entry["fix"] = riders[shop.domain]
@@ -150,30 +132,62 @@ def _entries(inventory: Inventory, the_plan: planning.Plan, report: SyncReport,
         # A refused shop may still serve (and renew) what it had: keep its expiry in sight.
         lineage_name = planning.lineage_name(shop.domain)
         lineage = known.get(lineage_name) if key == shop.domain else None
-        domains[key] = {
-            "domain": shop.domain, "shop": shop.owner, "names": list(shop.server_names),
-            "status": shop.status, "lineage": lineage_name if lineage else None,
-            "certificate": lineage is not None,
-            "certificate_names": list(lineage.names) if lineage else [],
-            "expires": _iso(lineage.not_after) if lineage else None, "challenge": None,
-            "state": "conflict", "last_error": conflict.reason, "fix": conflict.fix,
-            "owner": conflict.other,
-            "next_action": "nothing new is ordered or deployed for it while the conflict lasts",
-        }
+        domains[key] = _conflict_entry(conflict, lineage_name, lineage)
     for problem in inventory.problems:
         if only is not None and problem.name not in only:
             continue
         # The shop software learns about entries it sent that could not be used at all.
         key = problem.domain or f"(entry {problem.index})"
-        domains.setdefault(key, {
-            "domain": key, "shop": problem.owner, "names": [], "status": "invalid",
-            "lineage": None,
-            "certificate": False, "certificate_names": [], "expires": None, "challenge": None,
-            "state": "invalid", "last_error": problem.message,
-            "fix": "correct the entry in the shop software's export",
-            "next_action": "none until the entry is valid",
-        })
+        domains.setdefault(key, _invalid_entry(key, problem))
     return domains
+
+
+def _shop_entry(shop: Shop, lineage_name: str, outcome: Outcome | None,
+                lineage: Lineage | None, previous: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "domain": shop.domain,
+        "shop": shop.owner,
+        "names": list(shop.server_names),
+        "status": shop.status,
+        "lineage": lineage_name if lineage else None,
+        "certificate": lineage is not None,
+        "certificate_names": list(lineage.names) if lineage else [],
+        "expires": _iso(lineage.not_after) if lineage else None,
+        # A certificate kept as it is was issued by an earlier sync: keep what it used.
+        "challenge": (outcome.challenge if outcome and outcome.challenge
+                      else _previous_challenge(previous, shop.domain)),
+        "state": _state(shop.status, outcome, lineage),
+        "last_error": outcome.reason if outcome and outcome.state in (
+            "failed", "blocked") else None,
+        "fix": outcome.fix if outcome else None,
+        "next_action": _next(shop.status, outcome, lineage),
+    }
+
+
+def _conflict_entry(conflict: Conflict, lineage_name: str, lineage: Lineage | None
+                    ) -> dict[str, Any]:
+    shop = conflict.shop
+    return {
+        "domain": shop.domain, "shop": shop.owner, "names": list(shop.server_names),
+        "status": shop.status, "lineage": lineage_name if lineage else None,
+        "certificate": lineage is not None,
+        "certificate_names": list(lineage.names) if lineage else [],
+        "expires": _iso(lineage.not_after) if lineage else None, "challenge": None,
+        "state": "conflict", "last_error": conflict.reason, "fix": conflict.fix,
+        "owner": conflict.other,
+        "next_action": "nothing new is ordered or deployed for it while the conflict lasts",
+    }
+
+
+def _invalid_entry(key: str, problem: Problem) -> dict[str, Any]:
+    return {
+        "domain": key, "shop": problem.owner, "names": [], "status": "invalid",
+        "lineage": None,
+        "certificate": False, "certificate_names": [], "expires": None, "challenge": None,
+        "state": "invalid", "last_error": problem.message,
+        "fix": "correct the entry in the shop software's export",
+        "next_action": "none until the entry is valid",
+    }
 
 
 def _previous_challenge(previous: Mapping[str, Any], domain: str) -> str | None:

@@ -149,42 +149,12 @@ def _parse_entry(
     if unknown:
         names = ", ".join(printable(str(k)) for k in unknown)
         raise ValueError(f"unknown key(s) {names}; allowed: {', '.join(ENTRY_KEYS)}")
-
     if "domain" not in entry:
         raise ValueError("missing required key 'domain'")
     domain = _domain(entry["domain"], "domain")
-
-    raw_aliases = entry.get("aliases")
-    if raw_aliases is None:
-        raw_aliases = []
-    if not isinstance(raw_aliases, list):
-        raise ValueError(f"'aliases' must be a list, got {type(raw_aliases).__name__}")
-    aliases: list[str] = []
-    for i, raw in enumerate(raw_aliases):
-        alias = _domain(raw, f"aliases[{i}]")
-        if alias == domain or alias in aliases:
-            raise ValueError(f"aliases[{i}]: {alias} is listed twice")
-        aliases.append(alias)
-
-    if "template" not in entry:
-        raise ValueError("missing required key 'template'")
-    template = entry["template"]
-    if not isinstance(template, str) or not TEMPLATE_NAME_RE.fullmatch(template):
-        shown = printable(template) if isinstance(template, str) else type(template).__name__
-        raise ValueError(f"template {shown} must match ^[a-z0-9][a-z0-9_-]*$")
-    if template not in templates:
-        known = ", ".join(sorted(templates)) or "none"
-        raise ValueError(f"unknown template {template!r}; available: {known}")
-
-    raw_vars = entry.get("vars")
-    if raw_vars is None:
-        raw_vars = {}
-    if not isinstance(raw_vars, dict):
-        raise ValueError(f"'vars' must be a mapping, got {type(raw_vars).__name__}")
-    declared_safe = safe_vars.get(template, ())
-    variables: dict[str, VarValue] = {}
-    for key, value in raw_vars.items():
-        variables[key] = validate_var(key, value, safe=key in declared_safe)
+    aliases = _aliases(entry.get("aliases"), domain)
+    template = _template(entry, templates)
+    variables = _variables(entry.get("vars"), safe_vars.get(template, ()))
 
     status = entry.get("status", "active")
     if status not in STATUSES:
@@ -200,12 +170,50 @@ def _parse_entry(
 
     return Shop(
         domain=domain,
-        aliases=tuple(aliases),
+        aliases=aliases,
         template=template,
         vars=variables,
         status=status,
         shop=shop_id,
     )
+
+
+def _aliases(raw_aliases: object, domain: str) -> tuple[str, ...]:
+    if raw_aliases is None:
+        raw_aliases = []
+    if not isinstance(raw_aliases, list):
+        raise ValueError(f"'aliases' must be a list, got {type(raw_aliases).__name__}")
+    aliases: list[str] = []
+    for i, raw in enumerate(raw_aliases):
+        alias = _domain(raw, f"aliases[{i}]")
+        if alias == domain or alias in aliases:
+            raise ValueError(f"aliases[{i}]: {alias} is listed twice")
+        aliases.append(alias)
+    return tuple(aliases)
+
+
+def _template(entry: Mapping[str, object], templates: Collection[str]) -> str:
+    if "template" not in entry:
+        raise ValueError("missing required key 'template'")
+    template = entry["template"]
+    if not isinstance(template, str) or not TEMPLATE_NAME_RE.fullmatch(template):
+        shown = printable(template) if isinstance(template, str) else type(template).__name__
+        raise ValueError(f"template {shown} must match ^[a-z0-9][a-z0-9_-]*$")
+    if template not in templates:
+        known = ", ".join(sorted(templates)) or "none"
+        raise ValueError(f"unknown template {template!r}; available: {known}")
+    return template
+
+
+def _variables(raw_vars: object, declared_safe: Collection[str]) -> dict[str, VarValue]:
+    if raw_vars is None:
+        raw_vars = {}
+    if not isinstance(raw_vars, dict):
+        raise ValueError(f"'vars' must be a mapping, got {type(raw_vars).__name__}")
+    variables: dict[str, VarValue] = {}
+    for key, value in raw_vars.items():
+        variables[key] = validate_var(key, value, safe=key in declared_safe)
+    return variables
 
 
 def _domain(value: object, key: str) -> str:

@@ -148,17 +148,10 @@ def _get(url: str, where: str, deadline: float, timeout: float, max_bytes: int,
         if response.status != 200:
             raise InventoryError(f"{where}: fetching the inventory failed: HTTP "
                                  f"{response.status} {response.reason}")
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := response.read1(65536):
-            size += len(chunk)
-            if size > max_bytes:
-                raise InventoryError(f"{where}: the inventory is larger than {max_bytes} "
-                                     "bytes (inventory_max_bytes)")
-            chunks.append(chunk)
+        body = _body(response, where, max_bytes)
         if expired.is_set():
             raise OSError("deadline passed")
-        return response.status, None, b"".join(chunks)
+        return response.status, None, body
     except (OSError, http.client.HTTPException, ValueError) as e:
         if expired.is_set():
             raise InventoryError(f"{where}: the inventory did not arrive within {timeout:g}s "
@@ -169,6 +162,19 @@ def _get(url: str, where: str, deadline: float, timeout: float, max_bytes: int,
         if response is not None:
             response.close()
         conn.close()
+
+
+def _body(response: http.client.HTTPResponse, where: str, max_bytes: int) -> bytes:
+    """The response's body, read up to ``max_bytes``."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := response.read1(65536):
+        size += len(chunk)
+        if size > max_bytes:
+            raise InventoryError(f"{where}: the inventory is larger than {max_bytes} "
+                                 "bytes (inventory_max_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
