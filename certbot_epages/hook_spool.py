@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from certbot_epages import proc
 from certbot_epages.errors import EpagesError
 
 PENDING_MAX_AGE = 3600.0  # seconds; older entries belong to a run that died
@@ -97,15 +98,13 @@ def run_process() -> tuple[int, bool]:
     for the same names never share them.
     """
     ancestors: list[tuple[int, list[str]]] = []
-    pid = os.getppid()
-    while pid > 1 and len(ancestors) < 8:
-        try:
-            stat_line = Path(f"/proc/{pid}/stat").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        except OSError:
+    pid: int | None = os.getppid()
+    while pid is not None and pid > 1 and len(ancestors) < 8:
+        argv, above = proc.command_line(pid), proc.parent(pid)
+        if argv is None or above is None:
             break
-        ancestors.append((pid, [arg.decode("utf-8", "replace") for arg in cmdline]))
-        pid = int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
+        ancestors.append((pid, argv))
+        pid = above
     return choose_run_process(ancestors) or (os.getppid(), False)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from certbot_epages.errors import DNSError, EpagesError
 from certbot_epages.files import atomic_write, held
+from certbot_epages.proc import start_time
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Run:
     @classmethod
     def of(cls, pid: int) -> Run:
         """The run of process ``pid`` on this host."""
-        started = _start_time(pid)
+        started = start_time(pid)
         return cls(socket.gethostname(), pid, -1 if started is None else started)
 
     def alive(self) -> bool:
@@ -77,7 +78,7 @@ class Run:
             except PermissionError:
                 return True
             return True
-        return _start_time(self.pid) == self.start
+        return start_time(self.pid) == self.start
 
     def __str__(self) -> str:
         where = "" if self.host == socket.gethostname() else f" on {self.host}"
@@ -284,15 +285,3 @@ class Journal:
     def _save(self, entries: Sequence[Entry]) -> None:
         atomic_write(self.directory / JOURNAL,
                      json.dumps([e.to_json() for e in entries], indent=1), dir_mode=None)
-
-
-def _start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks); None if the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie has ended; only its parent's wait() is missing
-        return None
-    return int(fields[19])

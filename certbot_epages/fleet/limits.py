@@ -105,6 +105,17 @@ def _latest_block(groups: Iterable[tuple[str, Iterable[float]]], limit: int, win
     return worst
 
 
+def _group_budget(budget: str, events: str, groups: Iterable[tuple[str, Iterable[float]]],
+                  limit: int, window: float, now: float) -> Decision | None:
+    """Wait if a group's budget is used up, until the last of them frees up; else None."""
+    worst = _latest_block(groups, limit, window, now)
+    if worst is None:
+        return None
+    free, name, count = worst
+    return Decision(False, f"{budget} for {name}: {count}/{limit} {events} in the last "
+                           f"{_span(window)}; next slot at {_utc(free)}", free)
+
+
 @dataclass
 class _Backoff:
     count: int
@@ -293,18 +304,11 @@ class Ledger:
 
     def _check_hostnames(self, key: str, names: Sequence[str], now: float,
                          limits: Limits) -> Decision | None:
-        worst = _latest_block(
+        return _group_budget(
+            "failed validation budget", "failures",
             ((host, self._host_failures.get(host, ())) for host in
              dict.fromkeys(bare_host(n) for n in names)),
-            limits.failures_per_hostname, limits.failures_window, now,
-        )
-        if worst is None:
-            return None
-        free, host, count = worst
-        return Decision(False, f"failed validation budget for {host}: {count}/"
-                               f"{limits.failures_per_hostname} failures in the last "
-                               f"{_span(limits.failures_window)}; next slot at {_utc(free)}",
-                        free)
+            limits.failures_per_hostname, limits.failures_window, now)
 
     def _check_orders(self, key: str, names: Sequence[str], now: float,
                       limits: Limits) -> Decision | None:
@@ -319,17 +323,11 @@ class Ledger:
     def _check_certificates(self, key: str, names: Sequence[str], now: float,
                             limits: Limits) -> Decision | None:
         index = self._certificates_by_domain(limits.public_suffixes)
-        worst = _latest_block(
+        return _group_budget(
+            "certificate budget", "certificates",
             ((domain, index.get(domain, ())) for domain in
              dict.fromkeys(registered_domain(n, limits.public_suffixes) for n in names)),
-            limits.certs_per_registered_domain, limits.certs_window, now,
-        )
-        if worst is None:
-            return None
-        free, domain, count = worst
-        return Decision(False, f"certificate budget for {domain}: {count}/"
-                               f"{limits.certs_per_registered_domain} certificates in the last "
-                               f"{_span(limits.certs_window)}; next slot at {_utc(free)}", free)
+            limits.certs_per_registered_domain, limits.certs_window, now)
 
     def _certificates_by_domain(self, suffixes: tuple[str, ...]) -> dict[str, list[float]]:
         index = self._cert_index.get(suffixes)

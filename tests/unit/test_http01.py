@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import http.server
 import stat
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from epages_testlib import http_server
 
 from certbot_epages.config import Http01Config, Http01Target
 from certbot_epages.http01 import (
@@ -63,14 +63,8 @@ def stateless_lb_of_another_account() -> Iterator[HostPort]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stateless)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield HostPort("127.0.0.1", server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Stateless) as server:
+        yield HostPort("127.0.0.1", server.port)
 
 
 def test_another_accounts_stateless_answer_fails_at_once(
