@@ -9,9 +9,12 @@ one) both use it without importing each other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from certbot_epages.deploy.deployer import Report
 from certbot_epages.fleet import plan as planning
+
+if TYPE_CHECKING:  # the deploy code (templates, ssh) is not needed to read a report
+    from certbot_epages.deploy.deployer import Report
 
 
 @dataclass
