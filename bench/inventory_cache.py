@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from certbot_epages import inventory_cache
 from certbot_epages.inventory import Inventory, load_inventory
+from certbot_epages.inventory import cache as inventory_cache
 
 TEMPLATES = ("custom-domain", "platform-wildcard")
 

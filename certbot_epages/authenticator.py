@@ -20,6 +20,7 @@ from certbot.plugins import dns_common
 
 from certbot_epages import compat
 from certbot_epages.errors import EpagesError
+from certbot_epages.paths import DEFAULT_PATH
 
 if TYPE_CHECKING:
     from acme import challenges
@@ -28,8 +29,7 @@ if TYPE_CHECKING:
     from certbot_epages.dns import client as dns_client
     from certbot_epages.dns.chain import Location
 
-#: certbot_epages.config.DEFAULT_PATH, spelled out: the config module needs PyYAML.
-DEFAULT_CONFIG = "/etc/letsencrypt/epages.yaml"
+DEFAULT_CONFIG = str(DEFAULT_PATH)
 
 logger = logging.getLogger(__name__)
 

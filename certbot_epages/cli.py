@@ -12,11 +12,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certbot_epages import __version__, config, runner
 from certbot_epages.errors import EpagesError
 from certbot_epages.names import validate_domain
 from certbot_epages.sandbox import commands as sandbox_commands
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]  # add_subparsers()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"epages.yaml (default: ${config.ENV_VAR}, else {config.DEFAULT_PATH})",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_check(sub)
+    _add_deploy(sub)
+    _add_sync(sub)
+    _add_status(sub)
+    _add_http01_snippet(sub)
+    sandbox_commands.register(sub)
+    return parser
+
+
+def _add_check(sub: Subparsers) -> None:
+    """``check``: DNS-01 readiness of domains."""
     check = sub.add_parser(
         "check", help="check that domains are ready for DNS-01 through the managed zones",
         description="Per domain: the CNAME chain, the managed zone, which primary accepts a "
@@ -44,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="first delete what ended runs left in DNS (values older than "
                        "dns.stale_after, deletes that were not confirmed)")
     check.set_defaults(func=_check)
+
+
+def _add_deploy(sub: Subparsers) -> None:
+    """``deploy``: one release to every load balancer."""
     deploy = sub.add_parser(
         "deploy", help="render nginx configs and push them with certificates to the LBs",
         description="Build one release for every load balancer, test it there, and switch "
@@ -59,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--force", action="store_true",
                         help="with --all: allow removing more than half of the sites")
     deploy.set_defaults(func=_deploy)
+
+
+def _add_sync(sub: Subparsers) -> None:
+    """``sync``: the shop list drives certificates and deploys."""
     sync = sub.add_parser(
         "sync", help="issue, renew, re-issue and drop certificates as the shop list says, "
         "then deploy",
@@ -80,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("certbot_args", nargs="*", metavar="-- CERTBOT_ARGS",
                       help="passed to every certbot run")
     sync.set_defaults(func=_sync)
+
+
+def _add_status(sub: Subparsers) -> None:
+    """``status``: every domain's state, for people and machines."""
     status = sub.add_parser(
         "status", help="every domain: certificate, expiry, challenge, error and fix, next action",
         description="Per domain: certificate present, names, expiry, challenge used, last error "
@@ -89,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--prometheus", metavar="FILE", type=Path,
                         help="also write a node_exporter textfile")
     status.set_defaults(func=_status)
+
+
+def _add_http01_snippet(sub: Subparsers) -> None:
+    """``http01-snippet``: the stateless HTTP-01 nginx snippet."""
     snippet = sub.add_parser(
         "http01-snippet",
         help="print the certbot account's thumbprint and the stateless HTTP-01 nginx snippet",
@@ -97,15 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         "service are needed. It is valid for one ACME account: re-render it if the account "
         "changes.",
     )
-    snippet.add_argument("--config-dir", type=Path, default=Path("/etc/letsencrypt"),
-                         help="certbot's configuration directory (default: /etc/letsencrypt)")
+    snippet.add_argument("--config-dir", type=Path, default=config.DEFAULT_CERTBOT_DIR,
+                         help="certbot's configuration directory (default: "
+                         f"{config.DEFAULT_CERTBOT_DIR})")
     snippet.add_argument("--server", default=None,
                          help="the ACME directory URL certbot uses (default: Let's Encrypt)")
     snippet.add_argument("--account", default=None,
                          help="the certbot account id, if there are several")
     snippet.set_defaults(func=_http01_snippet)
-    sandbox_commands.register(sub)
-    return parser
 
 
 def _sync(args: argparse.Namespace) -> int:

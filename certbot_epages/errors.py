@@ -27,3 +27,7 @@ class PropagationError(DNSError):
 
 class SandboxError(EpagesError):
     """The local sandbox platform could not be started or stopped."""
+
+
+class SyncError(EpagesError):
+    """Another sync is running, or the sync could not start."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import re
 import shlex
 import subprocess
@@ -22,8 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from certbot_epages import ssh
 from certbot_epages.config import Http01Config, Http01Target
 from certbot_epages.errors import EpagesError
+from certbot_epages.files import atomic_write
 from certbot_epages.netaddr import HostPort
 from certbot_epages.resources import jinja_env
 
@@ -57,15 +58,6 @@ def _run(argv: Sequence[str], what: str, timeout: float = 60) -> None:
                           f"{detail[-1] if detail else 'no output'}")
 
 
-# Never wait for a password or host-key prompt; ssh keeps the first value given for an option,
-# so the operator's ssh_options still win.
-SSH_DEFAULTS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10")
-
-
-def _ssh(options: Sequence[str]) -> list[str]:
-    return ["ssh", *options, *SSH_DEFAULTS]
-
-
 def publish(settings: Http01Config, token: str, key_authorization: str) -> list[str]:
     """Write the challenge file on every target; return the targets written.
 
@@ -97,7 +89,7 @@ def _publish_one(settings: Http01Config, target: Http01Target, token: str, conte
                 # and owners (a deploy user may own nothing but acme-challenge/). -s keeps the
                 # remote shell away from the path.
                 _run(["rsync", "-s", "--mkpath", "--perms", "--chmod=F644", "-e",
-                      shlex.join(_ssh(settings.ssh_options)), "--", str(staged),
+                      shlex.join(ssh.command(settings.ssh_options)), "--", str(staged),
                       f"{target}/{CHALLENGE_DIR}/{token}"],
                      f"copy the challenge file to {where}")
         else:
@@ -118,15 +110,7 @@ def _write_local(webroot: Path, token: str, content: str) -> None:
             pass
         if directory.is_symlink() or not directory.is_dir():
             raise Http01Error(f"{directory} is not a plain directory (a symlink?); refusing")
-    fd, tmp = tempfile.mkstemp(prefix=f".{token}.", dir=directory)  # O_EXCL: never a link
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / token)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(directory / token, content, mode=0o644, dir_mode=None)  # O_EXCL: no link
 
 
 def unpublish(
@@ -155,7 +139,7 @@ def unpublish(
 def _remove_remote(settings: Http01Config, target: Http01Target, path: str) -> None:
     host = f"{target.user}@{target.host}" if target.user else str(target.host)
     # ssh hands the remote shell one string: quote it; token and path were validated already.
-    _run([*_ssh(settings.ssh_options), "--", host, shlex.join(["rm", "-f", "--", path])],
+    _run([*ssh.command(settings.ssh_options), "--", host, shlex.join(["rm", "-f", "--", path])],
          f"remove {target}{path[len(target.path):]}")
 
 

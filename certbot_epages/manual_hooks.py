@@ -15,22 +15,17 @@ wildcard), so the calls that only touch the spool load neither the config nor dn
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import functools
-import hashlib
 import json
 import os
 import re
-import stat
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from certbot_epages import runner
 from certbot_epages.errors import ConfigError, EpagesError
+from certbot_epages.hook_spool import PENDING, PUBLISHED, REMOVED, pending, run_process
 from certbot_epages.names import validate_domain
 
 # Imported where needed, not here: the HTTP-01 code (Jinja2, HTTP, subprocess) only by HTTP-01
@@ -41,9 +36,6 @@ if TYPE_CHECKING:
     from certbot_epages.dns.chain import Location
 
 VALIDATION_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
-PENDING_MAX_AGE = 3600.0  # seconds; older entries belong to a run that died
-# The states of a DNS-01 value in the spool.
-PENDING, PUBLISHED, REMOVED = "pending", "published", "removed"
 
 
 class HookInputError(EpagesError):
@@ -109,127 +101,6 @@ def read_environment(env: Mapping[str, str]) -> Challenge:
     )
 
 
-# ------------------------------------------------------------------------------ pending waits
-
-
-def _spool_dir() -> Path:
-    """A directory only this user can enter: $XDG_RUNTIME_DIR, /run, or the temp dir."""
-    uid = os.getuid()
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and Path(runtime).is_absolute():
-        base = Path(runtime)
-    elif os.access("/run", os.W_OK):
-        base = Path("/run")
-    else:
-        import tempfile
-
-        base = Path(tempfile.gettempdir())
-    spool = base / f"certbot-epages-{uid}"
-    try:
-        spool.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise EpagesError(f"cannot create {spool}: {e.strerror}") from None
-    st = os.lstat(spool)  # not stat(): a planted symlink must not pass
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
-        raise EpagesError(
-            f"{spool}: must be a directory (not a link) of user {uid} with mode 0700; remove it"
-        )
-    return spool
-
-
-# Programs that may stand between certbot and the hook (certbot runs hooks with `sh -c`).
-SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "ash", "busybox", "env"})
-
-
-def runs_certbot(argv: Sequence[str]) -> bool:
-    """Whether a command line runs certbot.
-
-    ``certbot ...``, ``python /path/certbot ...``, ``python -m certbot ...``, or
-    ``python -c '...certbot...'`` (how a venv over a distribution's certbot 2.1, which has no
-    ``-m certbot``, may run it).
-    """
-    if any(Path(arg).name == "certbot" for arg in argv[:2]):
-        return True
-    return len(argv) >= 3 and (
-        (argv[1] == "-m" and argv[2] == "certbot") or (argv[1] == "-c" and "certbot" in argv[2])
-    )
-
-
-def choose_run_process(
-    ancestors: Sequence[tuple[int, Sequence[str]]],
-) -> tuple[int, bool] | None:
-    """From (pid, argv) of the hook's ancestors, nearest first: the run's certbot process.
-
-    The nearest one that runs certbot (True: certain), else the nearest that is not a shell
-    (False: a guess; a hook run through a wrapper script gets the wrapper's parent).
-    """
-    for pid, argv in ancestors:
-        if runs_certbot(argv):
-            return pid, True
-    for pid, argv in ancestors:
-        if argv and Path(argv[0]).name not in SHELLS:
-            return pid, False
-    return None
-
-
-@functools.cache
-def _run_process() -> tuple[int, bool]:
-    """The PID of the certbot process that runs this hook, and whether it surely is certbot.
-
-    It keys the spool: every call of one run finds the others' values, and two certbot runs
-    for the same names never share them.
-    """
-    ancestors: list[tuple[int, list[str]]] = []
-    pid = os.getppid()
-    while pid > 1 and len(ancestors) < 8:
-        try:
-            stat_line = Path(f"/proc/{pid}/stat").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        except OSError:
-            break
-        ancestors.append((pid, [arg.decode("utf-8", "replace") for arg in cmdline]))
-        pid = int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
-    return choose_run_process(ancestors) or (os.getppid(), False)
-
-
-@contextlib.contextmanager
-def _pending(all_domains: Sequence[str]) -> Iterator[list[dict[str, str | float]]]:
-    """The run's DNS-01 values and their states, locked for the block, saved after it."""
-    key = f"{_run_process()[0]}:{','.join(sorted(all_domains))}"
-    run = hashlib.sha256(key.encode()).hexdigest()[:20]
-    path = _spool_dir() / f"dns01-{run}.json"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    except OSError as e:
-        raise EpagesError(f"cannot open {path}: {e.strerror}") from None
-    with os.fdopen(fd, "r+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            entries = json.loads(f.read() or "[]")
-        except json.JSONDecodeError:
-            entries = []
-        now = time.time()
-        entries = [e for e in entries if now - float(e.get("time", 0)) < PENDING_MAX_AGE]
-        yield entries
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps(entries))
-        # The file is left in place, even when empty: unlinking a file that another hook is
-        # waiting to lock would let that hook write into a file nobody reads again.
-    _sweep(path.parent)
-
-
-def _sweep(spool: Path) -> None:
-    """Remove spool files of runs that ended more than PENDING_MAX_AGE ago."""
-    cutoff = time.time() - PENDING_MAX_AGE
-    for old in spool.glob("dns01-*.json"):
-        with contextlib.suppress(OSError):
-            if old.stat().st_mtime < cutoff:
-                old.unlink()
-
-
 def _entry(location: Location, value: str) -> dict[str, str | float]:
     return {
         "domain": location.domain,
@@ -285,23 +156,23 @@ def _dns_client(settings: epages_config.Config) -> dns_client.DnsClient:
     if settings.dns is None:
         raise ConfigError(f"{settings.source}: no 'dns' section; DNS-01 needs dns.zones")
     # The certbot run owns what its hooks write: its claims span all of the run's hook calls.
-    return dns_client.from_config(settings.dns, run=Run.of(_run_process()[0]))
+    return dns_client.from_config(settings.dns, run=Run.of(run_process()[0]))
 
 
 def _dns_auth(challenge: Challenge) -> None:
     """Record this call's value; the run's last call publishes and awaits every value."""
-    with _pending(challenge.all_domains) as entries:
+    with pending(challenge.all_domains) as entries:
         entries[:] = [e for e in entries if e.get("value") != challenge.validation]
         entries.append({"domain": challenge.domain, "value": challenge.validation,
                         "state": PENDING, "time": time.time()})
-    if challenge.remaining > 0 and _run_process()[1]:
+    if challenge.remaining > 0 and run_process()[1]:
         # What the cleanup hook gets back as CERTBOT_AUTH_OUTPUT.
         print(json.dumps({"challenge": "dns-01", "domain": challenge.domain,
                           "value": challenge.validation, "state": PENDING}), flush=True)
         return
     # The last call; or certbot's process was not recognisable, so the run's later calls might
     # not find this value in the spool: then it goes out now, as the old hooks did.
-    client, records, published = _publish_pending(_settings(), challenge)
+    client, records, published = _publishpending(_settings(), challenge)
     mine = [(location, value) for location, value in records if value == challenge.validation]
     if mine:
         # Print before anything can fail: the cleanup hook deletes exactly what is described.
@@ -311,7 +182,7 @@ def _dns_auth(challenge: Challenge) -> None:
         client.wait(published)
 
 
-def _publish_pending(
+def _publishpending(
     settings: epages_config.Config, challenge: Challenge
 ) -> tuple[dns_client.DnsClient, list[tuple[Location, str]], list[tuple[Location, str]]]:
     """Locate every pending value of the run and mark it published (the caller adds them).
@@ -320,7 +191,7 @@ def _publish_pending(
     Every CNAME chain is followed first: if one is broken, nothing is published. They are
     marked before the UPDATE goes out, so cleanup deletes them even if this process dies.
     """
-    with _pending(challenge.all_domains) as entries:
+    with pending(challenge.all_domains) as entries:
         todo = [(str(e.get("domain")), str(e.get("value"))) for e in entries
                 if e.get("state") == PENDING]
     client = _dns_client(settings)
@@ -336,7 +207,7 @@ def _publish_pending(
             raise HookInputError(f"spool entry for {domain!r}: malformed TXT value")
         records.append((located[domain], value))
     by_value = {value: location for location, value in records}
-    with _pending(challenge.all_domains) as entries:
+    with pending(challenge.all_domains) as entries:
         for entry in entries:
             location = by_value.get(str(entry.get("value")))
             if entry.get("state") == PENDING and location is not None:
@@ -347,7 +218,7 @@ def _publish_pending(
 
 def _dns_cleanup(challenge: Challenge) -> None:
     """Delete every published value of the run at the first call; later calls find none."""
-    with _pending(challenge.all_domains) as entries:
+    with pending(challenge.all_domains) as entries:
         mine = next((e for e in entries if e.get("value") == challenge.validation), None)
         if mine is not None and mine.get("state") == PENDING:
             entries.remove(mine)  # never published: the run failed before its last auth call
@@ -371,7 +242,7 @@ def _dns_cleanup(challenge: Challenge) -> None:
     records = [_location(client, e) for e in published]
     client.remove(records)
     removed = {value for _, value in records}
-    with _pending(challenge.all_domains) as entries:
+    with pending(challenge.all_domains) as entries:
         for entry in entries:
             if entry.get("value") in removed:
                 entry["state"] = REMOVED
@@ -414,10 +285,10 @@ def _flush_dns_waits(settings: epages_config.Config, challenge: Challenge) -> No
     """With mixed challenge types the last call may be HTTP-01: it publishes the DNS-01 values."""
     if settings.dns is None:
         return
-    with _pending(challenge.all_domains) as entries:
+    with pending(challenge.all_domains) as entries:
         if not any(e.get("state", PUBLISHED) in (PENDING, PUBLISHED) for e in entries):
             return
-    client, records, published = _publish_pending(settings, challenge)
+    client, records, published = _publishpending(settings, challenge)
     client.add(records)
     client.wait(published)
 

@@ -1,10 +1,11 @@
-"""Domain-name rules, in one place: validation, normalisation, platform membership, file names.
+"""Domain-name rules, in one place: validation, platform membership, file names, rate limits.
 
 Every name from outside (the shop software's inventory, certbot's environment, the config)
 passes :func:`validate_domain` before it reaches DNS, a file path, a command or an nginx config.
 Internationalised names are mapped with IDNA 2008 (UTS 46, non-transitional, through the
 ``idna`` package that certbot already brings): ``straße.example`` is
-``xn--strae-oqa.example``, never ``strasse.example`` as IDNA 2003 would have it.
+``xn--strae-oqa.example``, never ``strasse.example`` as IDNA 2003 would have it. Rate limits
+count by :func:`registered_domain`.
 """
 
 from __future__ import annotations
@@ -161,3 +162,37 @@ def platform_of(name: str, platform_domains: Sequence[str]) -> str | None:
                 and not name.startswith("*."):
             return platform
     return None
+
+
+def bare_host(name: str) -> str:
+    """The name as rate limits count it: lowercase, no trailing dot, no wildcard prefix."""
+    name = name.strip().lower().rstrip(".")
+    while name.startswith("*."):
+        name = name[2:]
+    return name
+
+
+def registered_domain(name: str, public_suffixes: Sequence[str] = ()) -> str:
+    """The registered domain of ``name``: one label more than its public suffix.
+
+    Without a matching entry in ``public_suffixes`` (multi-label suffixes such as ``co.uk``;
+    the longest match wins) the suffix is the last label, so the result is the last two
+    labels. A wildcard prefix and a trailing dot are ignored; the result is lowercase. A name
+    that is itself a suffix, or has no more labels, is returned as it is.
+
+    >>> registered_domain("*.shop.example.co.uk", ("co.uk",))
+    'example.co.uk'
+    """
+    host = bare_host(name)
+    labels = host.split(".")
+    suffix_labels = 1
+    for suffix in public_suffixes:
+        suffix = suffix.strip().lower().strip(".")
+        if not suffix:
+            continue
+        count = suffix.count(".") + 1
+        if count > suffix_labels and (host == suffix or host.endswith("." + suffix)):
+            suffix_labels = count
+    if len(labels) <= suffix_labels:
+        return host
+    return ".".join(labels[-(suffix_labels + 1):])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -123,8 +125,14 @@ def sandbox_dir() -> Iterator[Path]:
 
 def write_config(sandbox: Sandbox, path: Path, **dns_changes: object) -> Path:
     """A copy of the sandbox's epages.yaml with ``dns`` keys replaced (zone keys via ``zones``)."""
+    return write_section(sandbox, path, "dns", dns_changes)
+
+
+def write_section(sandbox: Sandbox, path: Path, section: str,
+                  changes: Mapping[str, object]) -> Path:
+    """A copy of the sandbox's epages.yaml (mode 0600) with keys of ``section`` replaced."""
     data = yaml.safe_load(sandbox.config_path.read_text())
-    data["dns"].update(dns_changes)
+    data[section].update(changes)
     path.write_text(yaml.safe_dump(data))
     path.chmod(0o600)
     return path
@@ -220,3 +228,35 @@ def epages(sandbox: Sandbox, *args: str, config: Path | None = None,
         env={**os.environ, **sandbox.env()}, capture_output=True, text=True, timeout=timeout,
         check=False,
     )
+
+
+class LocalHttp(http.server.ThreadingHTTPServer):
+    """A test's HTTP server; handlers that take their time wait on ``stop``."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.stop = threading.Event()
+
+    @property
+    def port(self) -> int:  # noqa: D102
+        return int(self.server_address[1])
+
+
+@contextlib.contextmanager
+def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[LocalHttp]:
+    """An HTTP server on 127.0.0.1 (a free port) in a thread, for the ``with`` block.
+
+    On the way out ``stop`` is set first, so a handler that drips data lets go at once.
+    """
+    server = LocalHttp(handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

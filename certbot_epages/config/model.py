@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,12 +11,12 @@ from typing import Literal
 from certbot_epages.dns.keys import TsigKey
 from certbot_epages.errors import ConfigError
 from certbot_epages.netaddr import HostPort
+from certbot_epages.paths import DEFAULT_CERTBOT_DIR as DEFAULT_CERTBOT_DIR
+from certbot_epages.paths import DEFAULT_PATH as DEFAULT_PATH
 
-DEFAULT_PATH = Path("/etc/letsencrypt/epages.yaml")
 ENV_VAR = "CERTBOT_EPAGES_CONFIG"
 DEFAULT_SPOOL = Path("/var/lib/certbot-epages/spool")
 DEFAULT_DNS_STATE = Path("/var/lib/certbot-epages/dns")
-DEFAULT_CERTBOT_DIR = Path("/etc/letsencrypt")
 
 Http01Mode = Literal["files", "stateless"]
 DeployMode = Literal["sites", "shared"]
@@ -116,12 +117,36 @@ class DeployConfig:
 
 @dataclass(frozen=True)
 class FleetLimits:
-    """Let's Encrypt's rate limits that sync budgets for (defaults: the published numbers)."""
+    """Let's Encrypt's rate limits that sync budgets for (defaults: the published numbers).
 
-    orders_per_account: int = 300  # new orders per ACME account per 3 hours
-    certs_per_registered_domain: int = 50  # certificates per registered domain per week
-    failures_per_hostname: int = 5  # failed validations per hostname per hour
-    public_suffixes: tuple[str, ...] = ()  # multi-label suffixes such as co.uk
+    ``fleet.limits`` sets the counts and the public suffixes; the windows are Let's Encrypt's.
+    :mod:`certbot_epages.fleet.limits` (as ``Limits``) decides with them.
+    """
+
+    orders_per_account: int = 300
+    """New orders per account per ``orders_window``."""
+    orders_window: float = 3 * 3600
+    certs_per_registered_domain: int = 50
+    """New certificates per registered domain per ``certs_window``."""
+    certs_window: float = 7 * 86400
+    failures_per_hostname: int = 5
+    """Failed validations per hostname per ``failures_window``."""
+    failures_window: float = 3600
+    public_suffixes: tuple[str, ...] = ()
+    """Extra multi-label public suffixes, e.g. ``("co.uk",)``; without them the last label is."""
+
+    def __post_init__(self) -> None:
+        for name in ("orders_per_account", "certs_per_registered_domain",
+                     "failures_per_hostname"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"FleetLimits.{name} must be a positive integer, not {value!r}")
+        for name in ("orders_window", "certs_window", "failures_window"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"FleetLimits.{name} must be a positive number of seconds, "
+                                 f"not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -151,6 +176,11 @@ class Config:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     inventory_timeout: float = 30.0  # seconds for the whole fetch of an inventory URL
     inventory_max_bytes: int = 64 * 1024 * 1024
+
+    @property
+    def certbot_dir(self) -> Path:
+        """certbot's configuration directory: ``deploy.certbot_dir``, else certbot's default."""
+        return self.deploy.certbot_dir if self.deploy is not None else DEFAULT_CERTBOT_DIR
 
     def need_deploy(self) -> DeployConfig:
         """The ``deploy`` section, or a ConfigError saying it is missing."""

@@ -16,16 +16,15 @@ spool deleted by hand). Losing the spool loses nothing but the --defer queue, an
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from certbot_epages.errors import EpagesError
+from certbot_epages.files import held
 
 LOCK_TIMEOUT = 600.0
 CONTROL_PREFIX = "cbe-ssh-"
@@ -95,25 +94,10 @@ class Spool:
 def hold_flock(path: Path, timeout: float, on_wait: Callable[[], None] | None = None,
                poll: float = 0.1) -> Iterator[None]:
     """Hold an exclusive flock on ``path`` (created 0600) for the ``with`` block."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise SpoolError(f"another process has held {path} for over "
-                                     f"{timeout:g}s") from None
-                if not waited and on_wait is not None:
-                    on_wait()
-                waited = True
-                time.sleep(poll)  # flock offers no wait with a deadline
+    with held(path, wait=timeout, on_wait=on_wait, poll=poll, dir_mode=None) as got:
+        if not got:
+            raise SpoolError(f"another process has held {path} for over {timeout:g}s")
         yield
-    finally:
-        os.close(fd)
 
 
 def sha256_of(path: Path) -> str | None:

@@ -12,16 +12,14 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-import dns.exception
 import dns.name
 import dns.rcode
 import dns.rdatatype
-import dns.rdtypes.ANY.CNAME
 import dns.resolver
 
-from certbot_epages.dns import chain, propagation, servers, update
+from certbot_epages.dns import chain, lookup, propagation, servers, update
 from certbot_epages.dns.chain import Location
 from certbot_epages.dns.journal import Entry, Journal, Run, Written
 from certbot_epages.dns.keys import TsigKey
@@ -114,83 +112,21 @@ class DnsClient:
     def resolver(self) -> dns.resolver.Resolver:
         """The resolver for CNAME and NS lookups: the configured resolvers, else the system's."""
         if self._resolver is None:
-            if self._resolvers is None:
-                try:
-                    resolver = dns.resolver.Resolver()
-                except dns.exception.DNSException as e:
-                    raise DNSError(
-                        f"cannot read the system resolver configuration ({e}); configure "
-                        f"resolvers explicitly"
-                    ) from None
-            else:
-                resolver = dns.resolver.Resolver(configure=False)
-                # Addresses and a port map, not dns.nameserver (dnspython 2.3 has none).
-                resolver.nameserver_ports = {r.host: r.port for r in self._resolvers}
-                resolver.nameservers = [r.host for r in self._resolvers]
-            resolver.lifetime = self._timeout
-            resolver.timeout = self._timeout
-            self._resolver = resolver
+            self._resolver = lookup.make_resolver(self._resolvers, self._timeout)
         return self._resolver
 
     def lookup(self, name: dns.name.Name | str,
                rdtype: dns.rdatatype.RdataType) -> dns.resolver.Answer | None:
-        """Records of ``name`` through the configured resolvers; None when there are none.
-
-        NXDOMAIN and an empty answer are None; any other failure is a DNSError naming the
-        lookup.
-        """
-        qname = name if isinstance(name, dns.name.Name) else \
-            dns.name.from_text(name.rstrip(".") + ".")
-        try:
-            return self.resolver.resolve(qname, rdtype, search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return None
-        except dns.exception.DNSException as e:
-            shown = qname.to_text(omit_final_dot=True)
-            raise DNSError(f"DNS lookup of {shown} {dns.rdatatype.to_text(rdtype)} failed: {e}; "
-                           "check the configured resolvers") from None
+        """Records of ``name`` through the configured resolvers (see :func:`.lookup.records`)."""
+        return lookup.records(self.resolver, name, rdtype)
 
     def _lookup_cname(self, name: dns.name.Name) -> dns.name.Name | None:
         zone = chain.choose_zone(name, list(self._zones))
         if zone is not None:
-            return self._lookup_cname_at_primary(name, self._zones[zone])
-        answer = self.lookup(name, dns.rdatatype.CNAME)
-        if answer is None:
-            return None
-        for rdata in answer:
-            if isinstance(rdata, dns.rdtypes.ANY.CNAME.CNAME):
-                return rdata.target
-        return None
-
-    def _lookup_cname_at_primary(
-        self, name: dns.name.Name, zone: ManagedZone
-    ) -> dns.name.Name | None:
-        """Names in a managed zone are asked of its primary, authoritatively.
-
-        A recursive resolver would cache the NXDOMAIN of a not-yet-written challenge name, and
-        where the CA shares that resolver (as in the sandbox) it would then miss the new TXT.
-        """
-        failures = []
-        for server in zone.primaries:
-            try:
-                response = propagation.ask(server, name, dns.rdatatype.CNAME, self._timeout)
-            except propagation.QueryFailed as e:
-                failures.append(f"{server}: {e}")
-                continue
-            rcode = response.rcode()
-            if rcode == dns.rcode.NXDOMAIN:
-                return None
-            if rcode != dns.rcode.NOERROR:
-                failures.append(f"{server}: answered {dns.rcode.to_text(rcode)}")
-                continue
-            for rrset in response.answer:
-                if rrset.name == name and rrset.rdtype == dns.rdatatype.CNAME:
-                    return cast(dns.rdtypes.ANY.CNAME.CNAME, rrset[0]).target
-            return None
-        raise DNSError(
-            f"cannot look up the CNAME of {name} at the primaries of zone {zone.name}: "
-            + "; ".join(failures)
-        )
+            managed = self._zones[zone]
+            return lookup.cname_at_primaries(name, managed.name, managed.primaries,
+                                             self._timeout)
+        return lookup.cname(self.resolver, name)
 
     def locate(self, domain: str) -> Location:
         """Follow the CNAME chain of ``domain``'s validation name into a managed zone."""

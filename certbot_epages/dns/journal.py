@@ -17,7 +17,6 @@ and leave the name without any TXT, so cleaning them re-asserts the placeholder.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -29,6 +28,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from certbot_epages.errors import DNSError, EpagesError
+from certbot_epages.files import atomic_write, held
+from certbot_epages.proc import start_time
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Run:
     @classmethod
     def of(cls, pid: int) -> Run:
         """The run of process ``pid`` on this host."""
-        started = _start_time(pid)
+        started = start_time(pid)
         return cls(socket.gethostname(), pid, -1 if started is None else started)
 
     def alive(self) -> bool:
@@ -77,7 +78,7 @@ class Run:
             except PermissionError:
                 return True
             return True
-        return _start_time(self.pid) == self.start
+        return start_time(self.pid) == self.start
 
     def __str__(self) -> str:
         where = "" if self.host == socket.gethostname() else f" on {self.host}"
@@ -241,9 +242,7 @@ class Journal:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[list[Entry]]:
         self._prepare()
-        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "r+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with held(self.directory / LOCK, wait=None, dir_mode=None, nofollow=True):
             entries = self._load()
             before = list(entries)
             yield entries
@@ -284,21 +283,5 @@ class Journal:
             return []
 
     def _save(self, entries: Sequence[Entry]) -> None:
-        path = self.directory / JOURNAL
-        tmp = path.with_name(f".{JOURNAL}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump([e.to_json() for e in entries], f, indent=1)
-        os.replace(tmp, path)
-
-
-def _start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks); None if the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie has ended; only its parent's wait() is missing
-        return None
-    return int(fields[19])
+        atomic_write(self.directory / JOURNAL,
+                     json.dumps([e.to_json() for e in entries], indent=1), dir_mode=None)

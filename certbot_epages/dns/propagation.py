@@ -182,6 +182,43 @@ def txt_values(response: dns.message.Message, name: dns.name.Name) -> set[str]:
     }
 
 
+class _Answers:
+    """What the servers have answered so far, and what each still lacks."""
+
+    def __init__(self, expected: Expected, servers: Sequence[HostPort],
+                 labels: Mapping[HostPort, str]) -> None:
+        self.expected = expected
+        self.labels = labels
+        self.seen: dict[HostPort, dict[dns.name.Name, set[str]]] = {s: {} for s in servers}
+        self.errors: dict[HostPort, str] = {}
+        self.unreachable: set[HostPort] = set()
+        self.answered: set[HostPort] = set()
+        self.excused: set[HostPort] = set()
+
+    def record(self, server: HostPort, name: dns.name.Name, answer: set[str] | DNSError) -> None:
+        """Keep an answer, or a failed query's reason for the error message."""
+        if isinstance(answer, DNSError):
+            self.errors[server] = str(answer)
+            logger.debug("%s for %s: %s", server, name, answer)
+            if isinstance(answer, Unreachable):
+                self.unreachable.add(server)
+        else:
+            self.seen[server][name] = answer
+            self.errors.pop(server, None)
+            self.answered.add(server)
+            self.unreachable.discard(server)
+
+    def missing(self) -> Missing:
+        """What is still missing, leaving out unreachable addresses of answering servers."""
+        still = missing_values(self.expected, self.seen)
+        missing = excuse_unreachable(still, self.unreachable, self.answered, self.labels)
+        for server in sorted(set(still) - set(missing) - self.excused):
+            self.excused.add(server)
+            logger.info("%s %s: %s; asking its other address(es) instead", self.labels[server],
+                        server, self.errors.get(server, "unreachable"))
+        return missing
+
+
 def wait_for(
     expected: Expected,
     servers: Sequence[HostPort],
@@ -204,12 +241,8 @@ def wait_for(
         raise DNSError("no authoritative servers to check; configure the zone's name servers")
     start = clock()
     deadline = start + timeout
-    seen: dict[HostPort, dict[dns.name.Name, set[str]]] = {s: {} for s in servers}
-    errors: dict[HostPort, str] = {}
     labels = labels or {}
-    unreachable: set[HostPort] = set()
-    answered: set[HostPort] = set()
-    excused: set[HostPort] = set()
+    answers = _Answers(expected, servers, labels)
     polls = 0
     def ask(pair: tuple[HostPort, dns.name.Name]) -> tuple[HostPort, dns.name.Name,
                                                           set[str] | DNSError]:
@@ -221,28 +254,14 @@ def wait_for(
             return server, name, e
 
     # All questions of a round go out at once: a dead server must not hold up the others.
-    missing = missing_values(expected, seen)
+    missing = missing_values(expected, answers.seen)
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(servers) * len(expected)))) as pool:
         while True:
             polls += 1
             pairs = [(server, name) for server, names in missing.items() for name in names]
             for server, name, answer in pool.map(ask, pairs):
-                if isinstance(answer, DNSError):
-                    errors[server] = str(answer)
-                    logger.debug("%s for %s: %s", server, name, answer)
-                    if isinstance(answer, Unreachable):
-                        unreachable.add(server)
-                else:
-                    seen[server][name] = answer
-                    errors.pop(server, None)
-                    answered.add(server)
-                    unreachable.discard(server)
-            still = missing_values(expected, seen)
-            missing = excuse_unreachable(still, unreachable, answered, labels)
-            for server in sorted(set(still) - set(missing) - excused):
-                excused.add(server)
-                logger.info("%s %s: %s; asking its other address(es) instead", labels[server],
-                            server, errors.get(server, "unreachable"))
+                answers.record(server, name, answer)
+            missing = answers.missing()
             now = clock()
             if not missing:
                 logger.info(
@@ -253,8 +272,8 @@ def wait_for(
             if now >= deadline:
                 raise PropagationError(
                     f"not every authoritative server returned every value within "
-                    f"{timeout:.1f}s: {format_missing(missing, errors, labels)}; check that "
-                    "these servers are secondaries of the zone that get NOTIFY and zone "
+                    f"{timeout:.1f}s: {format_missing(missing, answers.errors, labels)}; check "
+                    "that these servers are secondaries of the zone that get NOTIFY and zone "
                     "transfers from the primary, or raise the propagation timeout"
                 )
             sleep(min(interval, deadline - now))

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from certbot_epages.config.model import FleetLimits as Limits
 from certbot_epages.errors import EpagesError
+from certbot_epages.files import atomic_write
 from certbot_epages.fleet.locks import must_hold
+from certbot_epages.names import bare_host, registered_domain
 
 __all__ = [
     "BACKOFF",
@@ -51,36 +52,6 @@ class LedgerError(EpagesError):
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Let's Encrypt's published numbers as defaults."""
-
-    orders_per_account: int = 300
-    """New orders per account per ``orders_window``."""
-    orders_window: float = 3 * 3600
-    certs_per_registered_domain: int = 50
-    """New certificates per registered domain per ``certs_window``."""
-    certs_window: float = 7 * 86400
-    failures_per_hostname: int = 5
-    """Failed validations per hostname per ``failures_window``."""
-    failures_window: float = 3600
-    public_suffixes: tuple[str, ...] = ()
-    """Extra multi-label public suffixes, e.g. ``("co.uk",)``; without them the last label is."""
-
-    def __post_init__(self) -> None:
-        for name in ("orders_per_account", "certs_per_registered_domain",
-                     "failures_per_hostname"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Limits.{name} must be a positive integer, not {value!r}")
-        for name in ("orders_window", "certs_window", "failures_window"):
-            value = getattr(self, name)
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or value <= 0):
-                raise ValueError(f"Limits.{name} must be a positive number of seconds, "
-                                 f"not {value!r}")
-
-
-@dataclass(frozen=True)
 class Decision:
     """Whether a lineage may run now; if not, why and from when."""
 
@@ -89,40 +60,6 @@ class Decision:
     """Why it waits, with the budget numbers and the UTC time of the next slot."""
     not_before: float | None = None
     """Epoch seconds from which it may go (it may still meet another limit then)."""
-
-
-def _hostname(name: str) -> str:
-    """The name as the limits count it: lowercase, no trailing dot, no wildcard prefix."""
-    name = name.strip().lower().rstrip(".")
-    while name.startswith("*."):
-        name = name[2:]
-    return name
-
-
-def registered_domain(name: str, public_suffixes: Sequence[str] = ()) -> str:
-    """The registered domain of ``name``: one label more than its public suffix.
-
-    Without a matching entry in ``public_suffixes`` (multi-label suffixes such as ``co.uk``;
-    the longest match wins) the suffix is the last label, so the result is the last two
-    labels. A wildcard prefix and a trailing dot are ignored; the result is lowercase. A name
-    that is itself a suffix, or has no more labels, is returned as it is.
-
-    >>> registered_domain("*.shop.example.co.uk", ("co.uk",))
-    'example.co.uk'
-    """
-    host = _hostname(name)
-    labels = host.split(".")
-    suffix_labels = 1
-    for suffix in public_suffixes:
-        suffix = suffix.strip().lower().strip(".")
-        if not suffix:
-            continue
-        count = suffix.count(".") + 1
-        if count > suffix_labels and (host == suffix or host.endswith("." + suffix)):
-            suffix_labels = count
-    if len(labels) <= suffix_labels:
-        return host
-    return ".".join(labels[-(suffix_labels + 1):])
 
 
 def _utc(when: float) -> str:
@@ -166,6 +103,17 @@ def _latest_block(groups: Iterable[tuple[str, Iterable[float]]], limit: int, win
         if free is not None and (worst is None or free > worst[0]):
             worst = (free, name, count)
     return worst
+
+
+def _group_budget(budget: str, events: str, groups: Iterable[tuple[str, Iterable[float]]],
+                  limit: int, window: float, now: float) -> Decision | None:
+    """Wait if a group's budget is used up, until the last of them frees up; else None."""
+    worst = _latest_block(groups, limit, window, now)
+    if worst is None:
+        return None
+    free, name, count = worst
+    return Decision(False, f"{budget} for {name}: {count}/{limit} {events} in the last "
+                           f"{_span(window)}; next slot at {_utc(free)}", free)
 
 
 @dataclass
@@ -216,36 +164,11 @@ class Ledger:
     def save(self, path: Path) -> None:
         """Write the ledger to ``path`` atomically (temporary file, fsync, rename), mode 0600."""
         text = json.dumps(self._to_json(), indent=1, sort_keys=True) + "\n"
-        directory = path.parent
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+            atomic_write(path, text)
         except OSError as e:
             raise LedgerError(f"cannot write the fleet ledger {path}: {e.strerror or e}"
                               ) from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as e:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(e, OSError):
-                raise LedgerError(f"cannot write the fleet ledger {path}: {e.strerror or e}"
-                                  ) from None
-            raise
-        try:
-            dir_fd = os.open(directory, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass
-        finally:
-            os.close(dir_fd)
 
     def copy(self) -> Ledger:
         """An independent copy, e.g. to plan with ``reserve=True`` without touching this one."""
@@ -318,7 +241,7 @@ class Ledger:
         The names are kept as they are, so the registered domains follow ``Limits``'
         ``public_suffixes`` at the time of :meth:`admit`.
         """
-        self._certificates.append((now, tuple(_hostname(n) for n in names)))
+        self._certificates.append((now, tuple(bare_host(n) for n in names)))
         self._cert_index.clear()
 
     def record_failure(self, key: str, names: Sequence[str], error: str, now: float) -> None:
@@ -326,7 +249,7 @@ class Ledger:
 
         Also counts one more consecutive failure for ``key`` and remembers ``error``.
         """
-        for host in dict.fromkeys(_hostname(n) for n in names):
+        for host in dict.fromkeys(bare_host(n) for n in names):
             self._host_failures.setdefault(host, []).append(now)
         previous = self._backoff.get(key)
         count = previous.count + 1 if previous else 1
@@ -381,18 +304,11 @@ class Ledger:
 
     def _check_hostnames(self, key: str, names: Sequence[str], now: float,
                          limits: Limits) -> Decision | None:
-        worst = _latest_block(
+        return _group_budget(
+            "failed validation budget", "failures",
             ((host, self._host_failures.get(host, ())) for host in
-             dict.fromkeys(_hostname(n) for n in names)),
-            limits.failures_per_hostname, limits.failures_window, now,
-        )
-        if worst is None:
-            return None
-        free, host, count = worst
-        return Decision(False, f"failed validation budget for {host}: {count}/"
-                               f"{limits.failures_per_hostname} failures in the last "
-                               f"{_span(limits.failures_window)}; next slot at {_utc(free)}",
-                        free)
+             dict.fromkeys(bare_host(n) for n in names)),
+            limits.failures_per_hostname, limits.failures_window, now)
 
     def _check_orders(self, key: str, names: Sequence[str], now: float,
                       limits: Limits) -> Decision | None:
@@ -407,17 +323,11 @@ class Ledger:
     def _check_certificates(self, key: str, names: Sequence[str], now: float,
                             limits: Limits) -> Decision | None:
         index = self._certificates_by_domain(limits.public_suffixes)
-        worst = _latest_block(
+        return _group_budget(
+            "certificate budget", "certificates",
             ((domain, index.get(domain, ())) for domain in
              dict.fromkeys(registered_domain(n, limits.public_suffixes) for n in names)),
-            limits.certs_per_registered_domain, limits.certs_window, now,
-        )
-        if worst is None:
-            return None
-        free, domain, count = worst
-        return Decision(False, f"certificate budget for {domain}: {count}/"
-                               f"{limits.certs_per_registered_domain} certificates in the last "
-                               f"{_span(limits.certs_window)}; next slot at {_utc(free)}", free)
+            limits.certs_per_registered_domain, limits.certs_window, now)
 
     def _certificates_by_domain(self, suffixes: tuple[str, ...]) -> dict[str, list[float]]:
         index = self._cert_index.get(suffixes)

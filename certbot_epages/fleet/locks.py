@@ -22,15 +22,11 @@ it ends, so a killed run leaves nothing held.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from certbot_epages.errors import EpagesError
-
-POLL = 0.05  # seconds between attempts: flock offers no wait with a deadline
+from certbot_epages.files import held
 
 
 class LockTimeout(EpagesError):
@@ -38,45 +34,9 @@ class LockTimeout(EpagesError):
 
 
 @contextlib.contextmanager
-def held(path: Path, *, shared: bool = False, wait: float = 0.0,
-         on_wait: Callable[[], None] | None = None) -> Iterator[bool]:
-    """Hold a flock on ``path`` (created 0600) for the ``with`` block.
-
-    Waits up to ``wait`` seconds (0: not at all) and yields True once held, or False when
-    another process still holds it then (nothing is held in that case). ``on_wait`` is
-    called once when the lock is not free at the first attempt.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
-        deadline = time.monotonic() + wait
-        first = True
-        while not _try(fd, mode):
-            if time.monotonic() >= deadline:
-                yield False
-                return
-            if first and on_wait is not None:
-                on_wait()
-            first = False
-            time.sleep(POLL)
-        yield True
-    finally:
-        os.close(fd)
-
-
-def _try(fd: int, mode: int) -> bool:
-    try:
-        fcntl.flock(fd, mode)
-    except BlockingIOError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
 def must_hold(path: Path, *, shared: bool = False, wait: float,
               on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Like :func:`held`, but raise :class:`LockTimeout` naming ``path`` if it stays busy."""
+    """Like :func:`certbot_epages.files.held`, but raise :class:`LockTimeout` if it stays busy."""
     with held(path, shared=shared, wait=wait, on_wait=on_wait) as got:
         if not got:
             raise LockTimeout(f"another process held {path} for over {wait:g}s; see which "
@@ -102,7 +62,7 @@ class FleetLocks:
     def lineage(self, lineage: str, *, wait: float = 0.0,
                 on_wait: Callable[[], None] | None = None) -> contextlib.AbstractContextManager[
                     bool]:
-        """Hold the lineage's lock (see :func:`held`): True once held, False if busy."""
+        """Hold the lineage's lock (see :func:`certbot_epages.files.held`): True once held."""
         return held(self.lineage_path(lineage), wait=wait, on_wait=on_wait)
 
     @contextlib.contextmanager

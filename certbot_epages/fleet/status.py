@@ -12,24 +12,21 @@ failures, last sync) is how monitoring learns of a certificate that is not being
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from certbot_epages.config import Config
 from certbot_epages.deploy import lineages, served
 from certbot_epages.deploy.lineages import Lineage
+from certbot_epages.files import atomic_write
 from certbot_epages.fleet import plan as planning
 from certbot_epages.fleet.locks import FleetLocks
-from certbot_epages.inventory import Inventory
+from certbot_epages.fleet.report import Outcome, SyncReport
+from certbot_epages.inventory import Inventory, Problem, Shop
 from certbot_epages.names import site_file
 from certbot_epages.ownership import Conflict
-
-if TYPE_CHECKING:
-    from certbot_epages.fleet.sync import SyncReport
 
 STATUS_FILE = "status.json"
 
@@ -80,7 +77,7 @@ def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, repor
             document = {"last_sync": document.get("last_sync"),
                         "deploy_error": document.get("deploy_error"), **document,
                         "domains": domains}
-        _atomic_write(target, json.dumps(document, indent=1, sort_keys=True) + "\n")
+        atomic_write(target, json.dumps(document, indent=1, sort_keys=True) + "\n")
     if settings.fleet.prometheus is not None and only is None:
         # Full syncs only: collect() reads every lineage, seconds with 100,000 of them.
         write_prometheus(settings.fleet.prometheus, collect(settings, now=now))
@@ -122,26 +119,8 @@ def _entries(inventory: Inventory, the_plan: planning.Plan, report: SyncReport,
         if only is not None and shop.domain not in only:
             continue
         lineage_name = the_plan.riders.get(shop.domain, planning.lineage_name(shop.domain))
-        outcome = by_lineage.get(lineage_name)
-        lineage = known.get(lineage_name)
-        entry: dict[str, Any] = {
-            "domain": shop.domain,
-            "shop": shop.owner,
-            "names": list(shop.server_names),
-            "status": shop.status,
-            "lineage": lineage_name if lineage else None,
-            "certificate": lineage is not None,
-            "certificate_names": list(lineage.names) if lineage else [],
-            "expires": _iso(lineage.not_after) if lineage else None,
-            # A certificate kept as it is was issued by an earlier sync: keep what it used.
-            "challenge": (outcome.challenge if outcome and outcome.challenge
-                          else _previous_challenge(previous, shop.domain)),
-            "state": _state(shop.status, outcome, lineage),
-            "last_error": outcome.reason if outcome and outcome.state in (
-                "failed", "blocked") else None,
-            "fix": outcome.fix if outcome else None,
-            "next_action": _next(shop.status, outcome, lineage),
-        }
+        entry = _shop_entry(shop, lineage_name, by_lineage.get(lineage_name),
+                            known.get(lineage_name), previous)
         if riders and shop.domain in riders and shop.is_active:
             entry["state"] = "blocked"
             entry["last_error"], entry["fix"] = riders[shop.domain]
@@ -153,30 +132,62 @@ def _entries(inventory: Inventory, the_plan: planning.Plan, report: SyncReport,
         # A refused shop may still serve (and renew) what it had: keep its expiry in sight.
         lineage_name = planning.lineage_name(shop.domain)
         lineage = known.get(lineage_name) if key == shop.domain else None
-        domains[key] = {
-            "domain": shop.domain, "shop": shop.owner, "names": list(shop.server_names),
-            "status": shop.status, "lineage": lineage_name if lineage else None,
-            "certificate": lineage is not None,
-            "certificate_names": list(lineage.names) if lineage else [],
-            "expires": _iso(lineage.not_after) if lineage else None, "challenge": None,
-            "state": "conflict", "last_error": conflict.reason, "fix": conflict.fix,
-            "owner": conflict.other,
-            "next_action": "nothing new is ordered or deployed for it while the conflict lasts",
-        }
+        domains[key] = _conflict_entry(conflict, lineage_name, lineage)
     for problem in inventory.problems:
         if only is not None and problem.name not in only:
             continue
         # The shop software learns about entries it sent that could not be used at all.
         key = problem.domain or f"(entry {problem.index})"
-        domains.setdefault(key, {
-            "domain": key, "shop": problem.owner, "names": [], "status": "invalid",
-            "lineage": None,
-            "certificate": False, "certificate_names": [], "expires": None, "challenge": None,
-            "state": "invalid", "last_error": problem.message,
-            "fix": "correct the entry in the shop software's export",
-            "next_action": "none until the entry is valid",
-        })
+        domains.setdefault(key, _invalid_entry(key, problem))
     return domains
+
+
+def _shop_entry(shop: Shop, lineage_name: str, outcome: Outcome | None,
+                lineage: Lineage | None, previous: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "domain": shop.domain,
+        "shop": shop.owner,
+        "names": list(shop.server_names),
+        "status": shop.status,
+        "lineage": lineage_name if lineage else None,
+        "certificate": lineage is not None,
+        "certificate_names": list(lineage.names) if lineage else [],
+        "expires": _iso(lineage.not_after) if lineage else None,
+        # A certificate kept as it is was issued by an earlier sync: keep what it used.
+        "challenge": (outcome.challenge if outcome and outcome.challenge
+                      else _previous_challenge(previous, shop.domain)),
+        "state": _state(shop.status, outcome, lineage),
+        "last_error": outcome.reason if outcome and outcome.state in (
+            "failed", "blocked") else None,
+        "fix": outcome.fix if outcome else None,
+        "next_action": _next(shop.status, outcome, lineage),
+    }
+
+
+def _conflict_entry(conflict: Conflict, lineage_name: str, lineage: Lineage | None
+                    ) -> dict[str, Any]:
+    shop = conflict.shop
+    return {
+        "domain": shop.domain, "shop": shop.owner, "names": list(shop.server_names),
+        "status": shop.status, "lineage": lineage_name if lineage else None,
+        "certificate": lineage is not None,
+        "certificate_names": list(lineage.names) if lineage else [],
+        "expires": _iso(lineage.not_after) if lineage else None, "challenge": None,
+        "state": "conflict", "last_error": conflict.reason, "fix": conflict.fix,
+        "owner": conflict.other,
+        "next_action": "nothing new is ordered or deployed for it while the conflict lasts",
+    }
+
+
+def _invalid_entry(key: str, problem: Problem) -> dict[str, Any]:
+    return {
+        "domain": key, "shop": problem.owner, "names": [], "status": "invalid",
+        "lineage": None,
+        "certificate": False, "certificate_names": [], "expires": None, "challenge": None,
+        "state": "invalid", "last_error": problem.message,
+        "fix": "correct the entry in the shop software's export",
+        "next_action": "none until the entry is valid",
+    }
 
 
 def _previous_challenge(previous: Mapping[str, Any], domain: str) -> str | None:
@@ -185,16 +196,15 @@ def _previous_challenge(previous: Mapping[str, Any], domain: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _state(shop_status: str, outcome: Any, lineage: Lineage | None) -> str:
+def _state(shop_status: str, outcome: Outcome | None, lineage: Lineage | None) -> str:
     if shop_status != "active":
         return shop_status
     if outcome is None:
         return "ok" if lineage else "unknown"
-    state: str = outcome.state
-    return {"done": "ok", "kept": "ok"}.get(state, state)
+    return {"done": "ok", "kept": "ok"}.get(outcome.state, outcome.state)
 
 
-def _next(shop_status: str, outcome: Any, lineage: Lineage | None) -> str:
+def _next(shop_status: str, outcome: Outcome | None, lineage: Lineage | None) -> str:
     if shop_status == "suspended":
         return "none while suspended"
     if shop_status == "deleted":
@@ -222,8 +232,7 @@ def collect(settings: Config, *, now: float) -> dict[str, Any]:
         document = {}
     if not isinstance(document, dict) or not isinstance(document.get("domains"), dict):
         document = {"last_sync": None, "domains": {}}
-    certbot_dir = settings.deploy.certbot_dir if settings.deploy else Path("/etc/letsencrypt")
-    known = {lin.name: lin for lin in lineages.scan(certbot_dir)}
+    known = {lin.name: lin for lin in lineages.scan(settings.certbot_dir)}
     live, unreachable = _live_releases(settings)
     for entry in document["domains"].values():
         lineage = known.get(entry.get("lineage") or "")
@@ -305,21 +314,8 @@ def write_prometheus(path: Path, document: Mapping[str, Any]) -> None:
             "# TYPE certbot_epages_last_sync_timestamp_seconds gauge",
             f"certbot_epages_last_sync_timestamp_seconds {int(stamp.timestamp())}",
         ]
-    _atomic_write(path, "\n".join(lines) + "\n", mode=0o644)
+    atomic_write(path, "\n".join(lines) + "\n", mode=0o644)
 
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -18,13 +18,9 @@ locks; the deploy takes the spool's and the load balancers' locks only while it 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,103 +29,32 @@ from cryptography import x509
 from certbot_epages import ownership
 from certbot_epages.config import Config
 from certbot_epages.deploy import lineages, served
-from certbot_epages.deploy.deployer import Deployer, Report
+from certbot_epages.deploy.deployer import Deployer
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.deploy.render import TemplateSet
 from certbot_epages.dns import client as dns_client
-from certbot_epages.errors import EpagesError
-from certbot_epages.fleet import ari, preflight, status
+from certbot_epages.errors import EpagesError, SyncError
+from certbot_epages.files import held
+from certbot_epages.fleet import ari, certbot, preflight, status
 from certbot_epages.fleet import limits as budget
 from certbot_epages.fleet import plan as planning
-from certbot_epages.fleet.limits import Ledger, Limits
+from certbot_epages.fleet.limits import Ledger
 from certbot_epages.fleet.locks import FleetLocks, LockTimeout
-from certbot_epages.inventory import Inventory, Problem, load_inventory
+from certbot_epages.fleet.report import (
+    Outcome,
+    SyncReport,
+    failure_fix,
+    plan_line,
+    progress_line,
+    summary,
+)
+from certbot_epages.fleet.selection import Selection, restrict, select
+from certbot_epages.inventory import Inventory, load_configured
 from certbot_epages.names import lineage_name, printable, validate_domain
 
-CERTBOT_TIMEOUT = 900.0
-ORDERING = (planning.ISSUE, planning.REISSUE, planning.RENEW)
 # How long `sync --domain` waits for a lineage another run is ordering, and for its turn to
 # run certbot: one certbot run, at most (a full sync lets it go next).
-TURN_WAIT = CERTBOT_TIMEOUT + 60.0
-CERTBOT_BUSY = "Another instance of Certbot is already running"
-
-
-class SyncError(EpagesError):
-    """Another sync is running, or the sync could not start."""
-
-
-@dataclass
-class Outcome:
-    """What happened to one certificate in this run."""
-
-    step: planning.Step
-    state: str  # done | failed | blocked | waiting | kept | deleted | busy
-    challenge: str | None = None
-    reason: str | None = None
-    fix: str | None = None
-    not_before: float | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class SyncReport:
-    """The run: one outcome per certificate, the deploy, and counts."""
-
-    outcomes: list[Outcome] = field(default_factory=list)
-    deploy: Report | None = None
-    deploy_error: str | None = None
-    # sync --domain: named shops that cannot be served now, and why (refused or invalid
-    # entries, platform shops whose name does not point at the load balancers)
-    unserved: list[str] = field(default_factory=list)
-
-    def count(self, state: str) -> int:
-        """How many certificates ended in ``state``."""
-        return sum(1 for o in self.outcomes if o.state == state)
-
-    def all_served(self) -> bool:
-        """Whether every certificate of the run is in place and deployed (sync --domain)."""
-        return not (self.deploy_error or self.unserved or any(
-            o.state in ("failed", "blocked", "waiting", "busy") for o in self.outcomes))
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What ``sync --domain`` acts on: the entries that list the names, and the invalid ones."""
-
-    names: tuple[str, ...]
-    shops: frozenset[str]  # domains of the valid entries listing one of the names
-    invalid: tuple[Problem, ...] = ()  # invalid entries whose domain is one of the names
-
-    @property
-    def domains(self) -> frozenset[str]:
-        """Every entry domain whose status this run records."""
-        return self.shops | {p.name for p in self.invalid if p.name is not None}
-
-
-def select(inventory: Inventory, names: Sequence[str], source: str = "the inventory"
-           ) -> Selection:
-    """The entries whose domain or aliases are among ``names``; SyncError naming the others."""
-    wanted = set(names)
-    shops = frozenset(shop.domain for shop in inventory.shops
-                      if wanted.intersection(shop.server_names))
-    invalid = tuple(p for p in inventory.problems if p.name in wanted)
-    listed = {n for shop in inventory.shops if shop.domain in shops for n in shop.server_names}
-    unknown = [n for n in names if n not in listed and all(p.name != n for p in invalid)]
-    if unknown:
-        raise SyncError(
-            f"not in {source}: {', '.join(unknown)} (no entry lists it as its domain or an "
-            "alias); add the shop to the shop software's export first (sync --domain acts "
-            "only on listed shops)"
-        )
-    return Selection(tuple(names), shops, invalid)
-
-
-def restrict(the_plan: planning.Plan, shops: frozenset[str]) -> planning.Plan:
-    """The steps of the certificates that serve ``shops``, and those of them that ride."""
-    return planning.Plan(
-        steps=[s for s in the_plan.steps if shops.intersection(s.unit.shops)],
-        riders={d: lin for d, lin in the_plan.riders.items() if d in shops},
-    )
+TURN_WAIT = certbot.TIMEOUT + 60.0
 
 
 class Sync:
@@ -153,15 +78,8 @@ class Sync:
         self.dry_run = dry_run
         self.say = say
         self.clock = clock
-        self.certbot_dir = (settings.deploy.certbot_dir if settings.deploy
-                            else Path("/etc/letsencrypt"))
-        fl = self.fleet.limits
-        self.limits = Limits(
-            orders_per_account=fl.orders_per_account,
-            certs_per_registered_domain=fl.certs_per_registered_domain,
-            failures_per_hostname=fl.failures_per_hostname,
-            public_suffixes=fl.public_suffixes,
-        )
+        self.certbot_dir = settings.certbot_dir
+        self.limits = self.fleet.limits
         self.ledger_path = self.fleet.state_dir / "ledger.json"
         self.locks = FleetLocks(self.fleet.state_dir)
         self.domains = tuple(_domain(d) for d in dict.fromkeys(domains))
@@ -225,7 +143,7 @@ class Sync:
         status.write(self.settings, resolution.inventory, the_plan, report, known,
                      self.clock(), riders, conflicts,
                      only=None if selection is None else selection.domains, started=started)
-        self.say(self._summary(report))
+        self.say(summary(report))
         return report
 
     def _lineages(self, selection: Selection | None) -> dict[str, Lineage]:
@@ -344,7 +262,8 @@ class Sync:
             begun = time.monotonic()
             self._one(outcome)
             outcome.seconds = time.monotonic() - begun
-            self.say(self._progress(index, len(queue), outcome, report, started))
+            self.say(progress_line(index, len(queue), outcome, report,
+                                   time.monotonic() - started))
 
     def _one(self, outcome: Outcome) -> None:
         """Re-check, admit and order one certificate while holding its lineage's lock."""
@@ -396,11 +315,12 @@ class Sync:
             outcome.not_before = decision.not_before
             return
         try:
-            ok, error = self._certbot(self._certonly(outcome))
+            ok, error = self._certbot(certbot.certonly_args(
+                outcome.step, outcome.challenge, self.settings.source))
         except LockTimeout:
             budget.update(self.ledger_path, lambda ledger: ledger.cancel_order(admitted))
             raise
-        if not ok and error is not None and CERTBOT_BUSY in error:
+        if not ok and error is not None and certbot.BUSY in error:
             # A certbot started outside of sync: no order was placed, nothing failed.
             budget.update(self.ledger_path, lambda ledger: ledger.cancel_order(admitted))
             outcome.state = "busy"
@@ -422,26 +342,7 @@ class Sync:
 
         count = budget.update(self.ledger_path, failed)
         outcome.state, outcome.reason = "failed", error
-        outcome.fix = _failure_fix(outcome, count)
-
-    def _certonly(self, outcome: Outcome) -> list[str]:
-        step = outcome.step
-        argv = ["certonly", "--non-interactive", "--cert-name", step.unit.lineage]
-        for name in step.unit.names:
-            argv += ["-d", name]
-        if step.action == planning.RENEW:
-            argv.append("--force-renewal")
-        if step.action == planning.REISSUE:
-            argv.append("--renew-with-new-domains")
-        if outcome.challenge == "http-01":
-            bin_dir = Path(sys.executable).parent
-            argv += ["--manual", "--preferred-challenges", "http",
-                     "--manual-auth-hook", str(bin_dir / "manual-auth-hook"),
-                     "--manual-cleanup-hook", str(bin_dir / "manual-cleanup-hook")]
-        else:
-            argv += ["--authenticator", "epages-dns",
-                     "--epages-dns-config", str(self.settings.source)]
-        return argv
+        outcome.fix = failure_fix(outcome, count)
 
     def _certbot(self, args: list[str]) -> tuple[bool, str | None]:
         """Run certbot in this run's turn (one certbot at a time; sync --domain first)."""
@@ -450,17 +351,7 @@ class Sync:
         with self.locks.certbot_turn(first=bool(self.domains), wait=TURN_WAIT,
                                      on_wait=lambda: self.say("waiting for another run's "
                                                               "certbot to finish")):
-            try:
-                done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
-                                      capture_output=True, text=True, timeout=CERTBOT_TIMEOUT,
-                                      check=False)
-            except subprocess.TimeoutExpired:
-                return False, f"certbot took longer than {CERTBOT_TIMEOUT:g}s"
-            except OSError as e:
-                return False, f"cannot run {argv[0]}: {e.strerror}; set fleet.certbot"
-        if done.returncode == 0:
-            return True, None
-        return False, _certbot_error(done.stdout + "\n" + done.stderr)
+            return certbot.run(argv, env)
 
     def _deploy(self, report: SyncReport) -> None:
         """Deploy everything, from the inventory as it is now.
@@ -497,41 +388,18 @@ class Sync:
 
     def _inventory(self) -> Inventory:
         templates = TemplateSet(self.settings.deploy.templates if self.settings.deploy else None)
-        return load_inventory(self.settings.need_inventory("syncs"), templates=templates.names(),
-                              safe_vars=templates.all_safe_vars(),
-                              timeout=self.settings.inventory_timeout,
-                              max_bytes=self.settings.inventory_max_bytes,
-                              cache=(self.settings.deploy.spool if self.settings.deploy
-                                     else self.fleet.state_dir))
+        return load_configured(self.settings, templates, "syncs")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         state = self.fleet.state_dir
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(state / "sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with held(state / "sync.lock") as got:
+            if not got:
                 raise SyncError(
                     f"another sync is running (it holds {state / 'sync.lock'}); two syncs "
                     "never run at once"
-                ) from None
+                )
             yield
-        finally:
-            os.close(fd)
-
-    def _progress(self, index: int, total: int, outcome: Outcome, report: SyncReport,
-                  started: float) -> str:
-        step = outcome.step
-        elapsed = time.monotonic() - started
-        eta = elapsed / index * (total - index)
-        result = outcome.state if outcome.reason is None else f"{outcome.state}: {outcome.reason}"
-        via = f" ({outcome.challenge})" if outcome.challenge else ""
-        return (f"[{index}/{total}] {step.action} {step.unit.lineage}{via} {result} in "
-                f"{outcome.seconds:.1f}s | done {report.count('done')}, failed "
-                f"{report.count('failed')}, waiting {report.count('waiting')}, blocked "
-                f"{report.count('blocked')} | ETA {eta:.0f}s")
 
     def _print_plan(self, report: SyncReport, queue: list[Outcome], ledger: Ledger,
                     now: float) -> None:
@@ -546,29 +414,7 @@ class Sync:
                 outcome.not_before = decision.not_before
         self.say("dry run: nothing is ordered, deployed or written")
         for outcome in report.outcomes:
-            step = outcome.step
-            state = "would run" if outcome.state == "pending" else outcome.state
-            detail = outcome.reason or step.why
-            via = f" via {outcome.challenge}" if outcome.challenge else ""
-            self.say(f"  {step.action:8} {step.unit.lineage}{via}: {state} ({detail})"
-                     + (f"; fix: {outcome.fix}" if outcome.fix else ""))
-
-    def _summary(self, report: SyncReport) -> str:
-        states = ["done", "kept", "failed", "blocked", "waiting", "deleted"]
-        if report.count("busy"):
-            states.append("busy")
-        counts = ", ".join(f"{report.count(s)} {s}" for s in states)
-        lines = [f"sync: {counts}"]
-        for o in report.outcomes:
-            if o.state in ("blocked", "waiting", "failed", "busy"):
-                lines.append(f"  {o.state} {o.step.unit.lineage}: {o.reason}"
-                             + (f"; fix: {o.fix}" if o.fix else ""))
-        lines.extend(f"  not served: {line}" for line in report.unserved)
-        if report.deploy is not None:
-            lines.append(report.deploy.summary())
-        if report.deploy_error:
-            lines.append(f"deploy failed: {report.deploy_error}")
-        return "\n".join(lines)
+            self.say(plan_line(outcome))
 
 
 def _domain(name: str) -> str:
@@ -580,25 +426,3 @@ def _domain(name: str) -> str:
 
 def _fingerprint(lineage: Lineage | None) -> str | None:
     return None if lineage is None else lineage.fingerprint
-
-
-def _certbot_error(output: str) -> str:
-    """The most telling line of certbot's output: the CA's detail, else the last line."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith("Detail:"):
-            return line[len("Detail:"):].strip()
-    for line in reversed(lines):
-        if not line.startswith(("Ask for help", "Saving debug log", "See the logfile")):
-            return line
-    return "certbot failed without output"
-
-
-def _failure_fix(outcome: Outcome, count: int) -> str:
-    names = " ".join(outcome.step.unit.names)
-    if outcome.challenge == "http-01":
-        hint = (f"check that {names} reach the load balancers and that they proxy "
-                "/.well-known/acme-challenge/ to the challenge service")
-    else:
-        hint = f"run 'certbot-epages check {names}'"
-    return f"{hint}; sync retries with backoff (failure {count}: 1 min, 10 min, 100 min, daily)"

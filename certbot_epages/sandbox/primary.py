@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import sqlite3
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -31,6 +30,7 @@ from typing import Literal
 from certbot_epages.errors import SandboxError
 from certbot_epages.resources import jinja_env
 from certbot_epages.sandbox import processes
+from certbot_epages.sandbox.processes import run
 
 Kind = Literal["bind", "knot", "pdns"]
 KINDS: tuple[Kind, ...] = ("bind", "knot", "pdns")
@@ -196,14 +196,3 @@ def _bind_key(path: Path, name: str) -> tuple[str, str]:
 
     key = load_key_file(path, name, allow_weak=False)
     return key.algorithm, base64.b64encode(key.secret).decode()
-
-
-def run(argv: list[str]) -> str:
-    """Run a setup command; SandboxError with its stderr (never its output) if it fails."""
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    except OSError as e:
-        raise SandboxError(f"cannot run {argv[0]}: {e.strerror}") from None
-    if done.returncode != 0:
-        raise SandboxError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-    return done.stdout

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from certbot_epages.errors import SandboxError
+from certbot_epages.proc import start_time
 
 T = TypeVar("T")
 
@@ -29,18 +30,6 @@ class Recorded:
     pid: int
     start_time: int
     log: str
-
-
-def _start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if the PID is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie has stopped; only its parent's wait() is missing
-        return None
-    return int(fields[19])
 
 
 def start(name: str, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Recorded:
@@ -58,7 +47,7 @@ def start(name: str, argv: Sequence[str], log: Path, env: dict[str, str] | None 
             )
         except OSError as e:
             raise SandboxError(f"cannot start {name} ({argv[0]}): {e.strerror}") from None
-    started = _start_time(proc.pid)
+    started = start_time(proc.pid)
     _children[proc.pid] = proc
     return Recorded(name, proc.pid, started if started is not None else -1, str(log))
 
@@ -72,7 +61,7 @@ def alive(rec: Recorded) -> bool:
     child = _children.get(rec.pid)
     if child is not None and child.poll() is not None:
         return False
-    return _start_time(rec.pid) == rec.start_time
+    return start_time(rec.pid) == rec.start_time
 
 
 def stop(records: Sequence[Recorded], timeout: float = 10.0) -> list[str]:

@@ -24,6 +24,7 @@ import yaml
 from epages_testlib import (
     deploy_config,
     fresh_sandbox,
+    http_server,
     make_lineage,
     poll,
     served,
@@ -431,14 +432,9 @@ def test_an_inventory_url_that_drips_fails_in_time_without_holding_the_lock(
     platform: Sandbox,
 ) -> None:
     fleet = Fleet(platform)
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
-    httpd.daemon_threads = True
-    httpd.stop = threading.Event()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(_Drip) as httpd:
         data = yaml.safe_load(fleet.config.read_text())
-        data["inventory"] = f"http://127.0.0.1:{httpd.server_address[1]}/shops.json"
+        data["inventory"] = f"http://127.0.0.1:{httpd.port}/shops.json"
         data["inventory_timeout"] = 20
         dripping = fleet.base / "dripping.yaml"
         dripping.write_text(yaml.safe_dump(data))
@@ -456,10 +452,6 @@ def test_an_inventory_url_that_drips_fails_in_time_without_holding_the_lock(
         assert "did not arrive within 20s" in message and "inventory_timeout" in message
         poll("the server saw the client give up", lambda: _Drip.hung_up.is_set() or None)
         assert set(served(platform, "one.test").values()) == {renewed}
-    finally:
-        httpd.stop.set()  # type: ignore[attr-defined]
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_status_asks_the_load_balancers_after_a_lost_spool(platform: Sandbox) -> None:

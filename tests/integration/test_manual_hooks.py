@@ -17,10 +17,12 @@ from epages_testlib import (
     certbot,
     fresh_account,
     fresh_sandbox,
+    http_server,
     poll,
     soa_serial,
     txt_at,
     verify_chain,
+    write_section,
 )
 
 from certbot_epages.sandbox.platform import Sandbox
@@ -39,11 +41,7 @@ def _hook_args(challenge: str) -> list[str]:
 
 
 def _http_config(sandbox: Sandbox, path: Path, **http01: object) -> Path:
-    data = yaml.safe_load(sandbox.config_path.read_text())
-    data["http01"].update(http01)
-    path.write_text(yaml.safe_dump(data))
-    path.chmod(0o600)
-    return path
+    return write_section(sandbox, path, "http01", http01)
 
 
 def _hook_env(sandbox: Sandbox, env: dict[str, str], config: Path | None) -> dict[str, str]:
@@ -190,14 +188,8 @@ def broken_lb() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(NotFound) as server:
+        yield f"127.0.0.1:{server.port}"
 
 
 def test_self_check_names_the_load_balancer_that_does_not_proxy(

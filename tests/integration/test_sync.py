@@ -20,7 +20,7 @@ import yaml
 from cryptography.hazmat.primitives import hashes
 from epages_testlib import fresh_sandbox, leaf_certificate, served, shop_sites, write_inventory
 
-from certbot_epages.fleet.locks import held
+from certbot_epages.files import held
 from certbot_epages.sandbox.platform import Sandbox
 
 pytestmark = pytest.mark.integration

@@ -21,11 +21,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certbot_epages import config
+from certbot_epages.errors import SyncError
+from certbot_epages.files import held
 from certbot_epages.fleet import limits, status
 from certbot_epages.fleet import plan as planning
 from certbot_epages.fleet.limits import Ledger, LedgerError, Limits
-from certbot_epages.fleet.locks import FleetLocks, LockTimeout, held
-from certbot_epages.fleet.sync import Outcome, Sync, SyncError, SyncReport, restrict, select
+from certbot_epages.fleet.locks import FleetLocks, LockTimeout
+from certbot_epages.fleet.report import Outcome, SyncReport
+from certbot_epages.fleet.selection import restrict, select
+from certbot_epages.fleet.sync import Sync
 from certbot_epages.inventory import parse_inventory
 
 pytestmark = pytest.mark.unit

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from epages_testlib import http_server
 
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.fleet import ari
@@ -144,13 +144,8 @@ def acme() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/dir"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Handler) as server:
+        yield f"http://127.0.0.1:{server.port}/dir"
 
 
 def test_window_start_from_the_ca_and_none_where_it_has_no_ari(acme: str) -> None:

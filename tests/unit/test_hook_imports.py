@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from certbot_epages.manual_hooks import choose_run_process
+from certbot_epages.hook_spool import choose_run_process
 
 pytestmark = pytest.mark.unit
 

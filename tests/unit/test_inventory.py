@@ -5,12 +5,12 @@ from __future__ import annotations
 import http.server
 import json
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from epages_testlib import http_server
 
 from certbot_epages.inventory import (
     Inventory,
@@ -416,15 +416,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with http_server(_Handler) as httpd:
+        yield f"http://127.0.0.1:{httpd.port}"
 
 
 def test_load_from_url(server: str) -> None:
@@ -478,19 +471,9 @@ class _Drip(http.server.BaseHTTPRequestHandler):
 
 
 def test_one_deadline_covers_the_whole_fetch() -> None:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
-    httpd.daemon_threads = True
-    httpd.stop = threading.Event()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with pytest.raises(InventoryError, match=r"did not arrive within 0.5s"):
-            load_inventory(f"http://127.0.0.1:{httpd.server_address[1]}/", templates=TEMPLATES,
-                           timeout=0.5)
-    finally:
-        httpd.stop.set()  # type: ignore[attr-defined]
-        httpd.shutdown()
-        httpd.server_close()
+    with http_server(_Drip) as httpd, \
+            pytest.raises(InventoryError, match=r"did not arrive within 0.5s"):
+        load_inventory(f"http://127.0.0.1:{httpd.port}/", templates=TEMPLATES, timeout=0.5)
 
 
 def test_the_size_cap_applies(server: str) -> None:

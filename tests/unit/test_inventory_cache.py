@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from certbot_epages import inventory_cache
 from certbot_epages.inventory import Inventory, load_inventory
+from certbot_epages.inventory import cache as inventory_cache
 
 pytestmark = pytest.mark.unit
 
@@ -40,16 +40,16 @@ def load(path: Path, cache: Path | None, templates: tuple[str, ...] = TEMPLATES,
 
 def parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the YAML parses (a cache hit has none)."""
-    import certbot_epages.inventory as module
+    from certbot_epages.inventory import fetch as module
 
     calls: list[int] = []
-    real = module._yaml_document
+    real = module.yaml_document
 
     def counting(raw: bytes, where: str) -> object:
         calls.append(1)
         return real(raw, where)
 
-    monkeypatch.setattr(module, "_yaml_document", counting)
+    monkeypatch.setattr(module, "yaml_document", counting)
     return calls
 
 
@@ -129,7 +129,7 @@ def test_a_corrupt_cache_is_ignored_and_rebuilt(
     }[damage]
     cached.write_bytes(broken)
     calls = parses(monkeypatch)
-    with caplog.at_level(logging.INFO, logger="certbot_epages.inventory_cache"):
+    with caplog.at_level(logging.INFO, logger="certbot_epages.inventory.cache"):
         assert load(inventory_file, cache) == good
     assert len(calls) == 1
     assert "not used" in caplog.text

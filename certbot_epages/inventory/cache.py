@@ -21,21 +21,22 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import unicodedata
 from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from certbot_epages import __version__
-from certbot_epages.inventory import Inventory, Problem, Shop
+from certbot_epages.files import atomic_write
+from certbot_epages.inventory.model import Inventory, Problem, Shop
 
 logger = logging.getLogger(__name__)
 
 FILENAME = "inventory-cache.json"
 FORMAT = 1
 # The modules whose rules decide what a checked entry is: a change to them is a miss.
-_CHECKING_CODE = ("inventory.py", "inventory_cache.py", "names.py", "netaddr.py")
+_CHECKING_CODE = ("inventory/model.py", "inventory/entries.py", "inventory/fetch.py",
+                  "inventory/cache.py", "names.py", "netaddr.py")
 
 
 class _Miss(Exception):
@@ -86,7 +87,7 @@ def _code_version() -> dict[str, str]:
 
     import yaml
 
-    here = Path(__file__).parent
+    here = Path(__file__).parent.parent  # the package's root
     source = hashlib.sha256()
     for name in _CHECKING_CODE:
         with contextlib.suppress(OSError):
@@ -132,20 +133,11 @@ def read(path: Path, wanted: str) -> Inventory:
 
 
 def write(path: Path, wanted: str, inventory: Inventory) -> None:
-    """Write the cache file atomically (temporary file, rename), mode 0600."""
+    """Write the cache file atomically (temporary file, fsync, rename), mode 0600."""
     payload = json.dumps(_data(inventory), separators=(",", ":")).encode()
     header = json.dumps({"format": FORMAT, "key": wanted,
                          "sha256": hashlib.sha256(payload).hexdigest()}).encode()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(header + b"\n" + payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, header + b"\n" + payload, dir_mode=0o700)
 
 
 def _data(inventory: Inventory) -> dict[str, Any]:
