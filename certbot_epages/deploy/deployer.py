@@ -48,7 +48,7 @@ from certbot_epages.deploy.render import (
 )
 from certbot_epages.deploy.spool import Spool, control_dir, sha256_of
 from certbot_epages.errors import ConfigError, EpagesError
-from certbot_epages.inventory import Inventory, load_inventory
+from certbot_epages.inventory import Inventory, load_configured
 from certbot_epages.resources import jinja_env
 
 logger = logging.getLogger(__name__)
@@ -147,10 +147,7 @@ class Deployer:
 
     def load_inventory(self) -> Inventory:
         """The inventory, fetched within the configured deadline (before any lock is taken)."""
-        return load_inventory(self.inventory_source, templates=self.templates.names(),
-                              safe_vars=self.templates.all_safe_vars(),
-                              timeout=self.settings.inventory_timeout,
-                              max_bytes=self.settings.inventory_max_bytes, cache=self.deploy.spool)
+        return load_configured(self.settings, self.templates, "deploys")
 
     def lineages(self, renewed: Sequence[Lineage], *,
                  inventory: Inventory | None = None) -> Report:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from certbot_epages import ssh
 from certbot_epages.config import LoadBalancerConfig
 from certbot_epages.deploy import scripts
 from certbot_epages.deploy.release import is_release_id
@@ -51,10 +52,7 @@ class Target:
         self.timeout = timeout
         self.owner: str | None = None  # this run's token, once it holds the deploy lock
         self._ssh = [
-            "ssh", *lb.ssh_options,
-            # After the operator's options: ssh keeps the first value given for an option.
-            "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=10",
+            *ssh.command(lb.ssh_options),
             "-o", "ControlMaster=auto",
             "-o", f"ControlPath={control_dir}/%C",
             "-o", "ControlPersist=60",
