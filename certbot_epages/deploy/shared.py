@@ -26,11 +26,13 @@ directories named by lineage and fingerprint that are never modified (``<root>/c
 workers open them at handshake time, so switching ``current`` for the phase-1 test never
 changes what a handshake gets, and a renewal is a new directory plus a changed map value.
 
-Templates render as in sites mode, once per template, with ``ssl_certificate`` and each
-``vars.<name>`` being the nginx variables above, ``domain`` ``$host`` and ``server_names`` every
-name of the template's shops. A template whose shops need blocks of their own (a variable in a
-directive that takes no variables, say) says so with ``{# epages: own_server #}``; its shops are
-then rendered one server each, with their certificate by absolute path.
+Templates render as in sites mode, once per kind of shop (:attr:`Config.kinds`: the
+template, the variables its shops set, the values of those it decides on), with
+``ssl_certificate`` and each printed ``vars.<name>`` being the nginx variables above,
+``domain`` ``$host`` and ``server_names`` every name of the kind's shops. A template whose
+shops need blocks of their own (a variable in a directive that takes no variables, say) says so
+with ``{# epages: own_server #}``; its shops are then rendered one server each, with their
+certificate by absolute path.
 """
 
 from __future__ import annotations
