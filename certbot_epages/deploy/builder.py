@@ -4,7 +4,7 @@
 site configs, kept ones, certificates, the shared config and its certificate list, the release
 marker and the manifest. It never drops a site silently: a site that cannot be carried over is
 either a note the removal guard counts, or, where dropping would lose a shop that serves, a
-:class:`~certbot_epages.deploy.deployer.DeployError` before anything is pushed.
+:class:`BuildError` before anything is pushed.
 
 Certificate versions (``<root>/certs/<lineage>/<fp16>``, shared mode, and the kept sites of a
 shared-mode release in either mode) come from what the load balancer already has (listed at the
@@ -13,21 +13,17 @@ start of the run, with the workers' group) or are staged here, checked, and push
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from certbot_epages.deploy import marker, release, shared
 from certbot_epages.deploy.certstore import CertificateError, CertStore
 from certbot_epages.deploy.decide import Base, Candidate, Composition, Selection
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.deploy.manifest import FILENAME as MANIFEST
-from certbot_epages.deploy.manifest import Manifest, ManifestError, SiteRecord, loads
+from certbot_epages.deploy.manifest import Manifest, SiteRecord
 from certbot_epages.deploy.render import (
     ALL_VARS,
     SUFFIX,
@@ -39,7 +35,7 @@ from certbot_epages.deploy.render import (
 )
 from certbot_epages.errors import EpagesError
 from certbot_epages.inventory import Shop
-from certbot_epages.names import IMPLICIT_OWNER, is_legacy_owner, legacy_owner
+from certbot_epages.names import IMPLICIT_OWNER, is_legacy_owner
 from certbot_epages.resources import jinja_env
 
 PEMS = (("fullchain.pem", 0o644), ("privkey.pem", 0o600))
@@ -494,68 +490,3 @@ def _shop_of(record: SiteRecord) -> Shop:
     shop_id = None if implicit or is_legacy_owner(record.owner) else record.owner
     return Shop(record.domain, record.names[1:], str(record.template), dict(record.vars or {}),
                 shop=shop_id)
-
-
-# --- reading a live release back ---------------------------------------------------------------
-
-def base_of(release_id: str, local: Path) -> Base:
-    """What the live release (mirrored at ``local``) holds, read off its manifest.
-
-    A release whose manifest is lost is read back from its site files; one that served a shared
-    config cannot be (its shops are lines of maps), so deploying over it needs ``--force``.
-    """
-    try:
-        data = (local / MANIFEST).read_bytes()
-    except OSError:
-        problem = f"the live release {release_id} has no readable {MANIFEST}"
-    else:
-        try:
-            return Base(release_id, loads(data, f"release {release_id}'s {MANIFEST}"))
-        except ManifestError as e:
-            problem = f"{e}; rebuilt what it can from the release's files"
-    if (local / "sites" / shared.SITE).is_file():
-        return Base(release_id, None, f"{problem}; it serves a shared config, whose shops "
-                    "cannot be read back from its files", recover(local), missing=True)
-    return Base(release_id, None, problem, recover(local))
-
-
-_SERVER_NAME = re.compile(rb"^\s*server_name\s+([^;]+);", re.MULTILINE)
-_CERT_PATH = re.compile(rb"/certs/([A-Za-z0-9][A-Za-z0-9._-]*)/(?:[0-9a-f]{16}/)?fullchain\.pem")
-
-
-def recover(local: Path) -> Manifest:
-    """A manifest read off a release's site files, for a release whose manifest is lost."""
-    sites: dict[str, SiteRecord] = {}
-    for path in sorted((local / "sites").glob("*.conf")):
-        if path.name in (marker.SITE, shared.SITE):
-            continue
-        try:
-            text = path.read_bytes()
-        except OSError:
-            continue
-        domain = path.name[: -len(".conf")].replace("_wildcard_", "*")
-        names_match = _SERVER_NAME.search(text)
-        names = tuple(names_match[1].decode(errors="replace").split()) if names_match else ()
-        if "~" in path.name and names:  # a shortened name (see names.site_file)
-            domain = names[0]
-        cert = _CERT_PATH.search(text)
-        lineage = cert[1].decode() if cert else ""
-        fingerprint = "0" * 64
-        if lineage:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                # The chain's first certificate (the plural loader needs cryptography 39).
-                leaf = x509.load_pem_x509_certificate(
-                    (local / "certs" / lineage / "fullchain.pem").read_bytes())
-                fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
-        sites[path.name] = SiteRecord(domain, names or (domain,), legacy_owner(domain),
-                                      lineage or "-", fingerprint)
-    return Manifest(sites=sites, claims={n: r.owner for r in sites.values() for n in r.names})
-
-
-def versions_of(release_dir: Path) -> set[str]:
-    """The certificate versions a release uses, from its list."""
-    try:
-        text = (release_dir / shared.VERSIONS).read_text()
-    except OSError:
-        return set()
-    return {line.strip() for line in text.splitlines() if line.strip()}

@@ -34,6 +34,7 @@ from certbot_epages.deploy import (
     marker,
     probe,
     push,
+    readback,
     release,
     scripts,
     shared,
@@ -279,7 +280,7 @@ class Deployer:
             lb.target.pull(live.release, local, cached)
         self.spool.set_live(name, live.release)
         lb.base_dir = local
-        lb.base = builder.base_of(live.release, local)
+        lb.base = readback.base_of(live.release, local)
         if lb.base.problem is not None:
             report.note(f"{name}: {lb.base.problem}")
 
@@ -335,7 +336,7 @@ class Deployer:
             releases = self.spool.releases(lb.name)
             if releases.is_dir():
                 for rel in releases.iterdir():
-                    keep |= builder.versions_of(rel)
+                    keep |= readback.versions_of(rel)
         with contextlib.suppress(OSError):
             self.certs.prune(keep)
 
