@@ -129,8 +129,9 @@ def select(
             selection.unready.setdefault(conflict.shop.owner, line)
             selection.unready_domains.setdefault(conflict.shop.domain, line)
     used: set[str] = set()
+    index = lineage_rules.Index(known)
     for shop in inventory.active():
-        lineage = lineage_rules.covering(shop, known)
+        lineage = index.covering(shop)
         if lineage is None:
             if renewed is None:
                 why = (f"{shop.domain}: no certificate in {certbot_dir}/live covers "

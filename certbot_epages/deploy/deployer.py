@@ -19,7 +19,7 @@ import secrets
 import shutil
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -466,11 +466,12 @@ def _expected(lb: _Lb) -> dict[str, str]:
     in_map = f"sites/{shared.SITE}" in changed or f"sites/{shared.SITE}" in rel.files
     old = before.sites if before is not None and before.mode == "shared" else {}
     out = {}
+    wildcards = _wildcards(comp)
     for site, record in comp.sites.items():
         if in_map and f"sites/{site}" not in rel.files:
             was = old.get(site)
             if was is None or was.fingerprint != record.fingerprint:
-                out.update(dict.fromkeys(_probe_names(record, comp), record.fingerprint))
+                out.update(dict.fromkeys(_probe_names(record, wildcards), record.fingerprint))
         elif (f"sites/{site}" in changed
                 or f"certs/{record.lineage}/fullchain.pem" in changed
                 or f"certs/{record.lineage}/privkey.pem" in changed
@@ -483,12 +484,24 @@ def _expected(lb: _Lb) -> dict[str, str]:
     return out
 
 
-def _probe_names(record: SiteRecord, comp: Composition) -> list[str]:
-    """A record's names that have a line of their own in the certificate map."""
-    wildcards = {n[2:] for r in comp.sites.values() if r.lineage == record.lineage
-                 for n in r.names if n.startswith("*.")}
+def _probe_names(record: SiteRecord, wildcards: Mapping[str, set[str]]) -> list[str]:
+    """A record's names that have a line of their own in the certificate map.
+
+    ``wildcards``: per lineage, the bases of the wildcards its sites serve (riders of one of
+    them are probed through it).
+    """
+    bases = wildcards.get(record.lineage, set())
     return [n for n in record.names
-            if n.startswith("*.") or n.split(".", 1)[-1] not in wildcards]
+            if n.startswith("*.") or n.split(".", 1)[-1] not in bases]
+
+
+def _wildcards(comp: Composition) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for record in comp.sites.values():
+        for name in record.names:
+            if name.startswith("*."):
+                out.setdefault(record.lineage, set()).add(name[2:])
+    return out
 
 
 __all__ = ["DeployError", "Deployer", "LbOutcome", "Report"]

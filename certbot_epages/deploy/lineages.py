@@ -105,10 +105,37 @@ def scan(certbot_dir: Path) -> list[Lineage]:
     return found
 
 
-def covering(shop: Shop, lineages: Iterable[Lineage]) -> Lineage | None:
+def covering(shop: Shop, lineages: Iterable[Lineage] | Index) -> Lineage | None:
     """The lineage for a shop: covers all its names; the one named after it, else the latest."""
-    candidates = [lin for lin in lineages if all(lin.covers(n) for n in shop.server_names)]
-    if not candidates:
-        return None
-    candidates.sort(key=lambda lin: (lin.name == shop.domain, lin.not_after), reverse=True)
-    return candidates[0]
+    index = lineages if isinstance(lineages, Index) else Index(lineages)
+    return index.covering(shop)
+
+
+class Index:
+    """Lineages by the names their certificates hold, so finding a shop's is not a scan.
+
+    A deploy asks for every shop (100,000) among every lineage (10,000): only the lineages
+    that cover the shop's domain (by that name, or the wildcard over it) are looked at.
+    """
+
+    def __init__(self, lineages: Iterable[Lineage]) -> None:
+        self.by_name: dict[str, list[Lineage]] = {}
+        self.position: dict[Lineage, int] = {}  # ties go to the first given, as in a scan
+        for lin in lineages:
+            self.position.setdefault(lin, len(self.position))
+            for name in lin.names:
+                self.by_name.setdefault(name, []).append(lin)
+
+    def covering(self, shop: Shop) -> Lineage | None:
+        """See :func:`covering`."""
+        domain = shop.domain
+        found = list(self.by_name.get(domain, ()))
+        if not domain.startswith("*.") and "." in domain:
+            found += self.by_name.get(f"*.{domain.split('.', 1)[1]}", ())
+        candidates = sorted((lin for lin in dict.fromkeys(found)
+                             if all(lin.covers(n) for n in shop.server_names)),
+                            key=self.position.__getitem__)
+        if not candidates:
+            return None
+        candidates.sort(key=lambda lin: (lin.name == shop.domain, lin.not_after), reverse=True)
+        return candidates[0]

@@ -86,10 +86,13 @@ def units(
             out[name] = Unit(name, (f"*.{platform}",), (), platform)
     for shop_domain, platform in list(riders.items()):
         riders[shop_domain] = lineage_name(f"*.{platform}")
+    riding: dict[str, list[str]] = {}
+    for shop_domain, name in riders.items():
+        riding.setdefault(name, []).append(shop_domain)
     for name, unit in out.items():
-        riding = tuple(d for d, lin in riders.items() if lin == name)
-        if riding:
-            out[name] = Unit(unit.lineage, unit.names, (*unit.shops, *riding), unit.wildcard_of)
+        if name in riding:
+            out[name] = Unit(unit.lineage, unit.names, (*unit.shops, *riding[name]),
+                             unit.wildcard_of)
     return list(out.values()), riders
 
 
