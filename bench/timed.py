@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Run ``certbot-epages`` or the deploy hook with the phases of the deploy timed (bench only).
+
+    python bench/timed.py TIMINGS.json cli --config C deploy --all
+    python bench/timed.py TIMINGS.json hook [--defer]
+
+It wraps functions of the installed package (nothing in the package changes) and writes, at
+exit, the seconds spent in each phase, per load balancer where phases run once per load
+balancer: ``{"phases": {"build": {"lb1": [1.2], "lb2": [1.1]}, ...}, "main_seconds": ...}``.
+With ``BENCH_PROFILE=FILE`` in the environment the run is also profiled with cProfile (the
+stats go to FILE; read them with ``python -m pstats FILE``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+STARTED = time.monotonic()  # before the package's imports: they are part of what a run costs
+
+from certbot_epages import ownership  # noqa: E402
+from certbot_epages.deploy import (  # noqa: E402
+    decide,
+    deployer,
+    lineages,
+    marker,
+    probe,
+    push,
+    release,
+    shared,
+)
+from certbot_epages.deploy.manifest import Manifest  # noqa: E402
+
+IMPORTED = time.monotonic()
+_phases: dict[str, dict[str, list[float]]] = {}
+_lock = threading.Lock()
+_local = threading.local()  # the load balancer a thread works for, where known
+_kinds: dict[str, str] = {}  # remote step script -> what it does
+
+
+def _record(phase: str, lb: str, seconds: float) -> None:
+    with _lock:
+        _phases.setdefault(phase, {}).setdefault(lb, []).append(round(seconds, 4))
+
+
+def _wrap(owner: Any, attr: str, phase: str | Callable[[tuple[Any, ...]], str],
+          lb_of: Callable[[tuple[Any, ...]], str] | None = None) -> None:
+    original = getattr(owner, attr)
+
+    @functools.wraps(original)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            name = phase(args) if callable(phase) else phase
+            lb = lb_of(args) if lb_of is not None else getattr(_local, "lb", "")
+            _record(name, lb, time.monotonic() - started)
+
+    setattr(owner, attr, timed)
+
+
+def _tag(owner: Any, attr: str, kind: str) -> None:
+    """Remember which remote step a script built by ``owner.attr`` is."""
+    original = getattr(owner, attr)
+
+    @functools.wraps(original)
+    def tagged(*args: Any, **kwargs: Any) -> str:
+        script = original(*args, **kwargs)
+        _kinds[script] = kind
+        return str(script)
+
+    setattr(owner, attr, tagged)
+
+
+def _per_lb(owner: Any, attr: str, phase: str) -> None:
+    """Time a per-load-balancer method (``self`` or the first argument is a ``_Lb``)."""
+    original = getattr(owner, attr)
+
+    @functools.wraps(original)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        lb = next((a.name for a in args if isinstance(a, deployer._Lb)), "")
+        _local.lb = lb
+        started = time.monotonic()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _record(phase, lb, time.monotonic() - started)
+
+    setattr(owner, attr, timed)
+
+
+def install() -> None:
+    """Wrap the phases of a deploy."""
+    target_lb: Callable[[tuple[Any, ...]], str] = lambda args: args[0].name  # noqa: E731
+    _wrap(deployer.Deployer, "load_inventory", "inventory")
+    _wrap(lineages, "scan", "lineages_scan")
+    _wrap(deployer.Deployer, "_read_truth", "read_truth")
+    _wrap(ownership, "resolve", "ownership_resolve")
+    _wrap(decide, "select", "select")
+    _per_lb(deployer.Deployer, "_build", "build")
+    _wrap(deployer, "render_site", "render_sites")
+    _wrap(deployer, "render_shared", "render_shared_servers")
+    _wrap(decide, "compose", "compose")
+    _wrap(shared, "plan", "shared_plan")
+    _wrap(shared, "render_maps", "shared_render_maps")
+    _wrap(deployer.Deployer, "_stage", "stage_certs")
+    _wrap(marker, "generation", "marker_generation")
+    _wrap(Manifest, "dumps", "manifest_dumps")
+    _wrap(release, "build", "release_build")
+    _wrap(deployer.Deployer, "_phase1", "phase1", lambda args: "")
+    _wrap(deployer.Deployer, "_phase2", "phase2", lambda args: "")
+    _wrap(push.Target, "push_certs", "push_certs", target_lb)
+    _wrap(push.Target, "rsync", "rsync", target_lb)
+    _wrap(push.Target, "pull", "pull", target_lb)
+    _wrap(push.Target, "step", lambda args: _kinds.get(args[1], "other_steps"), target_lb)
+    _wrap(probe, "wait_served", "probe", lambda args: f"{args[0].host}")
+    _tag(push, "script_test", "nginx_test")
+    _tag(push, "script_go_live", "switch_reload")
+    _tag(push, "script_prepare", "read_live")
+    _tag(push, "script_prune", "prune")
+    _tag(push, "script_prune_certs", "prune_certs")
+
+
+def main() -> None:
+    """Run the entry point named in argv[2] with the rest of argv; write the timings."""
+    out, entry, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    install()
+    profile = os.environ.get("BENCH_PROFILE")
+    code: list[int] = [1]
+
+    def write() -> None:
+        data = {"import_seconds": round(IMPORTED - STARTED, 4),
+                "main_seconds": round(time.monotonic() - IMPORTED, 4),
+                "exit_code": code[0], "phases": _phases}
+        with open(out, "w") as f:
+            json.dump(data, f, indent=1)
+
+    atexit.register(write)
+    if entry == "cli":
+        from certbot_epages.cli import main as run
+    elif entry == "hook":
+        from certbot_epages.deploy.hook import hook_main as run
+    else:
+        raise SystemExit(f"timed.py: unknown entry point {entry!r} (cli or hook)")
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        code[0] = profiler.runcall(run, args)
+        profiler.dump_stats(profile)
+    else:
+        code[0] = run(args)
+    sys.exit(code[0])
+
+
+if __name__ == "__main__":
+    main()
