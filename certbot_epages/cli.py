@@ -64,9 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
         "then deploy",
         description="Plan from the inventory and certbot's lineages, preflight every "
         "certificate to be ordered, stay within the rate-limit budgets, run certbot for each, "
-        "deploy once, and record every domain's status. Arguments after '--' go to every "
-        "certbot run.",
+        "deploy once, and record every domain's status. Two full syncs never run at once. "
+        "With --domain, only the shops whose entry lists one of the names: their "
+        "certificates are ordered and deployed at once, beside a full sync that is running "
+        "(it waits only for the certbot run and the deploy in progress); it exits 1 unless "
+        "every one of them is certified and deployed (the output and 'status' say why). "
+        "Arguments after '--' go to every certbot run.",
     )
+    sync.add_argument("--domain", action="extend", nargs="+", default=[], metavar="DOMAIN",
+                      help="only the shops whose domain or alias this is (repeatable, or "
+                      "several names); the shop software calls this when a tenant adds a "
+                      "domain; a name no inventory entry lists is an error")
     sync.add_argument("--dry-run", action="store_true",
                       help="print the plan and change nothing")
     sync.add_argument("certbot_args", nargs="*", metavar="-- CERTBOT_ARGS",
@@ -104,9 +112,12 @@ def _sync(args: argparse.Namespace) -> int:
     from certbot_epages.fleet.sync import Sync
 
     settings = config.load(args.config)
-    report = Sync(settings, certbot_args=args.certbot_args, dry_run=args.dry_run).run()
+    report = Sync(settings, domains=args.domain, certbot_args=args.certbot_args,
+                  dry_run=args.dry_run).run()
     if args.dry_run:
         return 0
+    if args.domain:
+        return 0 if report.all_served() else 1
     return 1 if report.count("failed") or report.deploy_error else 0
 
 

@@ -26,7 +26,8 @@ def test_package_is_imported_from_the_installed_wheel() -> None:
 def test_templates_are_installed() -> None:
     base = templates_dir()
     for name in ("nginx/acme-challenge-proxy.conf.j2", "nginx/challenge-service.conf.j2",
-                 "sandbox/named-primary.conf.j2", "sandbox/epages.yaml.j2"):
+                 "sandbox/named-primary.conf.j2", "sandbox/epages.yaml.j2",
+                 "systemd/certbot-epages-sync.timer", "systemd/certbot-epages-sync.path"):
         assert (base / name).is_file(), name
 
 

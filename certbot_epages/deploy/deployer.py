@@ -148,7 +148,7 @@ class Deployer:
         return load_inventory(self.inventory_source, templates=self.templates.names(),
                               safe_vars=self.templates.all_safe_vars(),
                               timeout=self.settings.inventory_timeout,
-                              max_bytes=self.settings.inventory_max_bytes)
+                              max_bytes=self.settings.inventory_max_bytes, cache=self.deploy.spool)
 
     def lineages(self, renewed: Sequence[Lineage], *,
                  inventory: Inventory | None = None) -> Report:

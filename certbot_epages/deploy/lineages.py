@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -112,8 +112,3 @@ def covering(shop: Shop, lineages: Iterable[Lineage]) -> Lineage | None:
         return None
     candidates.sort(key=lambda lin: (lin.name == shop.domain, lin.not_after), reverse=True)
     return candidates[0]
-
-
-def shops_of(lineage: Lineage, shops: Sequence[Shop]) -> list[Shop]:
-    """The shops this lineage covers completely."""
-    return [shop for shop in shops if all(lineage.covers(n) for n in shop.server_names)]

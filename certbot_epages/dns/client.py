@@ -132,18 +132,31 @@ class DnsClient:
             self._resolver = resolver
         return self._resolver
 
+    def lookup(self, name: dns.name.Name | str,
+               rdtype: dns.rdatatype.RdataType) -> dns.resolver.Answer | None:
+        """Records of ``name`` through the configured resolvers; None when there are none.
+
+        NXDOMAIN and an empty answer are None; any other failure is a DNSError naming the
+        lookup.
+        """
+        qname = name if isinstance(name, dns.name.Name) else \
+            dns.name.from_text(name.rstrip(".") + ".")
+        try:
+            return self.resolver.resolve(qname, rdtype, search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return None
+        except dns.exception.DNSException as e:
+            shown = qname.to_text(omit_final_dot=True)
+            raise DNSError(f"DNS lookup of {shown} {dns.rdatatype.to_text(rdtype)} failed: {e}; "
+                           "check the configured resolvers") from None
+
     def _lookup_cname(self, name: dns.name.Name) -> dns.name.Name | None:
         zone = chain.choose_zone(name, list(self._zones))
         if zone is not None:
             return self._lookup_cname_at_primary(name, self._zones[zone])
-        try:
-            answer = self.resolver.resolve(name, dns.rdatatype.CNAME)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        answer = self.lookup(name, dns.rdatatype.CNAME)
+        if answer is None:
             return None
-        except dns.exception.DNSException as e:
-            raise DNSError(
-                f"cannot look up the CNAME of {name}: {e}; check the configured resolvers"
-            ) from None
         for rdata in answer:
             if isinstance(rdata, dns.rdtypes.ANY.CNAME.CNAME):
                 return rdata.target
@@ -216,15 +229,10 @@ class DnsClient:
 
     # --- changes ---------------------------------------------------------------------------
 
-    def _send(
-        self,
-        zone: ManagedZone,
-        changes: Sequence[update.Change],
-        primaries: Sequence[HostPort] | None = None,
-    ) -> HostPort:
+    def _send(self, zone: ManagedZone, changes: Sequence[update.Change]) -> HostPort:
         message = update.build_update(zone.name, changes, self._ttl, zone.key)
         server = update.send_update(
-            message, zone.name, primaries or zone.primaries, zone.key,
+            message, zone.name, zone.primaries, zone.key,
             timeout=self._timeout, transport=self._transport, identify=self.kind,
         )
         logger.info(

@@ -296,8 +296,3 @@ def discover_nameservers(
             f"AAAA records; fix their address records or configure the name servers explicitly"
         )
     return found
-
-
-def nameservers_of(zone: dns.name.Name, resolver: dns.resolver.Resolver) -> tuple[HostPort, ...]:
-    """Return the addresses (port 53) of the NS records of ``zone``; DNSError if there are none."""
-    return tuple(discover_nameservers(zone, resolver))

@@ -4,6 +4,10 @@ The ledger remembers what earlier runs did (new orders, issued certificates, fai
 and each lineage's consecutive failures) and :meth:`Ledger.admit` decides, before certbot runs
 for a lineage, whether it may go now or must wait, and until when and why. All times are epoch
 seconds and are passed in, so the logic never reads the clock itself.
+
+Runs share the ledger file (a full sync and any number of ``sync --domain``): every change goes
+through :func:`update`, which re-reads the file under a short lock, applies the change and
+writes it back, so no run's record overwrites another's.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from certbot_epages.errors import EpagesError
+from certbot_epages.fleet.locks import must_hold
 
 __all__ = [
     "BACKOFF",
@@ -27,7 +32,12 @@ __all__ = [
     "LedgerError",
     "Limits",
     "registered_domain",
+    "update",
 ]
+
+T = TypeVar("T")
+LOCK_TIMEOUT = 60.0
+"""Seconds to wait for another run's ledger update (each holds the lock for milliseconds)."""
 
 BACKOFF: tuple[float, ...] = (60.0, 600.0, 6000.0, 86400.0)
 """Seconds to wait after the 1st, 2nd, 3rd and 4th-or-later consecutive failure of a lineage."""
@@ -297,6 +307,11 @@ class Ledger:
         """Count one new order against the account's budget."""
         self._orders.append(now)
 
+    def cancel_order(self, at: float) -> None:
+        """Give back an order reserved at ``at`` that was not placed after all."""
+        if at in self._orders:
+            self._orders.remove(at)
+
     def record_certificate(self, names: Sequence[str], now: float) -> None:
         """Count one issued certificate, once per registered domain among ``names``.
 
@@ -426,6 +441,27 @@ class Ledger:
             if recent:
                 kept[host] = recent
         self._host_failures = kept
+
+
+def update(path: Path, change: Callable[[Ledger], T], *, prune: tuple[float, Limits] | None = None,
+           timeout: float = LOCK_TIMEOUT) -> T:
+    """Apply ``change`` to the ledger at ``path`` atomically and return what it returns.
+
+    Under ``<path>.lock``: read the file as it is now (what other runs recorded meanwhile
+    included), drop expired events (``prune`` = (now, limits)), apply ``change``, write it
+    back. Keep ``change`` short and free of I/O: other runs wait for it.
+    """
+    lock = path.with_name(path.name + ".lock")
+    try:
+        with must_hold(lock, wait=timeout):
+            ledger = Ledger.load(path)
+            if prune is not None:
+                ledger.prune(*prune)
+            result = change(ledger)
+            ledger.save(path)
+    except OSError as e:
+        raise LedgerError(f"cannot lock the fleet ledger {lock}: {e.strerror or e}") from None
+    return result
 
 
 class _Invalid(Exception):

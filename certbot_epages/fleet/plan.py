@@ -16,7 +16,7 @@ from certbot_epages.inventory import Shop
 from certbot_epages.names import lineage_name, platform_of
 
 __all__ = ["Plan", "Step", "Unit", "is_due", "lineage_name", "make_plan", "platform_of",
-           "renewal_time", "units"]
+           "renewal_time", "step_for", "units"]
 
 # What to do with a unit.
 ISSUE = "issue"  # no lineage yet
@@ -107,6 +107,29 @@ def is_due(lineage: Lineage, now: datetime, window_start: datetime | None = None
     return now >= (window_start if window_start is not None else renewal_time(lineage))
 
 
+def step_for(unit: Unit, lineage: Lineage | None, now: datetime,
+             window_start: datetime | None = None) -> Step:
+    """What to do with one unit whose lineage (if any) is ``lineage``.
+
+    Also how a run decides again when another run changed the lineage after the plan was made
+    (``sync --domain`` beside a full sync): a lineage issued meanwhile is kept.
+    """
+    if lineage is None:
+        return Step(unit, ISSUE, "no certificate yet")
+    if set(lineage.names) != set(unit.names) and not unit.frozen:
+        missing = sorted(set(unit.names) - set(lineage.names))
+        extra = sorted(set(lineage.names) - set(unit.names))
+        why = "names changed: " + ", ".join(
+            [*(f"+{n}" for n in missing), *(f"-{n}" for n in extra)]
+        )
+        return Step(unit, REISSUE, why, lineage.not_after)
+    if is_due(lineage, now, window_start):
+        source = "the CA's renewal window" if window_start is not None else "due"
+        return Step(unit, RENEW, f"{source}: expires {lineage.not_after:%Y-%m-%d}",
+                    lineage.not_after)
+    return Step(unit, KEEP, f"valid until {lineage.not_after:%Y-%m-%d}", lineage.not_after)
+
+
 def make_plan(
     shops: Sequence[Shop],
     lineages: dict[str, Lineage],
@@ -131,25 +154,8 @@ def make_plan(
             needed.append(Unit(name, lineages[name].names, (shop.domain,), frozen=True))
     plan = Plan(riders=riders)
     for unit in needed:
-        found = lineages.get(unit.lineage)
-        if found is None:
-            plan.steps.append(Step(unit, ISSUE, "no certificate yet"))
-            continue
-        lineage = found
-        if set(lineage.names) != set(unit.names) and not unit.frozen:
-            missing = sorted(set(unit.names) - set(lineage.names))
-            extra = sorted(set(lineage.names) - set(unit.names))
-            why = "names changed: " + ", ".join(
-                [*(f"+{n}" for n in missing), *(f"-{n}" for n in extra)]
-            )
-            plan.steps.append(Step(unit, REISSUE, why, lineage.not_after))
-        elif is_due(lineage, now, (windows or {}).get(unit.lineage)):
-            source = "the CA's renewal window" if unit.lineage in (windows or {}) else "due"
-            plan.steps.append(Step(unit, RENEW, f"{source}: expires {lineage.not_after:%Y-%m-%d}",
-                                   lineage.not_after))
-        else:
-            plan.steps.append(Step(unit, KEEP, f"valid until {lineage.not_after:%Y-%m-%d}",
-                                   lineage.not_after))
+        plan.steps.append(step_for(unit, lineages.get(unit.lineage), now,
+                                   (windows or {}).get(unit.lineage)))
     wanted = {u.lineage for u in needed}
     for shop in shops:
         name = lineage_name(shop.domain)

@@ -1,6 +1,6 @@
 """Preflight of one certificate before any ACME order: which challenge, or why none can work.
 
-The decision (:func:`check`, :func:`caa_verdict`) is pure logic over a :class:`Resolver`;
+The decision (:func:`check`, :func:`caa_outcome`) is pure logic over a :class:`Resolver`;
 :class:`DnsResolver` is the real DNS behind it. Every failure carries a reason and a fix that
 names the exact record to create or change.
 
@@ -101,9 +101,16 @@ def _issuer(value: str) -> str:
     return value.split(";", 1)[0].strip().rstrip(".").lower()
 
 
-def _caa_outcome(
+def caa_outcome(
     name: str, lookup: Callable[[str], list[CaaRecord] | None], identities: Sequence[str]
 ) -> _CaaOutcome:
+    """Whether CAA lets one of the CA ``identities`` issue for ``name`` (RFC 8659).
+
+    ``lookup(n)`` returns the CAA records at exactly ``n`` (a lowercase name without final dot),
+    or None if there are none. The relevant RRset is the first found climbing from the name (the
+    base of a wildcard) towards the root; none anywhere allows. When not allowed, the outcome
+    says why and which record to add or remove.
+    """
     wanted = {_issuer(identity) for identity in identities} - {""}
     if not wanted:
         raise ValueError("no CA identities configured for the CAA check")
@@ -144,22 +151,6 @@ def _caa_outcome(
         f"CAA at {where} forbids {ca} for {name}: its {tag} records allow {listed}",
         f'add: {where}. CAA 0 {tag} "{ca}"',
     )
-
-
-def caa_verdict(
-    name: str, lookup: Callable[[str], list[CaaRecord] | None], identities: Sequence[str]
-) -> tuple[bool, str | None]:
-    """Whether CAA lets one of the CA ``identities`` issue for ``name`` (RFC 8659).
-
-    ``lookup(n)`` returns the CAA records at exactly ``n`` (a lowercase name without final dot),
-    or None if there are none. The relevant RRset is the first found climbing from the name (the
-    base of a wildcard) towards the root; none anywhere allows. Returns ``(allowed, reason)``,
-    the reason (with the record to add or remove) only when not allowed.
-    """
-    outcome = _caa_outcome(name, lookup, identities)
-    if outcome.allowed:
-        return True, None
-    return False, f"{outcome.reason}; fix: {outcome.fix}"
 
 
 # --- the challenge decision ----------------------------------------------------------------
@@ -242,7 +233,7 @@ def _check_caa(
     names: Sequence[str], resolver: Resolver, identities: Sequence[str], failures: _Failures
 ) -> None:
     for name in names:
-        outcome = _caa_outcome(name, resolver.caa, identities)
+        outcome = caa_outcome(name, resolver.caa, identities)
         if not outcome.allowed:
             failures.add(outcome.reason or "", outcome.fix or "")
 
@@ -341,15 +332,7 @@ class DnsResolver:
         self._caa: dict[str, list[CaaRecord] | None] = {}
 
     def _resolve(self, name: str, rdtype: dns.rdatatype.RdataType) -> dns.resolver.Answer | None:
-        try:
-            qname = dns.name.from_text(name.rstrip(".") + ".")
-            return self._client.resolver.resolve(qname, rdtype, search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return None
-        except dns.exception.DNSException as e:
-            raise DNSError(
-                f"DNS lookup of {name} {dns.rdatatype.to_text(rdtype)} failed: {e}"
-            ) from None
+        return self._client.lookup(name, rdtype)
 
     def addresses(self, name: str) -> list[str]:
         """The A and AAAA addresses of ``name`` after CNAMEs; [] for NXDOMAIN or no data."""

@@ -2,6 +2,9 @@
 
 ``sync`` writes ``status.json`` into ``fleet.state_dir``; ``certbot-epages status`` reads it and
 adds what is true now (the lineages' expiry, which release each load balancer serves).
+Runs overlap (``sync --domain`` beside a full sync), so every write re-reads the file under a
+short lock and merges (:func:`merge`): ``sync --domain`` replaces only its shops' entries, and a
+full sync keeps the entries that a run started after it wrote.
 Let's Encrypt no longer mails expiry warnings, so the Prometheus textfile (seconds to expiry,
 failures, last sync) is how monitoring learns of a certificate that is not being renewed.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +23,7 @@ from certbot_epages.config import Config
 from certbot_epages.deploy import lineages, served
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.fleet import plan as planning
+from certbot_epages.fleet.locks import FleetLocks
 from certbot_epages.inventory import Inventory
 from certbot_epages.names import site_file
 from certbot_epages.ownership import Conflict
@@ -41,22 +45,82 @@ def _iso(when: datetime | float | None) -> str | None:
 def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, report: SyncReport,
           known: Mapping[str, Lineage], now: float,
           riders: Mapping[str, tuple[str, str]] | None = None,
-          conflicts: Sequence[Conflict] = ()) -> Path:
+          conflicts: Sequence[Conflict] = (), *, only: Collection[str] | None = None,
+          started: float | None = None) -> Path:
     """Record every domain's state after a sync; also the Prometheus file if configured.
 
     ``riders`` holds, for platform shops whose own name fails the preflight, (reason, fix);
-    ``conflicts`` the entries refused because their names belong to someone else.
+    ``conflicts`` the entries refused because their names belong to someone else. ``only``
+    (sync --domain) limits the entries written to those of these entry domains and leaves the
+    Prometheus file to full syncs; ``started`` is when the run started (default ``now``),
+    recorded in each entry it writes.
     """
-    by_lineage = {o.step.unit.lineage: o for o in report.outcomes}
     target = settings.fleet.state_dir / STATUS_FILE
-    try:
-        previous = json.loads(target.read_text()).get("domains", {})
-    except (OSError, ValueError, AttributeError):
-        previous = {}
-    if not isinstance(previous, dict):
-        previous = {}
+    with FleetLocks(settings.fleet.state_dir).status():
+        try:
+            document = json.loads(target.read_text())
+        except (OSError, ValueError):
+            document = {}
+        if not isinstance(document, dict):
+            document = {}
+        previous = document.get("domains", {})
+        if not isinstance(previous, dict):
+            previous = {}
+        fresh = _entries(inventory, the_plan, report, known, previous, riders or {},
+                         conflicts, only)
+        stamp = _iso(now if started is None else started)
+        for entry in fresh.values():
+            entry["updated"] = stamp
+        busy = {d for o in report.outcomes if o.state == "busy" for d in o.step.unit.shops}
+        domains = merge(previous, fresh, only=only, started=stamp or "", keep=busy)
+        if only is None:
+            document = {"last_sync": _iso(now), "domains": domains,
+                        "deploy_error": report.deploy_error}
+        else:
+            document = {"last_sync": document.get("last_sync"),
+                        "deploy_error": document.get("deploy_error"), **document,
+                        "domains": domains}
+        _atomic_write(target, json.dumps(document, indent=1, sort_keys=True) + "\n")
+    if settings.fleet.prometheus is not None and only is None:
+        # Full syncs only: collect() reads every lineage, seconds with 100,000 of them.
+        write_prometheus(settings.fleet.prometheus, collect(settings, now=now))
+    return target
+
+
+def merge(previous: Mapping[str, Any], fresh: Mapping[str, dict[str, Any]], *,
+          only: Collection[str] | None, started: str, keep: Collection[str] = ()
+          ) -> dict[str, Any]:
+    """The domains of status.json after a run wrote ``fresh`` over ``previous``.
+
+    ``only`` (sync --domain): the entries of those entry domains are replaced, all others stay.
+    A full run (``only`` None) replaces everything except the entries of ``keep`` (domains of
+    certificates another run was ordering) and entries written by a run that started at or
+    after ``started`` (ISO time): those runs saw a newer inventory and newer lineages.
+    """
+    if only is not None:
+        merged = {key: entry for key, entry in previous.items()
+                  if not (isinstance(entry, dict) and entry.get("domain") in only)}
+        merged.update(fresh)
+        return merged
+    merged = dict(fresh)
+    for key, entry in previous.items():
+        if not isinstance(entry, dict):
+            continue
+        updated = entry.get("updated")
+        if entry.get("domain") in keep or (isinstance(updated, str) and updated >= started):
+            merged[key] = entry
+    return merged
+
+
+def _entries(inventory: Inventory, the_plan: planning.Plan, report: SyncReport,
+             known: Mapping[str, Lineage], previous: Mapping[str, Any],
+             riders: Mapping[str, tuple[str, str]], conflicts: Sequence[Conflict],
+             only: Collection[str] | None) -> dict[str, dict[str, Any]]:
+    by_lineage = {o.step.unit.lineage: o for o in report.outcomes}
     domains: dict[str, dict[str, Any]] = {}
     for shop in inventory.shops:
+        if only is not None and shop.domain not in only:
+            continue
         lineage_name = the_plan.riders.get(shop.domain, planning.lineage_name(shop.domain))
         outcome = by_lineage.get(lineage_name)
         lineage = known.get(lineage_name)
@@ -100,6 +164,8 @@ def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, repor
             "next_action": "nothing new is ordered or deployed for it while the conflict lasts",
         }
     for problem in inventory.problems:
+        if only is not None and problem.name not in only:
+            continue
         # The shop software learns about entries it sent that could not be used at all.
         key = problem.domain or f"(entry {problem.index})"
         domains.setdefault(key, {
@@ -110,12 +176,7 @@ def write(settings: Config, inventory: Inventory, the_plan: planning.Plan, repor
             "fix": "correct the entry in the shop software's export",
             "next_action": "none until the entry is valid",
         })
-    document = {"last_sync": _iso(now), "domains": domains,
-                "deploy_error": report.deploy_error}
-    _atomic_write(target, json.dumps(document, indent=1, sort_keys=True) + "\n")
-    if settings.fleet.prometheus is not None:
-        write_prometheus(settings.fleet.prometheus, collect(settings, now=now))
-    return target
+    return domains
 
 
 def _previous_challenge(previous: Mapping[str, Any], domain: str) -> str | None:
@@ -144,6 +205,8 @@ def _next(shop_status: str, outcome: Any, lineage: Lineage | None) -> str:
         return f"fix DNS, then the next sync orders: {outcome.fix}"
     if outcome is not None and outcome.state == "failed":
         return "retry at the next sync after backoff"
+    if outcome is not None and outcome.state == "busy":
+        return "another run is ordering it and records the result; else the next sync"
     if lineage is not None:
         due = planning.renewal_time(lineage)
         return f"renew from {_iso(due)}"

@@ -58,7 +58,7 @@ def register(sub: Any) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     sandbox = Sandbox.up(args.dir or default_dir(), dns=args.dns)
-    print(usage(sandbox))
+    print(sandbox.usage())
     return 0
 
 
@@ -88,24 +88,3 @@ def _demo(args: argparse.Namespace) -> int:
     from certbot_epages.sandbox import demo
 
     return demo.run(args.dir or default_dir(), keep=args.keep, dns=args.dns)
-
-
-def usage(sandbox: Sandbox) -> str:
-    """How to use a running sandbox by hand, and how to stop it."""
-    ip, d = sandbox.ip, sandbox.directory
-    return "\n".join([
-        f"sandbox running in {d}",
-        f"  primary        {ip.primary}:53   {primary.NAMES[sandbox.dns]} "
-        f"(zones {', '.join(vars(sandbox.zones).values())})",
-        f"  BIND secondary {ip.secondary}:53   ({sandbox.zones.challenge}, by zone transfer)",
-        f"  resolver       {ip.resolver}:53   (pebble validates through it)",
-        f"  pebble         {sandbox.acme_url}",
-        f"  lb1, lb2       {ip.lb1}, {ip.lb2} (:80, :443; ssh :22)",
-        f"  challenge      {ip.challenge}:80 serving {sandbox.webroot}",
-        "use it:",
-        f"  eval \"$(certbot-epages sandbox env --dir {d})\"",
-        f"  certbot -c {sandbox.certbot_ini} certonly --webroot -w {sandbox.webroot} "
-        f"-d {sandbox.zones.customer}",
-        "stop it:",
-        f"  certbot-epages sandbox down --dir {d}",
-    ])

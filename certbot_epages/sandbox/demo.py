@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives import hashes
 from certbot_epages.errors import SandboxError
 from certbot_epages.inventory import load_inventory
 from certbot_epages.resources import templates_dir
-from certbot_epages.sandbox.commands import usage
 from certbot_epages.sandbox.platform import Sandbox
 from certbot_epages.sandbox.primary import NAMES, Kind
 
@@ -55,7 +54,7 @@ def run(directory: Path, *, keep: bool, dns: Kind = "bind") -> int:
         raise
     if keep:
         _step("KEEP=1: the sandbox stays up")
-        print(usage(sandbox))
+        print(sandbox.usage())
     else:
         _step("stopping the sandbox (KEEP=1 leaves it running)")
         sandbox.down()

@@ -28,126 +28,33 @@ address family it cannot use, as on a host without IPv6.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
-import random
 import shutil
-import socket
-import ssl
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import dns.flags
-import dns.message
-import dns.query
-import dns.rcode
-import dns.rdatatype
-
 from certbot_epages.errors import SandboxError
-from certbot_epages.resources import jinja_env
-from certbot_epages.sandbox import primary, processes
-from certbot_epages.sandbox.pki import SandboxCA
+from certbot_epages.sandbox import addresses, files, primary, processes, readiness
+from certbot_epages.sandbox.addresses import (
+    ACME_PORT,
+    MANAGEMENT_PORT,
+    ZONES,
+    Addresses,
+    LoadBalancer,
+    Zones,
+)
+from certbot_epages.sandbox.files import KEY_NAME, certbot_program
 from certbot_epages.sandbox.primary import Kind
+from certbot_epages.sandbox.processes import run
 
-KEY_NAME = "acme-update"
-ACME_PORT = 14000
-MANAGEMENT_PORT = 15000
 STATE_FILE = "sandbox.json"
 
-
-@dataclass(frozen=True)
-class Zones:
-    """The sandbox's DNS zones."""
-
-    customer: str = "shop.test"  # a customer's own zone, delegating _acme-challenge by CNAME
-    challenge: str = "dyn.platform.test"  # the platform's challenge zone (updates allowed)
-    direct: str = "direct.test"  # a zone updated directly, without CNAME
-    platform: str = "platform.test"  # shops get shopalias.platform.test names
-    custom: str = "custom.test"  # many shops' own domains: HTTP-01, DNS-01 and broken ones
-
-
-ZONES = Zones()
-
-
-@dataclass(frozen=True)
-class Addresses:
-    """The loopback addresses of one sandbox, all in ``<base>.0/24``."""
-
-    base: str
-
-    @property
-    def primary(self) -> str:  # noqa: D102
-        return f"{self.base}.1"
-
-    @property
-    def secondary(self) -> str:  # noqa: D102
-        return f"{self.base}.2"
-
-    @property
-    def resolver(self) -> str:  # noqa: D102
-        return f"{self.base}.3"
-
-    @property
-    def pebble(self) -> str:  # noqa: D102
-        return f"{self.base}.4"
-
-    @property
-    def relay(self) -> str:
-        """The transfer relay between secondary and primary (see :mod:`.relay`)."""
-        return f"{self.base}.5"
-
-    @property
-    def lb1(self) -> str:  # noqa: D102
-        return f"{self.base}.11"
-
-    @property
-    def lb2(self) -> str:  # noqa: D102
-        return f"{self.base}.12"
-
-    @property
-    def challenge(self) -> str:  # noqa: D102
-        return f"{self.base}.20"
-
-    @property
-    def unreachable_v6(self) -> str:
-        """An IPv6 address of the secondary's NS name that no route leads to."""
-        _, a, b = self.base.split(".")
-        return f"2001:db8:{a}:{b}::2"
-
-    @property
-    def named(self) -> tuple[str, ...]:
-        """The addresses ``named`` listens on: they must exist on ``lo``."""
-        return (self.primary, self.secondary, self.resolver)
-
-    def as_dict(self) -> dict[str, str]:
-        """Every role's address, for templates and the state file."""
-        roles = ("primary", "secondary", "resolver", "pebble", "relay", "lb1", "lb2", "challenge")
-        return {role: getattr(self, role) for role in roles}
-
-    def listeners(self) -> list[tuple[str, int, int]]:
-        """(address, port, socket type) of every listener the sandbox opens."""
-        tcp, udp = socket.SOCK_STREAM, socket.SOCK_DGRAM
-        dns_servers = (*self.named, self.relay)
-        out: list[tuple[str, int, int]] = [(a, 53, t) for a in dns_servers for t in (tcp, udp)]
-        out += [(self.pebble, ACME_PORT, tcp), (self.pebble, MANAGEMENT_PORT, tcp)]
-        out += [(a, p, tcp) for a in (self.lb1, self.lb2) for p in (80, 443, 22)]
-        out += [(self.challenge, p, tcp) for p in (80, 8080, 22)]
-        return out
-
-
-@dataclass(frozen=True)
-class LoadBalancer:
-    """One sandbox load balancer: its nginx prefix and the managed deploy tree."""
-
-    name: str
-    address: str
-    prefix: str
-    root: str
+__all__ = ["ACME_PORT", "KEY_NAME", "MANAGEMENT_PORT", "ZONES", "Addresses", "LoadBalancer",
+           "Sandbox", "State", "Zones", "certbot_program", "running"]
 
 
 @dataclass
@@ -253,9 +160,9 @@ class Sandbox:
     def set_http01_snippet(self, snippet: str) -> None:
         """Replace the load balancers' HTTP-01 snippet (e.g. with the stateless one), reload."""
         for lb in self.lbs:
-            self._render_lb(lb, snippet)
-            _run(self.nginx_argv(lb, "-t"))
-            _run(self.nginx_argv(lb, "-s", "reload"))
+            files.render_lb(self, lb, snippet)
+            run(self.nginx_argv(lb, "-t"))
+            run(self.nginx_argv(lb, "-s", "reload"))
 
     def nginx_argv(self, lb: LoadBalancer, *args: str) -> list[str]:
         """An nginx command line for one load balancer's prefix and config."""
@@ -268,13 +175,29 @@ class Sandbox:
         state = State.load(self.directory)
         processes.stop([p for p in state.processes if p.name == name])
 
+    def usage(self) -> str:
+        """How to use a running sandbox by hand, and how to stop it."""
+        ip, d = self.ip, self.directory
+        return "\n".join([
+            f"sandbox running in {d}",
+            f"  primary        {ip.primary}:53   {primary.NAMES[self.dns]} "
+            f"(zones {', '.join(vars(self.zones).values())})",
+            f"  BIND secondary {ip.secondary}:53   ({self.zones.challenge}, by zone transfer)",
+            f"  resolver       {ip.resolver}:53   (pebble validates through it)",
+            f"  pebble         {self.acme_url}",
+            f"  lb1, lb2       {ip.lb1}, {ip.lb2} (:80, :443; ssh :22)",
+            f"  challenge      {ip.challenge}:80 serving {self.webroot}",
+            "use it:",
+            f"  eval \"$(certbot-epages sandbox env --dir {d})\"",
+            f"  certbot -c {self.certbot_ini} certonly --webroot -w {self.webroot} "
+            f"-d {self.zones.customer}",
+            "stop it:",
+            f"  certbot-epages sandbox down --dir {d}",
+        ])
+
     def pebble_roots(self) -> str:
         """PEM of pebble's current issuing root (it changes at every pebble start)."""
-        return _https_get(f"{self.management_url}/roots/0", self.ca_bundle).decode()
-
-    def pebble_intermediates(self) -> str:
-        """PEM of pebble's current intermediate."""
-        return _https_get(f"{self.management_url}/intermediates/0", self.ca_bundle).decode()
+        return readiness.https_get(f"{self.management_url}/roots/0", self.ca_bundle).decode()
 
     # ------------------------------------------------------------------------- start and stop
 
@@ -307,13 +230,13 @@ class Sandbox:
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o755)  # nginx workers (nobody) must reach the webroot
         _require_traversable(directory)
-        sandbox = cls(directory, _free_block(), dns)
+        sandbox = cls(directory, addresses.free_block(), dns)
         state = State(str(sandbox.directory), sandbox.ip.base, dns)
         try:
-            state.added_routes = _add_unreachable_route(sandbox.ip.unreachable_v6)
-            sandbox.aaaa = _unreachable(sandbox.ip.unreachable_v6)
-            sandbox._write_files()
-            state.added_addresses = _add_addresses(sandbox.ip.named)
+            state.added_routes = addresses.add_unreachable_route(sandbox.ip.unreachable_v6)
+            sandbox.aaaa = addresses.unreachable(sandbox.ip.unreachable_v6)
+            files.write_files(sandbox)
+            state.added_addresses = addresses.add_addresses(sandbox.ip.named)
             state.save()
             sandbox._start(state, timeout, authz_reuse)
         except BaseException:
@@ -328,168 +251,6 @@ class Sandbox:
     def running(self) -> list[str]:
         """Names of this sandbox's processes that are still alive."""
         return [p.name for p in State.load(self.directory).processes if processes.alive(p)]
-
-    # ----------------------------------------------------------------------- files on disk
-
-    def _context(self) -> dict[str, object]:
-        return {
-            "dir": str(self.directory),
-            "ip": self.ip.as_dict(),
-            "zones": asdict(self.zones),
-            "ports": {"acme": ACME_PORT, "pebble_management": MANAGEMENT_PORT},
-            "key_name": KEY_NAME,
-            "key_file": str(self.key_file),
-            "webroot": str(self.webroot),
-            "lbs": [asdict(lb) for lb in self.lbs],
-            "dns": self.dns,
-            "ssh_key": str(self.ssh_key),
-            "known_hosts": str(self.known_hosts),
-            "backend": self.backend,
-            "certbot": certbot_program(),
-        }
-
-    def _render(self, template: str, target: Path, **extra: object) -> None:
-        text = jinja_env().get_template(f"sandbox/{template}").render({**self._context(), **extra})
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-
-    def _write_files(self) -> None:
-        d = self.directory
-        for sub in ("dns", "pki", "ssh", "certbot", "log", "spool"):
-            (d / sub).mkdir(exist_ok=True)
-        os.chmod(d / "dns", 0o700)
-        os.chmod(d / "ssh", 0o700)
-        primary.write_key(self.dns, self.key_file, KEY_NAME)
-        self._write_zones()
-        for server in ("secondary", "resolver"):
-            (d / "dns" / server).mkdir(exist_ok=True)
-            self._render(f"named-{server}.conf.j2", d / "dns" / server / "named.conf",
-                         dir=str(d / "dns" / server))
-        primary.write_config(self.dns, d / "dns" / "primary", self._context())
-        self._render("root.hint.j2", d / "dns" / "resolver" / "root.hint")
-
-        ca = SandboxCA(d / "pki")
-        ca.issue("pebble", ["localhost", self.ip.pebble])
-        self._render("pebble.json.j2", d / "pki" / "pebble.json", dir=str(d / "pki"))
-
-        nginx = jinja_env()
-        proxy = nginx.get_template("nginx/acme-challenge-proxy.conf.j2").render(
-            challenge_service=f"{self.ip.challenge}:80"
-        )
-        for lb in self.lbs:
-            prefix = Path(lb.prefix)
-            (prefix / "logs").mkdir(parents=True, exist_ok=True)
-            (Path(lb.root) / "releases").mkdir(parents=True, exist_ok=True)
-            crt, key = ca.issue(f"{lb.name}-default", [f"default.{lb.name}.sandbox", lb.address])
-            shutil.move(crt, prefix / "default.crt")
-            shutil.move(key, prefix / "default.key")
-            self._render_lb(lb, proxy)
-        service = nginx.get_template("nginx/challenge-service.conf.j2").render(
-            listen=f"{self.ip.challenge}:80", webroot=str(self.webroot)
-        )
-        challenge = d / "challenge"
-        (challenge / "logs").mkdir(parents=True, exist_ok=True)
-        (self.webroot / ".well-known" / "acme-challenge").mkdir(parents=True, exist_ok=True)
-        self._render("challenge-nginx.conf.j2", challenge / "nginx.conf",
-                     prefix=str(challenge), challenge_service=service, backend=self.backend)
-        self._render("inventory.yaml.j2", self.inventory_path)
-
-        self._write_ssh()
-        self._render("epages.yaml.j2", self.config_path)
-        os.chmod(self.config_path, 0o600)
-        self.certbot_ini.write_text(
-            "# certbot against the sandbox's pebble; use: certbot -c this-file ...\n"
-            f"server = {self.acme_url}\n"
-            f"config-dir = {self.certbot_config_dir}\n"
-            f"work-dir = {d / 'certbot' / 'work'}\n"
-            f"logs-dir = {d / 'certbot' / 'logs'}\n"
-            "agree-tos = true\n"
-            "register-unsafely-without-email = true\n"
-            "non-interactive = true\n"
-        )
-
-    def _render_lb(self, lb: LoadBalancer, http01_snippet: str) -> None:
-        self._render("lb-nginx.conf.j2", Path(lb.prefix) / "nginx.conf", name=lb.name,
-                     prefix=lb.prefix, root=lb.root, address=lb.address,
-                     challenge_proxy=http01_snippet)
-
-    def _write_zones(self) -> None:
-        z, ip = self.zones, self.ip
-        lbs = (ip.lb1, ip.lb2)
-
-        def a(owner: str) -> list[str]:
-            return [f"{owner} IN A {addr}" for addr in lbs]
-
-        zones: dict[str, tuple[list[str], list[str]]] = {
-            # The TLD itself, so lookups that climb the tree (CAA) get answers, as on the Internet.
-            "test": (
-                [f"ns1.{z.platform}"],
-                [*(f"{child.removesuffix('.test')} IN NS ns1.{z.platform}."
-                   for child in (z.platform, z.customer, z.direct, z.custom)),
-                 f"ns1.{z.platform.removesuffix('.test')} IN A {ip.primary}"],
-            ),
-            z.platform: (
-                [f"ns1.{z.platform}", f"ns2.{z.platform}"],
-                [f"ns1 IN A {ip.primary}", f"ns2 IN A {ip.secondary}",
-                 *([f"ns2 IN AAAA {ip.unreachable_v6}"] if self.aaaa else []),
-                 f"dyn IN NS ns1.{z.platform}.", f"dyn IN NS ns2.{z.platform}.",
-                 f"_acme-challenge IN CNAME _acme-challenge.{z.platform}.{z.challenge}.",
-                 *a("*")],
-            ),
-            z.challenge: ([f"ns1.{z.platform}", f"ns2.{z.platform}"], []),
-            z.customer: (
-                [f"ns1.{z.platform}"],
-                [*a("@"), *a("www"),
-                 f"_acme-challenge IN CNAME _acme-challenge.{z.customer}.{z.challenge}.",
-                 f"_acme-challenge.www IN CNAME _acme-challenge.www.{z.customer}.{z.challenge}.",
-                 # Broken delegations, for the error paths: a loop, and a zone we do not manage.
-                 f"_acme-challenge.loop IN CNAME _acme-challenge.loop2.{z.customer}.",
-                 f"_acme-challenge.loop2 IN CNAME _acme-challenge.loop.{z.customer}.",
-                 f"_acme-challenge.foreign IN CNAME _acme-challenge.foreign.{z.platform}."],
-            ),
-            z.direct: ([f"ns1.{z.platform}"], [*a("@"), *a("www"), *a("*")]),
-            # Custom domains of many shops: d1..d9 delegate DNS-01 by CNAME, every other name
-            # points at the load balancers (HTTP-01), and three are broken on purpose.
-            z.custom: (
-                [f"ns1.{z.platform}"],
-                [*a("*"),
-                 *(line for i in range(1, 10) for line in (
-                     *a(f"d{i}"), *a(f"www.d{i}"),
-                     f"_acme-challenge.d{i} IN CNAME "
-                     f"_acme-challenge.d{i}.{z.custom}.{z.challenge}.",
-                     f"_acme-challenge.www.d{i} IN CNAME "
-                     f"_acme-challenge.www.d{i}.{z.custom}.{z.challenge}.")),
-                 "nodns IN TXT \"a name with no address\"",
-                 "*.nodns IN TXT \"no address here either\"",
-                 "elsewhere IN A 127.0.0.99", "www.elsewhere IN A 127.0.0.99",
-                 *a("caa"), *a("www.caa"),
-                 'caa IN CAA 0 issue "other-ca.example"',
-                 'www.caa IN CAA 0 issue "other-ca.example"'],
-            ),
-        }
-        env = jinja_env()
-        template = env.get_template("sandbox/zone.j2")
-        for origin, (nameservers, records) in zones.items():
-            text = template.render(origin=origin, zones=asdict(z), nameservers=nameservers,
-                                   records=records)
-            for server in ("primary", "secondary") if origin == z.challenge else ("primary",):
-                target = self.directory / "dns" / server / f"{origin}.zone"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                # The secondary starts from the same data; its transfers keep it current.
-                target.write_text(text)
-
-    def _write_ssh(self) -> None:
-        ssh = self.directory / "ssh"
-        for key in (ssh / "host_ed25519", self.ssh_key):
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "certbot-epages-sandbox",
-                  "-f", str(key)])
-        shutil.copy(f"{self.ssh_key}.pub", ssh / "authorized_keys")
-        host_pub = (ssh / "host_ed25519.pub").read_text().split()
-        addresses = [self.ip.lb1, self.ip.lb2, self.ip.challenge]
-        self.known_hosts.write_text(
-            "".join(f"{a} {host_pub[0]} {host_pub[1]}\n" for a in addresses)
-        )
-        self._render("sshd_config.j2", ssh / "sshd_config", dir=str(ssh), addresses=addresses)
 
     # -------------------------------------------------------------------------- processes
 
@@ -539,29 +300,24 @@ class Sandbox:
         z, ip = self.zones, self.ip
         checks: list[tuple[str, Callable[[], object], str]] = [
             ("the primary to serve " + z.platform,
-             lambda: _authoritative(ip.primary, z.platform), self.primary_process),
+             lambda: readiness.authoritative(ip.primary, z.platform), self.primary_process),
             ("the secondary to load " + z.challenge,
-             lambda: _authoritative(ip.secondary, z.challenge), "named-secondary"),
-            ("the transfer relay", lambda: _authoritative(ip.relay, z.challenge),
+             lambda: readiness.authoritative(ip.secondary, z.challenge), "named-secondary"),
+            ("the transfer relay", lambda: readiness.authoritative(ip.relay, z.challenge),
              "transfer-relay"),
             ("the resolver to answer for " + z.customer,
-             lambda: _resolves(ip.resolver, z.customer), "named-resolver"),
+             lambda: readiness.resolves(ip.resolver, z.customer), "named-resolver"),
             ("pebble's ACME directory",
-             lambda: _https_get(self.acme_url, self.ca_bundle), "pebble"),
-            *((f"nginx {lb.name}", lambda a=lb.address: _http_status(a, 80), f"nginx-{lb.name}")
-              for lb in self.lbs),
-            ("the challenge service", lambda: _http_status(ip.challenge, 80), "nginx-challenge"),
-            *((f"sshd on {a}", lambda a=a: _ssh_banner(a), "sshd")
+             lambda: readiness.https_get(self.acme_url, self.ca_bundle), "pebble"),
+            *((f"nginx {lb.name}", lambda a=lb.address: readiness.http_status(a, 80),
+               f"nginx-{lb.name}") for lb in self.lbs),
+            ("the challenge service", lambda: readiness.http_status(ip.challenge, 80),
+             "nginx-challenge"),
+            *((f"sshd on {a}", lambda a=a: readiness.ssh_banner(a), "sshd")
               for a in (ip.lb1, ip.lb2, ip.challenge)),
         ]
         for what, check, name in checks:
             processes.wait_until(what, check, timeout, watch=[by_name[name]])
-
-
-def certbot_program() -> str:
-    """The certbot beside this Python (the same venv), else the one on PATH."""
-    beside = Path(sys.executable).parent / "certbot"
-    return str(beside) if beside.exists() else (shutil.which("certbot") or "certbot")
 
 
 def _teardown(state: State) -> list[str]:
@@ -580,16 +336,6 @@ def _teardown(state: State) -> list[str]:
 
 
 # --------------------------------------------------------------------------------- helpers
-
-
-def _run(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    except OSError as e:
-        raise SandboxError(f"cannot run {argv[0]}: {e.strerror}") from None
-    if done.returncode != 0:
-        raise SandboxError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-    return done.stdout
 
 
 def _require_root_tools(dns: Kind) -> None:
@@ -630,99 +376,6 @@ def _require_traversable(directory: Path) -> None:
                 f" so nginx workers (user nobody) could not serve the sandbox's webroot; choose a "
                 f"--dir below /tmp or /var/tmp, or chmod o+x {parent}"
             )
-
-
-def _lo_addresses() -> set[str]:
-    out = _run(["ip", "-o", "-4", "addr", "show", "dev", "lo"])
-    return {line.split()[3].split("/")[0] for line in out.splitlines()}
-
-
-def _free_block() -> str:
-    """A ``127.A.B`` block whose addresses nobody uses and whose ports are all free."""
-    taken = _lo_addresses()
-    rng = random.SystemRandom()
-    for _ in range(50):
-        base = f"127.{rng.randint(64, 254)}.{rng.randint(0, 255)}"
-        if any(a.startswith(base + ".") for a in taken):
-            continue
-        if all(_can_bind(a, p, t) for a, p, t in Addresses(base).listeners()):
-            return base
-    raise SandboxError("no free block of loopback addresses found in 127.64.0.0-127.254.255.0")
-
-
-def _can_bind(address: str, port: int, kind: int) -> bool:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
-def _add_addresses(addresses: tuple[str, ...]) -> list[str]:
-    added = []
-    present = _lo_addresses()
-    for address in addresses:
-        if address not in present:
-            _run(["ip", "addr", "add", f"{address}/32", "dev", "lo"])
-            added.append(address)
-    return added
-
-
-def _add_unreachable_route(address: str) -> list[str]:
-    """Make ``address``'s /64 unreachable from this host (no packet leaves); what was added."""
-    prefix = str(ipaddress.ip_network(f"{address}/64", strict=False))
-    done = subprocess.run(["ip", "-6", "route", "add", "unreachable", prefix],
-                          capture_output=True, check=False, timeout=10)
-    return [prefix] if done.returncode == 0 else []
-
-
-def _unreachable(address: str) -> bool:
-    """Whether sending to ``address`` fails at once on this host (connecting UDP sends nothing)."""
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.connect((address, 53))
-    except OSError:
-        return True
-    return False
-
-
-def _authoritative(server: str, zone: str) -> bool | None:
-    query = dns.message.make_query(zone, dns.rdatatype.SOA)
-    query.flags &= ~dns.flags.RD
-    reply = dns.query.udp(query, server, timeout=0.5)
-    ok = reply.rcode() == dns.rcode.NOERROR and bool(reply.flags & dns.flags.AA) and reply.answer
-    return True if ok else None
-
-
-def _resolves(server: str, name: str) -> bool | None:
-    reply = dns.query.udp(dns.message.make_query(name, dns.rdatatype.A), server, timeout=0.5)
-    return True if reply.rcode() == dns.rcode.NOERROR and reply.answer else None
-
-
-def _ssl_context(ca_bundle: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(ca_bundle))
-
-
-def _https_get(url: str, ca_bundle: Path) -> bytes:
-    with urllib.request.urlopen(url, timeout=2, context=_ssl_context(ca_bundle)) as reply:
-        body: bytes = reply.read()
-        return body
-
-
-def _http_status(address: str, port: int) -> int:
-    with socket.create_connection((address, port), timeout=1) as s:
-        s.sendall(b"GET / HTTP/1.0\r\nHost: ready.check\r\n\r\n")
-        head = s.recv(64).decode("latin-1")
-    if not head.startswith("HTTP/"):
-        raise SandboxError(f"{address}:{port} did not answer HTTP")
-    return int(head.split()[1])
-
-
-def _ssh_banner(address: str) -> bool:
-    with socket.create_connection((address, 22), timeout=1) as s:
-        return s.recv(64).startswith(b"SSH-")
 
 
 @contextlib.contextmanager

@@ -140,3 +140,14 @@ def wait_until(
             detail = f" (last error: {last_error})" if last_error else ""
             raise SandboxError(f"timed out after {timeout:g}s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+def run(argv: list[str]) -> str:
+    """Run a setup tool (ssh-keygen, ip) and return its output; SandboxError if it fails."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except OSError as e:
+        raise SandboxError(f"cannot run {argv[0]}: {e.strerror}") from None
+    if done.returncode != 0:
+        raise SandboxError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+    return done.stdout

@@ -12,7 +12,6 @@ import contextlib
 import json
 import secrets
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -348,16 +347,13 @@ def test_an_update_powerdns_drops_fails_at_once_naming_the_primary(
         config_path = only_at(pdns_sandbox, tmp_path / "epages.yaml", server)
         allowed = check(pdns_sandbox, "www.d5.custom.test", config_path=config_path)
         assert allowed["ready"], allowed["error"]  # the script lets these names through
-        started = time.monotonic()
         report = check(pdns_sandbox, "d5.custom.test", config_path=config_path)
-        took = time.monotonic() - started
     error = str(report["error"])
     assert (f"{server} (PowerDNS) answered NOERROR to the UPDATE for zone "
             "dyn.platform.test.") in error
     assert 'but does not serve "certbot-epages-check-' in error
     assert "lua-dnsupdate-policy-script refuses" in error
-    assert "lacks" not in error  # not blamed on propagation
-    assert took < 10  # failed at once, not after the propagation timeout (30 s)
+    assert "lacks" not in error  # not blamed on propagation after its timeout
 
 
 def test_notimp_from_the_powerdns_bind_backend_is_explained(

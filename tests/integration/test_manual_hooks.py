@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -338,13 +337,12 @@ def test_stateless_mode_issues_with_no_challenge_service(tmp_path: Path) -> None
         assert "nginx-challenge" not in sandbox.running()
 
         # Another account: the load balancers answer with the first one's thumbprint. The
-        # self-check fails at once (not after http01.timeout) and says how to fix it.
-        started = time.monotonic()
+        # self-check fails at once (not after http01.timeout: that failure would advise checking
+        # the challenge-service proxy) and says how to fix it.
         other = certbot(sandbox, *_hook_args("http"), *fresh_account(tmp_path),
                         "--cert-name", "other-account", "-d", f"www.{domain}", check=False,
                         env={"CERTBOT_EPAGES_CONFIG": str(config)})
         assert other.returncode != 0
-        assert time.monotonic() - started < 20
         thumbprint = done.stdout.split("return 200 \"$1.", 1)[1].split('"', 1)[0]
         assert f"account thumbprint {thumbprint}, but this certbot account's" in other.stderr, \
             other.stderr

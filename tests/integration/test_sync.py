@@ -20,6 +20,7 @@ import yaml
 from cryptography.hazmat.primitives import hashes
 from epages_testlib import fresh_sandbox, leaf_certificate, served, shop_sites, write_inventory
 
+from certbot_epages.fleet.locks import held
 from certbot_epages.sandbox.platform import Sandbox
 
 pytestmark = pytest.mark.integration
@@ -188,3 +189,54 @@ def test_an_order_budget_of_five_orders_five_of_ten_and_says_when_the_rest_go(
     assert all("account order budget: 5/5" in line and "next slot at" in line
                for line in waiting)
     assert len({n for n in _lineages(fleet) if n.startswith("new")}) == 5
+
+
+def test_sync_domain_issues_and_deploys_one_new_shop_beside_a_running_full_sync(
+    fleet: Sandbox,
+) -> None:
+    shops = yaml.safe_load(fleet.inventory_path.read_text())
+    shops.append({"domain": "quick.custom.test", "aliases": ["www.quick.custom.test"],
+                  "template": "custom-domain", "vars": {"upstream": fleet.backend},
+                  "shop": "id-quick"})
+    write_inventory(fleet.inventory_path, shops)
+    state = fleet.directory / "fleet"
+    before = {lineage: _fingerprint(fleet, lineage) for lineage in _lineages(fleet)}
+    sites = {lb.name: set(shop_sites(lb.root)) for lb in fleet.lbs}
+    recorded = json.loads((state / "status.json").read_text())
+    orders = len(json.loads((state / "ledger.json").read_text())["orders"])
+    # A full sync is running and ordering h2.custom.test: it holds sync.lock and that
+    # lineage's lock for as long as this test needs.
+    with held(state / "sync.lock") as running, \
+            held(state / "locks" / "h2.custom.test.lock") as ordering:
+        assert running and ordering
+        second = _sync(fleet)
+        assert second.returncode == 1 and "another sync is running" in second.stderr
+        done = _sync(fleet, "--domain", "www.quick.custom.test")  # named by its alias
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "issue quick.custom.test (http-01) done" in done.stdout
+    assert "sync: 1 done, 0 kept, 0 failed, 0 blocked" in done.stdout
+    assert "deployed 1 shop(s)" in done.stdout
+
+    after = {lineage: _fingerprint(fleet, lineage) for lineage in _lineages(fleet)}
+    assert set(after) - set(before) == {"quick.custom.test"}
+    assert {n: after[n] for n in before} == before  # nothing else ordered
+    for name in ("quick.custom.test", "www.quick.custom.test"):
+        assert served(fleet, name) == {"lb1": after["quick.custom.test"],
+                                       "lb2": after["quick.custom.test"]}, name
+    for lb in fleet.lbs:
+        assert set(shop_sites(lb.root)) == sites[lb.name] | {"quick.custom.test.conf"}
+    assert len(json.loads((state / "ledger.json").read_text())["orders"]) == orders + 1
+    # status.json: the new shop's entry is written, every other one is left as it was.
+    now = json.loads((state / "status.json").read_text())
+    entry = now["domains"].pop("quick.custom.test")
+    assert entry["state"] == "ok" and entry["challenge"] == "http-01" and entry["certificate"]
+    assert now == recorded
+
+
+def test_sync_domain_of_a_name_no_entry_lists_is_an_error(fleet: Sandbox) -> None:
+    before = _lineages(fleet)
+    done = _sync(fleet, "--domain", "quick.custom.test", "--domain", "nowhere.custom.test")
+    assert done.returncode == 1
+    assert "not in" in done.stderr and "nowhere.custom.test" in done.stderr
+    assert "quick.custom.test" not in done.stderr.split("not in", 1)[1]
+    assert _lineages(fleet) == before

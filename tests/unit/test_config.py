@@ -6,11 +6,9 @@ import base64
 import os
 import textwrap
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import pytest
-import yaml
 
 from certbot_epages import config
 from certbot_epages.errors import ConfigError
@@ -61,9 +59,6 @@ deploy:
       test: ["/usr/sbin/nginx", "-t", "-q"]
       reload: ["systemctl", "reload", "nginx"]
   keep_releases: 3
-sandbox:
-  started: true
-  servers: [{name: ns1, ports: [53, 5353]}]
 """
 
 
@@ -160,27 +155,6 @@ def test_full_config_round_trip(etc: Path) -> None:
     assert lb_local.reload == ("systemctl", "reload", "nginx")
     assert lb_local.probe is None
 
-    assert cfg.sandbox["started"] is True
-    servers = cfg.sandbox["servers"]
-    assert isinstance(servers, tuple)
-    assert isinstance(servers[0], MappingProxyType)
-    assert servers[0]["ports"] == (53, 5353)
-    assert isinstance(cfg.sandbox, MappingProxyType)
-    with pytest.raises(TypeError):
-        cfg.sandbox["new"] = 1  # type: ignore[index]
-
-
-def test_zone_for_longest_suffix(etc: Path) -> None:
-    cfg = config.load(write(etc / "epages.yaml", FULL))
-    assert cfg.dns is not None
-    zone_for = cfg.dns.zone_for
-    assert zone_for("x.deep.dyn.platform.example") is cfg.dns.zones[1]
-    assert zone_for("DEEP.Dyn.Platform.Example.") is cfg.dns.zones[1]
-    assert zone_for("a.b.dyn.platform.example") is cfg.dns.zones[0]
-    assert zone_for("dyn.platform.example") is cfg.dns.zones[0]
-    assert zone_for("xdyn.platform.example") is None
-    assert zone_for("platform.example") is None
-
 
 def test_minimal_sections_and_defaults(etc: Path) -> None:
     cfg = config.parse(
@@ -198,7 +172,6 @@ def test_minimal_sections_and_defaults(etc: Path) -> None:
     assert cfg.http01.self_check == ()
     assert cfg.deploy is None
     assert cfg.inventory is None
-    assert cfg.sandbox == {}
 
 
 def test_explicit_values(etc: Path) -> None:
@@ -278,8 +251,8 @@ def test_unknown_key_lists_allowed(etc: Path) -> None:
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     message = parse_error({"dsn": {}}, tmp_path / "epages.yaml")
     assert "dsn: unknown key" in message
-    assert "deploy, dns, fleet, http01, inventory, inventory_max_bytes, inventory_timeout, " \
-        "sandbox" in message
+    assert "deploy, dns, fleet, http01, inventory, inventory_max_bytes, inventory_timeout" \
+        in message
 
 
 @pytest.mark.parametrize(
@@ -567,18 +540,8 @@ def test_inventory_checks(tmp_path: Path) -> None:
     assert "inventory: expected a string, got 5 (int)" in parse_error({"inventory": 5}, source)
 
 
-def test_sandbox_must_be_mapping(tmp_path: Path) -> None:
-    assert "sandbox: expected a mapping, got a list" in parse_error(
-        {"sandbox": [1]}, tmp_path / "epages.yaml"
-    )
-
-
-def test_sandbox_shares_aliases_and_refuses_cycles(tmp_path: Path) -> None:
-    data = yaml.safe_load("a: &x [1, 2]\nb: *x\n")
-    cfg = config.parse({"sandbox": data}, tmp_path / "e.yaml")
-    assert cfg.sandbox["a"] is cfg.sandbox["b"]
-    loop = yaml.safe_load("a: &x [1, *x]\n")
-    assert "recursive" in parse_error({"sandbox": loop}, tmp_path / "e.yaml")
+def test_the_old_sandbox_section_is_an_unknown_key(tmp_path: Path) -> None:
+    assert "sandbox: unknown key" in parse_error({"sandbox": {}}, tmp_path / "epages.yaml")
 
 
 def test_resolvers_must_be_ip_addresses(etc: Path) -> None:

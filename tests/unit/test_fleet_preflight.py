@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,17 +12,25 @@ import dns.resolver
 import dns.rrset
 import pytest
 
+from certbot_epages.dns.client import DnsClient
 from certbot_epages.errors import DelegationError, DNSError
 from certbot_epages.fleet.preflight import (
     CaaRecord,
     DnsResolver,
     Resolver,
     Verdict,
-    caa_verdict,
+    caa_outcome,
     check,
 )
 
 pytestmark = pytest.mark.unit
+
+
+def caa_verdict(name: str, lookup: Callable[[str], list[CaaRecord] | None],
+                identities: list[str]) -> tuple[bool, str | None]:
+    """The production CAA decision (the one check() uses), as (allowed, reason and fix)."""
+    outcome = caa_outcome(name, lookup, identities)
+    return (True, None) if outcome.allowed else (False, f"{outcome.reason}; fix: {outcome.fix}")
 
 LB = ["192.0.2.10", "2001:db8::10"]
 PLATFORM = ["platform.example"]
@@ -358,6 +366,8 @@ class FakeDnsResolver:
 
 
 class FakeClient:
+    lookup = DnsClient.lookup  # the real wrapper, over the fake resolver
+
     def __init__(self, resolver: FakeDnsResolver, delegation: dict[str, Exception | None]):
         self.resolver = resolver
         self.delegation = delegation
