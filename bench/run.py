@@ -46,7 +46,7 @@ from epbench.parts.sync import (  # noqa: E402
     sync_reserve,
 )
 from epbench.report import render_markdown  # noqa: E402
-from epbench.results import kept_from, merged  # noqa: E402
+from epbench.results import INDEXED, kept_from, merged, mode_key  # noqa: E402
 
 from certbot_epages.sandbox.platform import Sandbox  # noqa: E402
 
@@ -134,9 +134,9 @@ def run_parts(parts: set[str], args: argparse.Namespace, budget: Budget,
         if key in parts:
             log(f"starting a sandbox for {key}")
             with sandbox_running() as sb:
-                results.setdefault("modes", {})[key] = part_mode(
-                    sb, key, mode, QUICK_SHOPS[shops] if args.quick else shops, args.quick,
-                    args.profile)
+                results.setdefault("modes", {})[mode_key(key, args.indexed_covering)] = (
+                    part_mode(sb, key, mode, QUICK_SHOPS[shops] if args.quick else shops,
+                              args.quick, args.profile))
             log(f"elapsed {budget.elapsed():.0f}s")
 
 
@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the first deploy, last renewal and first batch of each "
                              "mode part (stats in bench/work/profile-*.pstats)")
+    parser.add_argument("--indexed-covering", action="store_true",
+                        help="mode parts with bench/timed.py's indexed stand-in for "
+                             "deploy.lineages.covering (O(shops x lineages) in the package); "
+                             f"kept apart as '<part>{INDEXED}'")
     parser.add_argument("--render", action="store_true",
                         help="only re-render results.md from the results.json in --output")
     parser.add_argument("--output", type=Path, default=BENCH,
@@ -170,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/run.py needs root (the sandbox does)", file=sys.stderr)
         return 2
+    if args.indexed_covering:
+        os.environ["BENCH_INDEXED_COVERING"] = "1"  # read by bench/timed.py
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # teardown runs on TERM too
     budget = Budget(TIME_LIMIT)
     shutil.rmtree(WORK, ignore_errors=True)
@@ -178,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                                "default_probe_timeout": default_probe_timeout()}
     kept: dict[str, Any] = {}
     if args.merge and (args.output / "results.json").exists():
-        kept = kept_from(json.loads((args.output / "results.json").read_text()), parts)
+        kept = kept_from(json.loads((args.output / "results.json").read_text()), parts,
+                         {mode_key(p, args.indexed_covering) for p in parts})
     try:
         run_parts(parts, args, budget, results)
     finally:

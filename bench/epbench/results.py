@@ -8,10 +8,20 @@ from epbench.parts import DNS_PARTS
 
 # Parts whose results sit at the top level of results.json (the mode parts live under "modes").
 TOP_LEVEL_PARTS = (*DNS_PARTS, "deploy", "sync")
+# The key suffix of mode parts run with bench/timed.py's indexed lineage lookup.
+INDEXED = "+indexed"
 
 
-def kept_from(previous: dict[str, Any], parts: set[str]) -> dict[str, Any]:
-    """What to keep of an earlier results.json: the parts not run now, with that run's facts."""
+def mode_key(part: str, indexed: bool) -> str:
+    """Where a mode part's results go under "modes"."""
+    return part + INDEXED if indexed else part
+
+
+def kept_from(previous: dict[str, Any], parts: set[str], modes_now: set[str]) -> dict[str, Any]:
+    """What to keep of an earlier results.json: the parts not run now, with that run's facts.
+
+    ``modes_now``: the keys under "modes" this run writes.
+    """
     kept: dict[str, Any] = {}
     old = [p for p in TOP_LEVEL_PARTS if p in previous and p not in parts]
     if old:
@@ -24,7 +34,7 @@ def kept_from(previous: dict[str, Any], parts: set[str]) -> dict[str, Any]:
             "load_average_at_end": previous.get("load_average_at_end"),
             "default_probe_timeout": previous.get("default_probe_timeout"),
             "quick": previous.get("quick"), "parts": old}
-    modes = {k: v for k, v in previous.get("modes", {}).items() if k not in parts}
+    modes = {k: v for k, v in previous.get("modes", {}).items() if k not in modes_now}
     if modes:
         kept["modes"] = modes
     return kept
