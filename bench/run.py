@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         results["total_seconds"] = round(budget.elapsed(), 1)
         results["load_average_at_end"] = list(os.getloadavg())
         (WORK / "rfc2136.ini").unlink(missing_ok=True)
-        results["parts_run"] = sorted(parts)
+        results["parts_run"] = [  # those that finished
+            p for p in sorted(parts)
+            if p in results or mode_key(p, args.indexed_covering) in results.get("modes", {})]
         if kept:
             results = merged(kept, results)
         args.output.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from typing import Any
 from epbench.common import median
 from epbench.parts.deploy import PROBE_TIMEOUT, default_probe_timeout
 from epbench.report.fmt import kib, mib, num
+from epbench.report.modes import mode_problems
 
 
 def probe_timeout_of(results: dict[str, Any]) -> float:
@@ -183,6 +184,7 @@ def problems_md(results: dict[str, Any]) -> list[str]:
             f"makes `nginx -t` take {num(test)} s at {big['shops']:,} shops; every deploy, even "
             "a one-certificate renewal, pays a full `nginx -t` and reload on each LB. The "
             "riders of one wildcard could share a server block (many `server_name`s).")
+    out += mode_problems(results.get("modes", {}))
     out.append("")
     return out
 

@@ -238,3 +238,39 @@ def modes_md(modes: dict[str, Any]) -> list[str]:
                   table=main_table(runs, sites10), estimate=bool(sites10),
                   estimate_mib=estimate_mib, targets=targets_table(runs),
                   breakdown=breakdown_table(runs), served=served_note(runs)), ""]
+
+
+def mode_problems(modes: dict[str, Any]) -> list[str]:
+    """Product problems the mode parts show, one Markdown list item each."""
+    out = []
+    for key, r in modes.items():
+        if r.get("indexed_covering"):
+            continue
+        renewal = pick(runs_of(r, "renewal"))
+        if renewal is None or not renewal["ok"]:
+            continue
+        select = phase(renewal, "select")
+        if select >= 1.0:
+            out.append(
+                f"- **`decide.select` took {select:.1f} s of a one-lineage renewal** in "
+                f"`{key}` ({r['shops']:,} shops, {r['lineages']:,} lineages): it calls "
+                "`deploy.lineages.covering(shop, known)` for every active shop, and that tests "
+                "every lineage (`all(lin.covers(n) ...)` over all of them), so every deploy, "
+                "even a renewal of one lineage, costs shops × lineages checks. An index of the "
+                "lineages by SAN (exact name and `*.parent`) makes it linear; `bench/run.py "
+                "--indexed-covering` measures with such a stand-in (in `bench/timed.py`).")
+        first = pick(runs_of(r, "first_full"))
+        if r["mode"] == "shared" and first and first["ok"] and first.get("served_after_seconds"):
+            after = float(first["seconds"]) - float(first["served_after_seconds"])
+            if after >= 10:
+                out.append(
+                    f"- **The first shared-mode deploy in `{key}` ran {after:.0f} s after every "
+                    "checked name was served** (served after "
+                    f"{float(first['served_after_seconds']):.0f} s, done after "
+                    f"{float(first['seconds']):.0f} s): `deployer._expected` calls "
+                    "`_probe_names(record, comp)` for every changed site, and `_probe_names` "
+                    "walks every site of the composition to collect the wildcards of the "
+                    "record's lineage: sites × sites steps when every site changes (first "
+                    "deploy, mode switch). Collecting the wildcards per lineage once makes "
+                    "it linear.")
+    return out
