@@ -165,10 +165,10 @@ def targets_table(runs: dict[str, dict[str, Any]]) -> str:
         if r is None:
             continue
         size = key.removesuffix(INDEXED).rsplit("-", 1)[1]
-        if r.get("indexed_covering"):
-            shops += " ‡"
         if r["shops"] != int(shops.replace(",", "")):
             shops = f"{r['shops']:,}, --quick; the target is for {shops}"
+        if r.get("indexed_covering"):
+            shops += " ‡"
         for name, label, value, unit in (
             ("renewal", "one renewal live on both LBs", until_served(r, "renewal"), "s"),
             ("pending", "100 batched renewals", until_served(r, "pending_100"), "s"),
@@ -227,7 +227,8 @@ def modes_md(modes: dict[str, Any]) -> list[str]:
              f"{r['lineages']:,} lineages; fleet built in {r['fleet_build_seconds']} s; load "
              f"average {', '.join(f'{x:.2f}' for x in r['load_average_at_start'])} at start, "
              f"{', '.join(f'{x:.2f}' for x in r['load_average_at_end'])} at end; "
-             f"{r['seconds'] / 60:.1f} min." for key, r in runs.items()]
+             f"{r['seconds'] / 60:.1f} min."
+             + "".join(f" {note}" for note in r.get("notes", [])) for key, r in runs.items()]
     estimate_mib = ""
     if sites10:
         estimate_mib = mib(rss(sites10, "nginx_rss_empty", "master_kb") + 10 * (
