@@ -210,7 +210,7 @@ class ModeFleet:
         return {"timed_hooks": len(hook_times), "hook_seconds": [round(t, 3) for t in hook_times],
                 "median_hook_seconds": median(hook_times)}
 
-    def new_shop(self, domain: str) -> dict[str, Any]:
+    def new_shop(self, domain: str, profile: bool = False) -> dict[str, Any]:
         """A tenant adds ``domain`` (+ www, HTTP-01): inventory change to HTTPS on both LBs.
 
         The clock starts once the new inventory is in place (what the path unit reacts to) and
@@ -239,7 +239,7 @@ class ModeFleet:
         started = time.monotonic()
         result = self._timed(f"sync --domain {domain}",
                              ["cli", "--config", str(self.config), "sync", "--domain", domain],
-                             env, wait_reload=False, expect=expect)
+                             env, profile=profile, wait_reload=False, expect=expect)
         if result["ok"] and cert.exists():
             self.fingerprints[domain] = leaf_certificate(cert).fingerprint(
                 hashes.SHA256()).hex()

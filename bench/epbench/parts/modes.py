@@ -88,7 +88,7 @@ def part_mode(sb: Sandbox, key: str, mode: str, shops: int, quick: bool,
         batches.append(result)
     out["pending_100"] = batches
     out["nginx_rss_after_renewals"] = lb_nginx_rss(sb)
-    out["new_shop"] = [fleet.new_shop(f"new{index}.custom.test")
+    out["new_shop"] = [fleet.new_shop(f"new{index}.custom.test", profile and index == 0)
                        for index in range(1 if quick or mode == "sites" else 3)]
     out["load_average_at_end"] = list(os.getloadavg())
     out["seconds"] = round(time.monotonic() - started, 1)
