@@ -49,7 +49,7 @@ integration: deps install
 	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check certbot_epages tests
+	$(VENV)/bin/ruff check certbot_epages tests bench
 	$(VENV)/bin/mypy
 
 # The wheel with Debian 12's certbot, Ubuntu 24.04's versions and the newest (compat/run).
@@ -61,10 +61,13 @@ demo: deps install
 	$(VENV)/bin/certbot-epages sandbox demo $(if $(KEEP),--keep,) $(if $(DIR),--dir $(DIR),)
 
 # Benchmark on the sandbox (not part of `make test`): writes bench/results.md and results.json.
+# `make bench PARTS=shared-10k,sites-10k` runs some parts (bench/README.md lists them) and keeps
+# the others' earlier numbers; BENCH_ARGS passes anything else to bench/run.py.
+PARTS ?=
 .PHONY: bench
 bench: deps install
 	$(VENV)/bin/pip install -q certbot-dns-rfc2136
-	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+	$(VENV)/bin/python bench/run.py $(if $(PARTS),--parts $(PARTS) --merge,) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .compat dist build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The benchmark's parts, helpers and report (run by bench/run.py)."""
