@@ -46,7 +46,7 @@ from epbench.parts.sync import (  # noqa: E402
     sync_reserve,
 )
 from epbench.report import render_markdown  # noqa: E402
-from epbench.results import INDEXED, kept_from, merged, mode_key  # noqa: E402
+from epbench.results import kept_from, merged  # noqa: E402
 
 from certbot_epages.sandbox.platform import Sandbox  # noqa: E402
 
@@ -134,7 +134,7 @@ def run_parts(parts: set[str], args: argparse.Namespace, budget: Budget,
         if key in parts:
             log(f"starting a sandbox for {key}")
             with sandbox_running() as sb:
-                results.setdefault("modes", {})[mode_key(key, args.indexed_covering)] = (
+                results.setdefault("modes", {})[key] = (
                     part_mode(sb, key, mode, QUICK_SHOPS[shops] if args.quick else shops,
                               args.quick, args.profile))
             log(f"elapsed {budget.elapsed():.0f}s")
@@ -154,10 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the first deploy, last renewal and first batch of each "
                              "mode part (stats in bench/work/profile-*.pstats)")
-    parser.add_argument("--indexed-covering", action="store_true",
-                        help="mode parts with bench/timed.py's indexed stand-in for "
-                             "deploy.lineages.covering (O(shops x lineages) in the package); "
-                             f"kept apart as '<part>{INDEXED}'")
     parser.add_argument("--render", action="store_true",
                         help="only re-render results.md from the results.json in --output")
     parser.add_argument("--output", type=Path, default=BENCH,
@@ -174,8 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/run.py needs root (the sandbox does)", file=sys.stderr)
         return 2
-    if args.indexed_covering:
-        os.environ["BENCH_INDEXED_COVERING"] = "1"  # read by bench/timed.py
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # teardown runs on TERM too
     budget = Budget(TIME_LIMIT)
     shutil.rmtree(WORK, ignore_errors=True)
@@ -185,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     kept: dict[str, Any] = {}
     if args.merge and (args.output / "results.json").exists():
         kept = kept_from(json.loads((args.output / "results.json").read_text()), parts,
-                         {mode_key(p, args.indexed_covering) for p in parts})
+                         set(parts))
     try:
         run_parts(parts, args, budget, results)
     finally:
@@ -194,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         (WORK / "rfc2136.ini").unlink(missing_ok=True)
         results["parts_run"] = [  # those that finished
             p for p in sorted(parts)
-            if p in results or mode_key(p, args.indexed_covering) in results.get("modes", {})]
+            if p in results or p in results.get("modes", {})]
         if kept:
             results = merged(kept, results)
         args.output.mkdir(parents=True, exist_ok=True)

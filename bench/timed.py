@@ -48,6 +48,8 @@ lineages = _module("certbot_epages.deploy.lineages")
 marker = _module("certbot_epages.deploy.marker")
 probe = _module("certbot_epages.deploy.probe")
 push = _module("certbot_epages.deploy.push")
+scripts = _module("certbot_epages.deploy.scripts")
+builder = _module("certbot_epages.deploy.builder")
 release = _module("certbot_epages.deploy.release")
 shared = _module("certbot_epages.deploy.shared")
 manifest = _module("certbot_epages.deploy.manifest")
@@ -131,12 +133,12 @@ def install() -> None:
     _wrap(ownership, "resolve", "ownership_resolve")
     _wrap(decide, "select", "select")
     _per_lb(deploy_cls, "_build", "build")
-    _wrap(deployer, "render_site", "render_sites")
-    _wrap(deployer, "render_shared", "render_shared_servers")
+    _wrap(builder, "render_site", "render_sites")
+    _wrap(builder, "render_shared", "render_shared_servers")
     _wrap(decide, "compose", "compose")
     _wrap(shared, "plan", "shared_plan")
     _wrap(shared, "render_maps", "shared_render_maps")
-    _wrap(deploy_cls, "_stage", "stage_certs")
+    _wrap(getattr(builder, "Builder", None), "_stage", "stage_certs")
     _wrap(marker, "generation", "marker_generation")
     _wrap(getattr(manifest, "Manifest", None), "dumps", "manifest_dumps")
     _wrap(release, "build", "release_build")
@@ -150,88 +152,16 @@ def install() -> None:
     _wrap(getattr(sync, "Sync", None), "_certbot", "certbot", lambda args: "")
     _wrap(getattr(sync, "Sync", None), "_inventory", "inventory")
     _wrap(preflight, "check", "preflight", lambda args: "")
-    _tag(push, "script_test", "nginx_test")
-    _tag(push, "script_go_live", "switch_reload")
-    _tag(push, "script_prepare", "read_live")
-    _tag(push, "script_prune", "prune")
-    _tag(push, "script_prune_certs", "prune_certs")
-
-
-def _indexed_covering() -> None:
-    """BENCH_INDEXED_COVERING=1: ``lineages.covering`` through an index of the SANs.
-
-    The package's ``covering`` tests every lineage for every shop (``decide.select`` calls
-    it once per active shop): shops x lineages ``covers`` calls, 25 s at 10,000 shops with
-    1,001 lineages and hours at 100,000 with 10,001. This returns the same lineage (the
-    candidates are the lineages holding the shop's first name or its parent's wildcard, then
-    the package's own test and order), so the bench can measure everything else at 100,000.
-    Results say when it was on.
-    """
-    original = getattr(lineages, "covering", None)
-    if original is None:
-        return
-    cache: list[Any] = [None, {}, {}]  # the lineage sequence last indexed, its index, order
-
-    def covering(shop: Any, known: Any) -> Any:
-        names = tuple(shop.server_names)
-        if not names or not isinstance(known, (list, tuple)):
-            return original(shop, known)
-        if cache[0] is not known:
-            index: dict[str, list[Any]] = {}
-            for lin in known:
-                for san in lin.names:
-                    index.setdefault(san, []).append(lin)
-            cache[0], cache[1] = known, index
-            cache[2] = {id(lin): position for position, lin in enumerate(known)}
-        first = names[0]
-        found = list(cache[1].get(first, ()))
-        if not first.startswith("*.") and "." in first:
-            found += cache[1].get(f"*.{first.split('.', 1)[1]}", ())
-        candidates = sorted((lin for lin in dict.fromkeys(found)
-                             if all(lin.covers(n) for n in names)),
-                            key=lambda lin: cache[2][id(lin)])  # the package's order on ties
-        if not candidates:
-            return None
-        candidates.sort(key=lambda lin: (lin.name == shop.domain, lin.not_after), reverse=True)
-        return candidates[0]
-
-    lineages.covering = covering  # type: ignore[union-attr]
-
-
-def _indexed_probe_names() -> None:
-    """BENCH_INDEXED_COVERING=1 also: ``deployer._probe_names`` with its wildcards computed once.
-
-    The package's version collects the wildcards of the record's lineage by walking every
-    site of the composition, once per changed record: sites x sites steps when every site
-    changes (a first deploy or a mode switch in shared mode: about a minute at 10,000 shops,
-    hours at 100,000). This returns the same names from the wildcards of each lineage,
-    collected once per composition.
-    """
-    if getattr(deployer, "_probe_names", None) is None:
-        return
-    cache: list[Any] = [None, 0, {}]  # the composition last seen, its size, lineage -> bases
-
-    def probe_names(record: Any, comp: Any) -> list[str]:
-        if cache[0] is not comp or cache[1] != len(comp.sites):
-            wildcards: dict[str, set[str]] = {}
-            for r in comp.sites.values():
-                for n in r.names:
-                    if n.startswith("*."):
-                        wildcards.setdefault(r.lineage, set()).add(n[2:])
-            cache[0], cache[1], cache[2] = comp, len(comp.sites), wildcards
-        bases = cache[2].get(record.lineage, set())
-        return [n for n in record.names
-                if n.startswith("*.") or n.split(".", 1)[-1] not in bases]
-
-    deployer._probe_names = probe_names  # type: ignore[union-attr]
+    _tag(scripts, "script_test", "nginx_test")
+    _tag(scripts, "script_go_live", "switch_reload")
+    _tag(scripts, "script_prepare", "read_live")
+    _tag(scripts, "script_prune", "prune")
+    _tag(scripts, "script_prune_certs", "prune_certs")
 
 
 def main() -> None:
     """Run the entry point named in argv[2] with the rest of argv; write the timings."""
     out, entry, args = sys.argv[1], sys.argv[2], sys.argv[3:]
-    if os.environ.get("BENCH_INDEXED_COVERING") == "1":
-        _indexed_covering()
-        _indexed_probe_names()
     install()
     profile = os.environ.get("BENCH_PROFILE")
     code: list[int] = [1]

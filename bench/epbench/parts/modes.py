@@ -49,7 +49,6 @@ def part_mode(sb: Sandbox, key: str, mode: str, shops: int, quick: bool,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "load_average_at_start": list(os.getloadavg()),
         # bench/timed.py's stand-in for deploy.lineages.covering (see there) was on:
-        "indexed_covering": os.environ.get("BENCH_INDEXED_COVERING") == "1",
     }
     log(f"  fleet built in {out['fleet_build_seconds']}s: {out['names']} names, "
         f"{out['lineages']} lineages")

@@ -258,8 +258,8 @@ def mode_problems(modes: dict[str, Any]) -> list[str]:
                 "`deploy.lineages.covering(shop, known)` for every active shop, and that tests "
                 "every lineage (`all(lin.covers(n) ...)` over all of them), so every deploy, "
                 "even a renewal of one lineage, costs shops × lineages checks. An index of the "
-                "lineages by SAN (exact name and `*.parent`) makes it linear; `bench/run.py "
-                "--indexed-covering` measures with such a stand-in (in `bench/timed.py`).")
+                "lineages by SAN (exact name and `*.parent`) makes it linear (runs marked ‡ "
+                "measured such a stand-in; the package has had the index since).")
         first = pick(runs_of(r, "first_full"))
         if r["mode"] == "shared" and first and first["ok"] and first.get("served_after_seconds"):
             after = float(first["seconds"]) - float(first["served_after_seconds"])
