@@ -95,6 +95,8 @@ class Builder:
         self.out = Output()
         self.template_names = frozenset(settings.templates.names())
         self.full = True  # a deploy of every shop (render() says)
+        self.unversioned_base = (target.base_dir is None
+                                 or not (target.base_dir / shared.VERSIONS).is_file())
 
     # --- shops to ship -------------------------------------------------------------------------
 
@@ -333,6 +335,8 @@ class Builder:
     def _named_version(self, site: str) -> str | None:
         """The certificate version a live site file names (written in shared mode), if any."""
         assert self.t.base_dir is not None
+        if self.unversioned_base:
+            return None  # a release that lists no versions has no file naming one
         match = _VERSION_PATH.search((self.t.base_dir / "sites" / site).read_bytes())
         return match[1].decode() if match else None
 

@@ -61,6 +61,9 @@ def build(tmp: Path, mode: str, live: list[SiteRecord], live_mode: str, shops: l
     (base_dir / "sites").mkdir(parents=True, exist_ok=True)
     for name, text in (files or {}).items():
         (base_dir / "sites" / name).write_text(text)
+    if live_mode == "shared":  # a shared-mode release lists the versions it uses
+        (base_dir / shared.VERSIONS).write_text(
+            "".join(f"{shared.cert_version(r.lineage, r.fingerprint)}\n" for r in live))
     sites = {site_file(r.domain): r for r in live}
     base = Base("20260101T000000Z-0001",
                 Manifest(sites=sites, claims={n: r.owner for r in live for n in r.names},
