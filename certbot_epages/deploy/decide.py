@@ -279,10 +279,8 @@ def describe_divergence(bases: Mapping[str, Base]) -> str | None:
 
     Release ids differ between load balancers by design; what they serve must not.
     """
-    served = {name: (dict(base.known.sites), dict(base.known.claims))
-              for name, base in bases.items()}
-    if len({repr(sorted(v[0].items())) + repr(sorted(v[1].items()))
-            for v in served.values()}) <= 1:
+    known = [base.known for base in bases.values()]
+    if all(k.sites == known[0].sites and k.claims == known[0].claims for k in known[1:]):
         return None
     shown = ", ".join(f"{name} {base.release or 'nothing'} ({len(base.known.sites)} sites)"
                       for name, base in sorted(bases.items()))
