@@ -97,7 +97,8 @@ class Manifest:
             "sites": {name: site.as_json() for name, site in self.sites.items()},
             "claims": dict(self.claims),
         }
-        return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+        # Compact: indenting takes json's pure-Python encoder (0.5 s at 10,000 sites).
+        return (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
 def loads(data: bytes, where: str = FILENAME) -> Manifest:

@@ -37,6 +37,7 @@ certificate by absolute path.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import posixpath
 import re
@@ -69,6 +70,7 @@ def var_name(template: str, var: str) -> str:
     return f"$epages_{re.sub(r'[^a-z0-9_]', '_', template)}_{var}"
 
 
+@functools.lru_cache(maxsize=4096)
 def upstream_name(value: str) -> str:
     """The ``upstream {}`` block of a ``host:port`` upstream."""
     return "epages_up_" + hashlib.sha256(value.encode()).hexdigest()[:16]
@@ -151,7 +153,9 @@ def _var_lines(entry: Entry, config: Config,
             continue  # the server of its kind has the value itself
         if var == "upstream":
             address = str(value)
-            HostPort.parse(address, 80)  # checked by the inventory already; never a unix: path
+            problem = _upstream_problem(address)  # checked before; never a unix: path
+            if problem is not None:
+                raise MapValueError(problem)
             block = upstream_name(address)
             config.upstreams[block] = address
             text = block
@@ -167,11 +171,20 @@ def value_problem(values: Mapping[str, str | int | bool]) -> str | None:
         try:
             _map_value(var, value)
             if var == "upstream":
-                HostPort.parse(str(value), 80)
+                problem = _upstream_problem(str(value))
+                if problem is not None:
+                    return problem
         except MapValueError as e:
             return str(e)
-        except ValueError as e:
-            return f"variable 'upstream': {e}"
+    return None
+
+
+@functools.lru_cache(maxsize=4096)  # a fleet has few distinct upstreams
+def _upstream_problem(address: str) -> str | None:
+    try:
+        HostPort.parse(address, 80)
+    except ValueError as e:
+        return f"variable 'upstream': {e}"
     return None
 
 
