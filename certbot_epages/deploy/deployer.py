@@ -188,6 +188,9 @@ class Deployer:
             for lb in lbs:
                 stack.callback(lb.target.close)
             try:
+                # The ssh connections first, side by side; the locks then take one at a time.
+                with ThreadPoolExecutor(max_workers=len(lbs) or 1) as pool:
+                    list(pool.map(_connect, lbs))
                 for lb in sorted(lbs, key=lambda x: (x.lb.ssh, x.lb.root)):
                     stack.enter_context(
                         lb.target.locked(owner, scripts.STEP_LOCK_TIMEOUT, self.say))
@@ -236,14 +239,21 @@ class Deployer:
 
         Any load balancer that cannot be reached stops the run before anything is built.
         """
+        shared_mode = self.deploy.mode == "shared"
+
         def read(lb: _Lb) -> str | None:
             try:
-                lb.live = push.read_live(lb.target)
-                self._mirror(lb, report)
-                self._check_running_generation(lb, report)
-                if self.deploy.mode == "shared" or lb.base.known.mode == "shared":
-                    lb.on_lb = push.list_versions(
-                        lb.target, lb.lb.worker_group if self.deploy.mode == "shared" else None)
+                with ThreadPoolExecutor(max_workers=1) as aside:
+                    # In shared mode the versions it holds are listed while the rest is read.
+                    versions = aside.submit(push.list_versions, lb.target,
+                                            lb.lb.worker_group) if shared_mode else None
+                    lb.live = push.read_live(lb.target)
+                    self._mirror(lb, report)
+                    self._check_running_generation(lb, report)
+                    if versions is not None:
+                        lb.on_lb = versions.result()
+                    elif lb.base.known.mode == "shared":  # back to sites mode: what it holds
+                        lb.on_lb = push.list_versions(lb.target, None)
             except (push.PushError, OSError) as e:
                 return f"{lb.name}: {e}"
             return None
@@ -347,10 +357,12 @@ class Deployer:
             outcome = LbOutcome(lb.name, rel.id, live=lb.live.release, changed=len(rel.changed))
             root = lb.lb.root
             try:
-                if lb.push_versions:
-                    outcome.bytes_sent += lb.target.push_certs(
-                        self.certs.root, lb.push_versions, lb.lb.worker_group)
-                outcome.bytes_sent += lb.target.rsync(rel.path, rel.id, lb.base.release)
+                with ThreadPoolExecutor(max_workers=2) as both:  # two channels of one ssh
+                    certs = both.submit(lb.target.push_certs, self.certs.root,
+                                        lb.push_versions, lb.lb.worker_group) \
+                        if lb.push_versions else None
+                    tree = both.submit(lb.target.rsync, rel.path, rel.id, lb.base.release)
+                    outcome.bytes_sent += tree.result() + (certs.result() if certs else 0)
                 test = lb.target.step(scripts.script_test(root, rel.id, outcome.live, lb.lb.test))
                 if test.status in (scripts.SWITCH_FAILED, scripts.RESTORE_FAILED, scripts.STEP_BUSY,
                                    scripts.NOT_OURS):
@@ -450,6 +462,14 @@ class Deployer:
         return jinja_env().get_template("nginx/acme-challenge-proxy.conf.j2").render(
             challenge_service=str(self.deploy.challenge_service)
         )
+
+
+def _connect(lb: _Lb) -> None:
+    """Open the load balancer's shared ssh connection (PushError naming it if it cannot)."""
+    try:
+        lb.target.run("true")
+    except push.PushError as e:
+        raise push.PushError(f"{lb.name}: {e}") from None
 
 
 def _expected(lb: _Lb) -> dict[str, str]:
