@@ -109,9 +109,13 @@ def select(
     known: Sequence[Lineage],
     *,
     renewed: Collection[str] | None = None,
+    only: Collection[str] | None = None,
     certbot_dir: str = "the certbot directory",
 ) -> Selection:
     """The shops to render: all active ones a certificate covers, or those of ``renewed``.
+
+    ``only`` (sync --domain) renders just those shops (by domain) of the renewed lineages;
+    the others stay as they serve and get their lineage's new certificate, if it has one.
 
     Only entries that may have their names (``resolution``) ship; a refused entry keeps what
     its owner serves. A shop is served by the lineage that covers it best (its own before a
@@ -143,6 +147,8 @@ def select(
         if renewed is not None and lineage.name not in renewed:
             continue
         used.add(lineage.name)
+        if only is not None and shop.domain not in only:
+            continue  # carried over: compose gives it its lineage's new certificate, if any
         selection.candidates.append(Candidate(shop, lineage, site_file(shop.domain)))
     for name in sorted(set(renewed or ()) - used):
         selection.notes.append(f"lineage {name}: no active shop in the inventory uses it")

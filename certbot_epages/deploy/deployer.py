@@ -19,7 +19,7 @@ import secrets
 import shutil
 import socket
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -150,15 +150,19 @@ class Deployer:
         """The inventory, fetched within the configured deadline (before any lock is taken)."""
         return load_configured(self.settings, self.templates, "deploys")
 
-    def lineages(self, renewed: Sequence[Lineage], *,
-                 inventory: Inventory | None = None) -> Report:
-        """Ship the shops served by these (renewed) lineages; everything else stays as it is."""
+    def lineages(self, renewed: Sequence[Lineage], *, inventory: Inventory | None = None,
+                 only: Collection[str] | None = None) -> Report:
+        """Ship the shops served by these (renewed) lineages; everything else stays as it is.
+
+        ``only``: render just these shops (domains) of those lineages (sync --domain); the
+        lineages' other shops keep what they serve, with the lineage's new certificate.
+        """
         inventory = self.load_inventory() if inventory is None else inventory
         with self.spool.locked(self.say):
             known = {lin.name: lin for lin in lineages.scan(self.deploy.certbot_dir)}
             known.update({lin.name: lin for lin in renewed})
             return self._run(inventory, list(known.values()),
-                             renewed={lin.name for lin in renewed}, force=False)
+                             renewed={lin.name for lin in renewed}, force=False, only=only)
 
     def everything(self, *, force: bool = False, inventory: Inventory | None = None) -> Report:
         """Render the whole inventory: first deploys, template changes, removed shops, repairs.
@@ -177,7 +181,7 @@ class Deployer:
     # --- the run -----------------------------------------------------------------------------
 
     def _run(self, inventory: Inventory, known: list[Lineage], *, renewed: set[str] | None,
-             force: bool) -> Report:
+             force: bool, only: Collection[str] | None = None) -> Report:
         report = Report()
         for problem in inventory.problems:
             report.note(str(problem))
@@ -200,7 +204,7 @@ class Deployer:
             # Who may have which name, against what every load balancer records.
             resolution = ownership.resolve(inventory, [lb.base.known.claims for lb in lbs],
                                            self.rules)
-            selection = decide.select(resolution, known, renewed=renewed,
+            selection = decide.select(resolution, known, renewed=renewed, only=only,
                                       certbot_dir=str(self.deploy.certbot_dir))
             report.shops = len(selection.candidates)
             for line in selection.notes:

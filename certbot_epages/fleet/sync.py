@@ -291,6 +291,10 @@ class Sync:
             if current is None:
                 outcome.state, outcome.reason = "deleted", "another run deleted it meanwhile"
                 return
+            back = self._back_in_inventory(step.unit)
+            if back is not None:
+                outcome.state, outcome.reason = "kept", back
+                return
             ok, error = self._certbot(["delete", "--cert-name", name])
             outcome.state = "deleted" if ok else "failed"
             outcome.reason = error
@@ -377,14 +381,33 @@ class Sync:
         if not present:
             self.say("deploy: no certificate of these shops to deploy")
             return
+        named = set(self.domains)
+        only = {s.domain for s in inventory.shops if named & set(s.server_names)}
         try:
             report.deploy = Deployer(self.settings, say=self.say).lineages(
-                present, inventory=inventory)
+                present, inventory=inventory, only=only)
         except EpagesError as e:
             report.deploy_error = str(e)
             self.say(f"deploy failed: {e}")
 
     # --- pieces ------------------------------------------------------------------------------
+
+    def _back_in_inventory(self, unit: planning.Unit) -> str | None:
+        """Why a lineage planned for deletion stays: its shop is listed again, or unknown.
+
+        The plan may be hours old; meanwhile the tenant may have added the domain again and
+        ``sync --domain`` served it with this very certificate.
+        """
+        try:
+            fresh = self._inventory()
+        except EpagesError as e:
+            return f"cannot read the inventory again before deleting it ({e}); it stays"
+        names = set(unit.names)
+        back = sorted(s.domain for s in fresh.shops if s.status != "deleted"
+                      and (s.domain in unit.shops or names & set(s.server_names)))
+        if not back:
+            return None
+        return f"{', '.join(back)} is in the inventory again: its certificate stays"
 
     def _inventory(self) -> Inventory:
         templates = TemplateSet(self.settings.deploy.templates if self.settings.deploy else None)

@@ -103,16 +103,17 @@ def _code_version() -> dict[str, str]:
 def read(path: Path, wanted: str) -> Inventory:
     """The cached inventory at ``path`` if its key is ``wanted``; else raise _Miss."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # Non-blocking: a FIFO planted there must not hang the run (regular files ignore it).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise _Miss("no cache yet") from None
     except OSError as e:
         raise _Miss(f"cannot open it: {e.strerror or e}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        os.close(fd)
+        raise _Miss("not a private file of this user (mode 0600 expected)")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if (not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid()
-                or info.st_mode & 0o077):
-            raise _Miss("not a private file of this user (mode 0600 expected)")
         header = f.readline()
         try:
             head = json.loads(header)
