@@ -6,18 +6,13 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from epages_testlib import (
-    deploy_config,
     fresh_sandbox,
     make_lineage,
     poll,
@@ -25,6 +20,7 @@ from epages_testlib import (
     shop_sites,
     write_inventory,
 )
+from shared_fleet import BIN, Fleet, deploy, https_status
 
 from certbot_epages.resources import templates_dir
 from certbot_epages.sandbox.pki import SandboxCA
@@ -32,70 +28,10 @@ from certbot_epages.sandbox.platform import Sandbox
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent
-CUSTOM = ("one.test", "two.test", "three.test")
-RIDERS = ("a.platform.test", "b.platform.test", "c.platform.test")
-
-
 @pytest.fixture
 def platform() -> Iterator[Sandbox]:
     with fresh_sandbox() as sandbox:
         yield sandbox
-
-
-def _deploy(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "certbot-epages"), "--config", str(config), "deploy", *args],
-                          capture_output=True, text=True, timeout=300, check=False)
-
-
-class Shared:
-    """Custom domains, a platform wildcard and its riders, deployed in shared mode."""
-
-    def __init__(self, sandbox: Sandbox, mode: str = "shared") -> None:
-        self.sandbox = sandbox
-        self.base = sandbox.directory / "t"
-        self.base.mkdir()
-        self.certbot_dir = self.base / "le"
-        self.ca = SandboxCA(self.base)
-        self.fingerprints = {d: make_lineage(self.certbot_dir, d, [d, f"www.{d}"], self.ca)
-                             for d in CUSTOM}
-        self.wildcard = make_lineage(self.certbot_dir, "wildcard_.platform.test",
-                                     ["*.platform.test"], self.ca)
-        up = {"upstream": sandbox.backend}
-        self.shops: list[dict[str, Any]] = [
-            {"domain": "*.platform.test", "shop": "platform", "template": "platform-wildcard",
-             "vars": up},
-            *({"domain": d, "shop": f"id-{d}", "aliases": [f"www.{d}"],
-               "template": "custom-domain", "vars": up} for d in CUSTOM),
-            *({"domain": r, "shop": f"id-{r}", "template": "custom-domain", "vars": up}
-              for r in RIDERS),
-        ]
-        self.inventory = write_inventory(self.base / "inventory.yaml", self.shops)
-        self.config = deploy_config(sandbox, self.base / "epages.yaml", inventory=self.inventory,
-                                    certbot_dir=str(self.certbot_dir), mode=mode)
-
-    def set_deploy(self, **changes: Any) -> None:
-        data = yaml.safe_load(self.config.read_text())
-        data["deploy"].update(changes)
-        self.config.write_text(yaml.safe_dump(data))
-
-    def assert_serves(self) -> None:
-        for domain, fingerprint in self.fingerprints.items():
-            for name in (domain, f"www.{domain}"):
-                assert set(served(self.sandbox, name).values()) == {fingerprint}, name
-        for rider in RIDERS:
-            assert set(served(self.sandbox, rider).values()) == {self.wildcard}, rider
-
-
-def _https_status(address: str, name: str) -> str:
-    """The status line a load balancer answers for https://name/."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection((address, 443), timeout=5) as raw, \
-            context.wrap_socket(raw, server_hostname=name) as tls:
-        tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
-        return tls.recv(4096).decode(errors="replace").splitlines()[0]
 
 
 def _raw_sni_fingerprint(address: str, sni: str) -> str | None:
@@ -111,8 +47,8 @@ def _raw_sni_fingerprint(address: str, sni: str) -> str | None:
 def test_shared_mode_serves_every_name_from_maps_with_worker_readable_keys(
     platform: Sandbox,
 ) -> None:
-    fleet = Shared(platform)
-    done = _deploy(fleet.config, "--all")
+    fleet = Fleet(platform)
+    done = deploy(fleet.config, "--all")
     assert done.returncode == 0, done.stderr
     fleet.assert_serves()
     for lb in platform.lbs:
@@ -128,7 +64,7 @@ def test_shared_mode_serves_every_name_from_maps_with_worker_readable_keys(
         assert stat.st_mode & 0o777 == 0o640 and stat.st_gid == 65534  # nogroup
         assert not (root / "current" / "certs" / "one.test").exists()
         # The shops' own upstream answers through the map.
-        assert _https_status(lb.address, "one.test").split()[1] != "421"
+        assert https_status(lb.address, "one.test").split()[1] != "421"
     # Hostile SNI values (sent raw: Python's ssl refuses them) never pick a file: they get
     # the load balancer's default certificate.
     default = served(platform, "nowhere.test")
@@ -142,8 +78,8 @@ def test_shared_mode_serves_every_name_from_maps_with_worker_readable_keys(
 
 
 def test_a_renewal_in_shared_mode_is_a_new_version_and_a_map_line(platform: Sandbox) -> None:
-    fleet = Shared(platform)
-    assert _deploy(fleet.config, "--all").returncode == 0
+    fleet = Fleet(platform)
+    assert deploy(fleet.config, "--all").returncode == 0
     old = fleet.fingerprints["two.test"]
     fleet.fingerprints["two.test"] = make_lineage(
         fleet.certbot_dir, "two.test", ["two.test", "www.two.test"], SandboxCA(fleet.base / "n"))
@@ -154,20 +90,20 @@ def test_a_renewal_in_shared_mode_is_a_new_version_and_a_map_line(platform: Sand
     lb1["test"] = ["sh", "-c", f'touch {started}; while [ ! -e {go} ]; do sleep 0.05; done; '
                    'exec "$@"', "test", *lb1["test"]]
     fleet.config.write_text(yaml.safe_dump(data))
-    deploy = subprocess.Popen([str(BIN / "certbot-epages"), "--config", str(fleet.config),
-                               "deploy", "--lineage", "two.test"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hook = subprocess.Popen([str(BIN / "certbot-epages"), "--config", str(fleet.config),
+                             "deploy", "--lineage", "two.test"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         poll("lb1's test started", lambda: started.exists() or None, timeout=60)
         # Flipping `current` for the test changes nothing that is served.
         assert served(platform, "two.test")["lb1"] == old
         go.write_text("go")
-        out, err = deploy.communicate(timeout=120)
+        out, err = hook.communicate(timeout=120)
     finally:
-        if deploy.poll() is None:
-            deploy.send_signal(signal.SIGKILL)
-            deploy.communicate()
-    assert deploy.returncode == 0, out + err
+        if hook.poll() is None:
+            hook.send_signal(signal.SIGKILL)
+            hook.communicate()
+    assert hook.returncode == 0, out + err
     fleet.assert_serves()
     for lb in platform.lbs:
         versions = Path(lb.root) / "certs" / "two.test"
@@ -177,11 +113,11 @@ def test_a_renewal_in_shared_mode_is_a_new_version_and_a_map_line(platform: Sand
 
 
 def test_switching_modes_is_one_deploy_all_each_way(platform: Sandbox) -> None:
-    fleet = Shared(platform, mode="sites")
-    assert _deploy(fleet.config, "--all").returncode == 0
+    fleet = Fleet(platform, mode="sites")
+    assert deploy(fleet.config, "--all").returncode == 0
     fleet.assert_serves()
     fleet.set_deploy(mode="shared")
-    done = _deploy(fleet.config, "--all")
+    done = deploy(fleet.config, "--all")
     assert done.returncode == 0, done.stderr
     assert "would remove" not in done.stderr
     fleet.assert_serves()
@@ -191,7 +127,7 @@ def test_switching_modes_is_one_deploy_all_each_way(platform: Sandbox) -> None:
     fleet.shops[2]["aliases"] = ["www.two.test", "new.two.test"]
     write_inventory(fleet.inventory, fleet.shops)
     fleet.set_deploy(mode="sites")
-    done = _deploy(fleet.config, "--all")
+    done = deploy(fleet.config, "--all")
     assert done.returncode == 0, done.stderr
     fleet.assert_serves()
     version = f"two.test/{fleet.fingerprints['two.test'][:16]}"
@@ -203,15 +139,15 @@ def test_switching_modes_is_one_deploy_all_each_way(platform: Sandbox) -> None:
         assert (Path(lb.root) / "certs" / version / "privkey.pem").is_file()  # not pruned
 
 
-def _spool(fleet: Shared) -> Path:
+def _spool(fleet: Fleet) -> Path:
     return Path(yaml.safe_load(fleet.config.read_text())["deploy"]["spool"])
 
 
 def test_a_lost_spool_and_shops_that_cannot_ship_lose_nothing_in_shared_mode(
     platform: Sandbox,
 ) -> None:
-    fleet = Shared(platform)
-    assert _deploy(fleet.config, "--all").returncode == 0
+    fleet = Fleet(platform)
+    assert deploy(fleet.config, "--all").returncode == 0
     # A new deploy host: no spool, no staged certificates. lb2 lost one certificate version
     # (a restored backup). one.test cannot ship (a new alias no certificate covers), two.test's
     # entry is invalid, and three.test's renewal came with a key that is not its own.
@@ -227,7 +163,7 @@ def test_a_lost_spool_and_shops_that_cannot_ship_lose_nothing_in_shared_mode(
     live = fleet.certbot_dir / "live"
     (live / "three.test" / "privkey.pem").write_bytes((live / "one.test" / "privkey.pem")
                                                       .read_bytes())
-    done = _deploy(fleet.config, "--all")
+    done = deploy(fleet.config, "--all")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "private key does not belong" in done.stdout + done.stderr
     fleet.assert_serves()  # every shop serves what it served, on both load balancers
@@ -236,7 +172,7 @@ def test_a_lost_spool_and_shops_that_cannot_ship_lose_nothing_in_shared_mode(
 
 
 def test_a_kept_shop_with_a_server_of_its_own_keeps_its_certificate(platform: Sandbox) -> None:
-    fleet = Shared(platform)
+    fleet = Fleet(platform)
     own = fleet.base / "templates" / "nginx"
     own.mkdir(parents=True)
     packaged = (templates_dir() / "nginx" / "custom-domain.conf.j2").read_text()
@@ -246,7 +182,7 @@ def test_a_kept_shop_with_a_server_of_its_own_keeps_its_certificate(platform: Sa
     fleet.shops[1]["template"] = "own"
     fleet.shops[3]["template"] = "plain"
     write_inventory(fleet.inventory, fleet.shops)
-    assert _deploy(fleet.config, "--all").returncode == 0
+    assert deploy(fleet.config, "--all").returncode == 0
     fleet.assert_serves()
     # one.test cannot ship now; another lineage renews: one.test's file stays, and so does
     # the certificate version it names (the release lists it, so no prune removes it).
@@ -254,14 +190,14 @@ def test_a_kept_shop_with_a_server_of_its_own_keeps_its_certificate(platform: Sa
     write_inventory(fleet.inventory, fleet.shops)
     fleet.fingerprints["two.test"] = make_lineage(
         fleet.certbot_dir, "two.test", ["two.test", "www.two.test"], SandboxCA(fleet.base / "n"))
-    done = _deploy(fleet.config, "--all")
+    done = deploy(fleet.config, "--all")
     assert done.returncode == 0, done.stdout + done.stderr
     fleet.assert_serves()
     # Its own lineage renews, still covering the names it serves: its file is rendered anew
     # from the manifest's record, naming the new version.
     fleet.fingerprints["one.test"] = make_lineage(
         fleet.certbot_dir, "one.test", ["one.test", "www.one.test"], SandboxCA(fleet.base / "m"))
-    done = _deploy(fleet.config, "--all")
+    done = deploy(fleet.config, "--all")
     assert done.returncode == 0, done.stdout + done.stderr
     fleet.assert_serves()
     # The templates go away while shops still serve with them. one.test keeps its own file;
@@ -270,7 +206,7 @@ def test_a_kept_shop_with_a_server_of_its_own_keeps_its_certificate(platform: Sa
     before = {lb.name: os.readlink(Path(lb.root) / "current") for lb in platform.lbs}
     (own / "own.conf.j2").unlink()
     (own / "plain.conf.j2").unlink()
-    done = _deploy(fleet.config, "--all")
+    done = deploy(fleet.config, "--all")
     assert done.returncode == 1
     assert "template 'plain' is gone but three.test" in done.stderr
     assert "'own' is gone" not in done.stderr
@@ -281,15 +217,15 @@ def test_a_kept_shop_with_a_server_of_its_own_keeps_its_certificate(platform: Sa
 def test_a_config_change_whose_reload_does_not_take_effect_is_caught_in_shared_mode(
     platform: Sandbox,
 ) -> None:
-    fleet = Shared(platform)
-    assert _deploy(fleet.config, "--all").returncode == 0
+    fleet = Fleet(platform)
+    assert deploy(fleet.config, "--all").returncode == 0
     data = yaml.safe_load(fleet.config.read_text())
     data["deploy"]["load_balancers"][0]["reload"] = ["true"]
     data["deploy"]["probe_timeout"] = 2
     fleet.config.write_text(yaml.safe_dump(data))
     fleet.shops[1]["vars"] = {"upstream": "127.0.0.1:9"}
     write_inventory(fleet.inventory, fleet.shops)
-    done = _deploy(fleet.config, "--all")
+    done = deploy(fleet.config, "--all")
     assert done.returncode == 1
     assert "lb1: probe of the release marker" in done.stderr
 
@@ -297,12 +233,12 @@ def test_a_config_change_whose_reload_does_not_take_effect_is_caught_in_shared_m
 def test_a_deploy_user_that_cannot_set_the_worker_group_gets_a_clear_error(
     platform: Sandbox,
 ) -> None:
-    fleet = Shared(platform)
+    fleet = Fleet(platform)
     data = yaml.safe_load(fleet.config.read_text())
     for lb in data["deploy"]["load_balancers"]:
         lb["worker_group"] = "nosuchgroup"
     fleet.config.write_text(yaml.safe_dump(data))
-    done = _deploy(fleet.config, "--all")
+    done = deploy(fleet.config, "--all")
     assert done.returncode == 1
     assert "worker_group" in done.stderr and "nosuchgroup" in done.stderr
     for lb in platform.lbs:
