@@ -174,4 +174,5 @@ def write_ssh(sb: Sandbox) -> None:
     sb.known_hosts.write_text(
         "".join(f"{a} {host_pub[0]} {host_pub[1]}\n" for a in addresses)
     )
+    (ssh / "home").mkdir(exist_ok=True)
     render(sb, "sshd_config.j2", ssh / "sshd_config", dir=str(ssh), addresses=addresses)
