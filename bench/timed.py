@@ -63,9 +63,14 @@ _local = threading.local()  # the load balancer a thread works for, where known
 _kinds: dict[str, str] = {}  # remote step script -> what it does
 
 
+_timeline: list[tuple[str, str, float, float]] = []  # phase, lb, start, end (since STARTED)
+
+
 def _record(phase: str, lb: str, seconds: float) -> None:
+    now = time.monotonic() - STARTED
     with _lock:
         _phases.setdefault(phase, {}).setdefault(lb, []).append(round(seconds, 4))
+        _timeline.append((phase, lb, round(now - seconds, 3), round(now, 3)))
 
 
 def _wrap(owner: Any, attr: str, phase: str | Callable[[tuple[Any, ...]], str],
@@ -129,6 +134,8 @@ def install() -> None:
     target_lb: Callable[[tuple[Any, ...]], str] = lambda args: args[0].name  # noqa: E731
     _wrap(deploy_cls, "load_inventory", "inventory")
     _wrap(lineages, "scan", "lineages_scan")
+    _wrap(deployer, "_connect", "connect", lambda args: args[0].name)
+    _wrap(target, "truth", "truth_wait", target_lb)
     _wrap(deploy_cls, "_read_truth", "read_truth")
     _wrap(ownership, "resolve", "ownership_resolve")
     _wrap(decide, "select", "select")
@@ -142,6 +149,7 @@ def install() -> None:
     _wrap(marker, "generation", "marker_generation")
     _wrap(getattr(manifest, "Manifest", None), "dumps", "manifest_dumps")
     _wrap(release, "build", "release_build")
+    _per_lb(deploy_cls, "_stage", "stage")
     _wrap(deploy_cls, "_phase1", "phase1", lambda args: "")
     _wrap(deploy_cls, "_phase2", "phase2", lambda args: "")
     _wrap(target, "push_certs", "push_certs", target_lb)
@@ -169,7 +177,8 @@ def main() -> None:
     def write() -> None:
         data = {"import_seconds": round(IMPORTED - STARTED, 4),
                 "main_seconds": round(time.monotonic() - IMPORTED, 4),
-                "exit_code": code[0], "phases": _phases}
+                "exit_code": code[0], "phases": _phases,
+                "timeline": sorted(_timeline, key=lambda t: t[2])}
         with open(out, "w") as f:
             json.dump(data, f, indent=1)
 

@@ -155,6 +155,7 @@ class ModeFleet:
             "peak_rss_kb": done.maxrss_kb, **summary,
             "import_seconds": raw.get("import_seconds"),
             "phases": phase_totals(raw), "phases_per_lb": raw.get("phases", {}),
+            "timeline": raw.get("timeline", []),
         }
         if watch.after is not None:
             result["served_after_seconds"] = round(watch.after, 3)

@@ -19,8 +19,8 @@ import secrets
 import shutil
 import socket
 import ssl
-from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -119,6 +119,7 @@ class _Lb:
     generation: str | None = None
     marker: str | None = None
     push_versions: list[str] = field(default_factory=list)  # certificate versions to send
+    connected: Future[None] | None = None  # its ssh connection, opening
     on_lb: frozenset[str] = frozenset()  # certificate versions it holds (workers' group)
 
     @property
@@ -157,12 +158,13 @@ class Deployer:
         ``only``: render just these shops (domains) of those lineages (sync --domain); the
         lineages' other shops keep what they serve, with the lineage's new certificate.
         """
-        inventory = self.load_inventory() if inventory is None else inventory
-        with self.spool.locked(self.say):
-            known = {lin.name: lin for lin in lineages.scan(self.deploy.certbot_dir)}
-            known.update({lin.name: lin for lin in renewed})
-            return self._run(inventory, list(known.values()),
-                             renewed={lin.name for lin in renewed}, force=False, only=only)
+        with self._connecting() as lbs:
+            inventory = self.load_inventory() if inventory is None else inventory
+            with self.spool.locked(self.say):
+                known = {lin.name: lin for lin in lineages.scan(self.deploy.certbot_dir)}
+                known.update({lin.name: lin for lin in renewed})
+                return self._run(lbs, inventory, list(known.values()),
+                                 renewed={lin.name for lin in renewed}, force=False, only=only)
 
     def everything(self, *, force: bool = False, inventory: Inventory | None = None) -> Report:
         """Render the whole inventory: first deploys, template changes, removed shops, repairs.
@@ -173,31 +175,40 @@ class Deployer:
         ``inventory`` is the list a caller already loaded (sync), so the plan and the deploy
         see the same shops.
         """
-        inventory = self.load_inventory() if inventory is None else inventory
-        with self.spool.locked(self.say):
-            return self._run(inventory, lineages.scan(self.deploy.certbot_dir), renewed=None,
-                             force=force)
+        with self._connecting() as lbs:
+            inventory = self.load_inventory() if inventory is None else inventory
+            with self.spool.locked(self.say):
+                return self._run(lbs, inventory, lineages.scan(self.deploy.certbot_dir),
+                                 renewed=None, force=force)
 
     # --- the run -----------------------------------------------------------------------------
 
-    def _run(self, inventory: Inventory, known: list[Lineage], *, renewed: set[str] | None,
-             force: bool, only: Collection[str] | None = None) -> Report:
+    @contextlib.contextmanager
+    def _connecting(self) -> Iterator[list[_Lb]]:
+        """The load balancers, their ssh connections opening side by side from now on.
+
+        Nothing is locked or read yet: the connections' key exchanges overlap with reading the
+        inventory and waiting for the spool's lock.
+        """
+        with control_dir() as control, contextlib.ExitStack() as stack, \
+                ThreadPoolExecutor(max_workers=len(self.deploy.load_balancers) or 1) as pool:
+            lbs = [_Lb(push.Target(lb, control)) for lb in self.deploy.load_balancers]
+            for lb in lbs:
+                lb.connected = pool.submit(_connect, lb)
+                stack.callback(lb.target.close)  # after the pool waited for the connection
+            yield lbs
+
+    def _run(self, lbs: list[_Lb], inventory: Inventory, known: list[Lineage], *,
+             renewed: set[str] | None, force: bool,
+             only: Collection[str] | None = None) -> Report:
         report = Report()
         for problem in inventory.problems:
             report.note(str(problem))
         owner = (f"{socket.gethostname()} pid {os.getpid()} since "
                  f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} run {secrets.token_hex(4)}")
-        with control_dir() as control, contextlib.ExitStack() as stack:
-            lbs = [_Lb(push.Target(lb, control)) for lb in self.deploy.load_balancers]
-            for lb in lbs:
-                stack.callback(lb.target.close)
+        with contextlib.ExitStack() as stack:
             try:
-                # The ssh connections first, side by side; the locks then take one at a time.
-                with ThreadPoolExecutor(max_workers=len(lbs) or 1) as pool:
-                    list(pool.map(_connect, lbs))
-                for lb in sorted(lbs, key=lambda x: (x.lb.ssh, x.lb.root)):
-                    stack.enter_context(
-                        lb.target.locked(owner, scripts.STEP_LOCK_TIMEOUT, self.say))
+                self._lock(lbs, owner, stack)
             except push.PushError as e:
                 raise DeployError(f"nothing went live anywhere: {e}") from None
             self._read_truth(lbs, report)
@@ -209,22 +220,31 @@ class Deployer:
             report.shops = len(selection.candidates)
             for line in selection.notes:
                 report.note(line)
-            try:
-                for lb in lbs:
-                    self._build(lb, selection, force, report)
-            except BaseException:
-                for lb in lbs:
-                    if lb.built is not None:
+            with ThreadPoolExecutor(max_workers=len(lbs) or 1) as stager:
+                # A changed load balancer's phase 1 (nothing goes live) runs while the next
+                # one's release is built.
+                staging: dict[str, Future[LbOutcome]] = {}
+                try:
+                    for lb in lbs:
+                        self._build(lb, selection, force, report)
+                        if _changed(lb):
+                            staging[lb.name] = stager.submit(self._stage, lb)
+                except BaseException:
+                    self._discard([lb for lb in lbs if lb.name in staging], staging)
+                    for lb in lbs:
+                        if lb.built is not None:
+                            shutil.rmtree(lb.built.path, ignore_errors=True)
+                    raise
+                if not staging:
+                    for lb in lbs:
+                        assert lb.built is not None
                         shutil.rmtree(lb.built.path, ignore_errors=True)
-                raise
-            if all(lb.built is not None and not lb.built.changed and not lb.built.removed
-                   and lb.base.release is not None and not lb.stale_config
-                   and not lb.push_versions for lb in lbs):
-                for lb in lbs:
-                    assert lb.built is not None
-                    shutil.rmtree(lb.built.path, ignore_errors=True)
-                report.unchanged = True
-                return report
+                    report.unchanged = True
+                    return report
+                for lb in lbs:  # an unchanged one goes on the new release with the others
+                    if lb.name not in staging:
+                        staging[lb.name] = stager.submit(self._stage, lb)
+                report.lbs = [staging[lb.name].result() for lb in lbs]
             self._phase1(lbs, report)
             self._phase2(lbs, report)
         if self.deploy.mode == "shared":
@@ -238,6 +258,48 @@ class Deployer:
             )
         return report
 
+    def _lock(self, lbs: list[_Lb], owner: str, stack: contextlib.ExitStack) -> None:
+        """Take every load balancer's deploy lock, for as long as ``stack`` lasts.
+
+        First all at once without waiting (the common case: nobody else deploys); if any is
+        taken, those held are let go and the locks are taken one at a time in a fixed order,
+        waiting, so two deploy hosts never hold one each while waiting for the other's.
+        """
+        shared_mode = self.deploy.mode == "shared"
+
+        def lock(lb: _Lb, wait: bool) -> contextlib.AbstractContextManager[None] | None:
+            assert lb.connected is not None
+            lb.connected.result()
+            # In shared mode the lock's session lists the certificate versions of the
+            # workers' group; in sites mode any (a release of shared mode may be live).
+            held = lb.target.locked(owner, scripts.STEP_LOCK_TIMEOUT, self.say,
+                                    group=lb.lb.worker_group if shared_mode else None,
+                                    wait=wait)
+            try:
+                held.__enter__()
+            except push.LockBusy:
+                return None
+            return held
+
+        with contextlib.ExitStack() as tried:
+            with ThreadPoolExecutor(max_workers=len(lbs) or 1) as pool:
+                tries = [pool.submit(lock, lb, False) for lb in lbs]
+            for attempt in tries:
+                got = attempt.result() if attempt.exception() is None else None
+                if got is not None:
+                    tried.push(got)
+            failed = next((t.exception() for t in tries if t.exception() is not None), None)
+            if failed is not None:
+                raise failed
+            if all(t.result() is not None for t in tries):
+                stack.enter_context(tried.pop_all())
+                return
+        # Another deploy holds one: those held were let go; now wait for each in turn.
+        for lb in sorted(lbs, key=lambda x: (x.lb.ssh, x.lb.root)):
+            got = lock(lb, True)
+            assert got is not None
+            stack.push(got)
+
     def _read_truth(self, lbs: list[_Lb], report: Report) -> None:
         """Read what every load balancer serves and mirror it into the spool.
 
@@ -247,17 +309,12 @@ class Deployer:
 
         def read(lb: _Lb) -> str | None:
             try:
-                with ThreadPoolExecutor(max_workers=1) as aside:
-                    # In shared mode the versions it holds are listed while the rest is read.
-                    versions = aside.submit(push.list_versions, lb.target,
-                                            lb.lb.worker_group) if shared_mode else None
-                    lb.live = push.read_live(lb.target)
-                    self._mirror(lb, report)
-                    self._check_running_generation(lb, report)
-                    if versions is not None:
-                        lb.on_lb = versions.result()
-                    elif lb.base.known.mode == "shared":  # back to sites mode: what it holds
-                        lb.on_lb = push.list_versions(lb.target, None)
+                truth = lb.target.truth()  # read by the session that took the lock
+                lb.live = truth.live
+                self._mirror(lb, report)
+                self._check_running_generation(lb, report)
+                if shared_mode or lb.base.known.mode == "shared":  # sites mode: what it holds
+                    lb.on_lb = truth.versions
             except (push.PushError, OSError) as e:
                 return f"{lb.name}: {e}"
             return None
@@ -354,42 +411,54 @@ class Deployer:
         with contextlib.suppress(OSError):
             self.certs.prune(keep)
 
-    def _phase1(self, lbs: list[_Lb], report: Report) -> None:
-        def stage(lb: _Lb) -> LbOutcome:
-            rel = lb.built
-            assert rel is not None
-            outcome = LbOutcome(lb.name, rel.id, live=lb.live.release, changed=len(rel.changed))
-            root = lb.lb.root
-            try:
-                with ThreadPoolExecutor(max_workers=2) as both:  # two channels of one ssh
-                    certs = both.submit(lb.target.push_certs, self.certs.root,
-                                        lb.push_versions, lb.lb.worker_group) \
-                        if lb.push_versions else None
-                    tree = both.submit(lb.target.rsync, rel.path, rel.id, lb.base.release)
-                    outcome.bytes_sent += tree.result() + (certs.result() if certs else 0)
-                test = lb.target.step(scripts.script_test(root, rel.id, outcome.live, lb.lb.test))
-                if test.status in (scripts.SWITCH_FAILED, scripts.RESTORE_FAILED, scripts.STEP_BUSY,
-                                   scripts.NOT_OURS):
-                    outcome.error = (f"cannot switch {root}/current for the test: "
-                                     f"{test.output.strip()}")
-                elif test.status != 0:
-                    outcome.error = (f"'{' '.join(lb.lb.test)}' failed on the candidate: "
-                                     f"{test.output.strip()}")
-            except push.PushError as e:
-                outcome.error = str(e)
-            return outcome
+    def _stage(self, lb: _Lb) -> LbOutcome:
+        """Phase 1 on one load balancer: send the release, test it; the outcome says how."""
+        rel = lb.built
+        assert rel is not None
+        outcome = LbOutcome(lb.name, rel.id, live=lb.live.release, changed=len(rel.changed))
+        root = lb.lb.root
+        try:
+            with ThreadPoolExecutor(max_workers=2) as both:  # two channels of one ssh
+                certs = both.submit(lb.target.push_certs, self.certs.root,
+                                    lb.push_versions, lb.lb.worker_group) \
+                    if lb.push_versions else None
+                tree = both.submit(lb.target.rsync, rel.path, rel.id, lb.base.release)
+                outcome.bytes_sent += tree.result() + (certs.result() if certs else 0)
+            group_of = (f"{root}/certs/{lb.push_versions[0]}/privkey.pem",
+                        lb.lb.worker_group) if lb.push_versions else None
+            test = lb.target.step(scripts.script_test(root, rel.id, outcome.live, lb.lb.test,
+                                                      group_of))
+            if test.status == scripts.WRONG_GROUP:
+                outcome.error = push.wrong_group(root, test.output.strip(), lb.lb.worker_group)
+            elif test.status in (scripts.SWITCH_FAILED, scripts.RESTORE_FAILED,
+                                 scripts.STEP_BUSY, scripts.NOT_OURS):
+                outcome.error = (f"cannot switch {root}/current for the test: "
+                                 f"{test.output.strip()}")
+            elif test.status != 0:
+                outcome.error = (f"'{' '.join(lb.lb.test)}' failed on the candidate: "
+                                 f"{test.output.strip()}")
+        except push.PushError as e:
+            outcome.error = str(e)
+        return outcome
 
-        with ThreadPoolExecutor(max_workers=len(lbs) or 1) as pool:
-            outcomes = list(pool.map(stage, lbs))
-        report.lbs = outcomes
-        if not any(o.error for o in outcomes):
-            return
+    def _discard(self, lbs: list[_Lb], staging: Mapping[str, Future[LbOutcome]]) -> None:
+        """Remove the candidates of these load balancers again (their phase 1 ends first)."""
         for lb in lbs:
             assert lb.built is not None
+            if lb.name in staging:
+                with contextlib.suppress(Exception):
+                    staging[lb.name].result()
             with contextlib.suppress(push.PushError):
                 # Puts `current` back first, should a test have been cut off mid-way.
                 lb.target.step(scripts.script_discard(lb.lb.root, lb.built.id, lb.live.release))
             shutil.rmtree(lb.built.path, ignore_errors=True)
+
+    def _phase1(self, lbs: list[_Lb], report: Report) -> None:
+        """Go on only if phase 1 passed everywhere; else remove every candidate again."""
+        outcomes = report.lbs
+        if not any(o.error for o in outcomes):
+            return
+        self._discard(lbs, {})
         for o in outcomes:
             o.error = o.error or "not switched: another load balancer failed phase 1"
         raise DeployError(
@@ -466,6 +535,13 @@ class Deployer:
         return jinja_env().get_template("nginx/acme-challenge-proxy.conf.j2").render(
             challenge_service=str(self.deploy.challenge_service)
         )
+
+
+def _changed(lb: _Lb) -> bool:
+    """Whether a load balancer needs its new release (else it serves what it was built to)."""
+    assert lb.built is not None
+    return bool(lb.built.changed or lb.built.removed or lb.base.release is None
+                or lb.stale_config or lb.push_versions)
 
 
 def _connect(lb: _Lb) -> None:

@@ -9,6 +9,7 @@ import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from certbot_epages.deploy.marker import NAME as MARKER
 from certbot_epages.netaddr import HostPort
 
 
@@ -46,6 +47,16 @@ def sni_name(domain: str) -> str:
     return f"certbot-epages-probe.{domain[2:]}" if domain.startswith("*.") else domain
 
 
+CONFIRM_PAUSE = 0.05  # seconds between seeing every name new and asking again
+CONFIRM_NAMES = 8  # names asked again (the release marker first, when it is one of them)
+
+
+def _confirmation(expected: dict[str, str]) -> list[str]:
+    """The names asked once more: the marker (it changes with any config) and a few others."""
+    names = sorted(expected, key=lambda n: (n != MARKER, n))
+    return names[:CONFIRM_NAMES]
+
+
 def wait_served(
     address: HostPort, expected: dict[str, str], timeout: float
 ) -> dict[str, str]:
@@ -54,13 +65,17 @@ def wait_served(
     ``nginx -s reload`` returns before the new workers serve, hence the polling. The new
     configuration arrives all at once, so a name counts as failed only if it was still wrong
     when asked after the first name showed the new state (or when nothing did by the deadline):
-    a slow round of probes that began before the reload took effect proves nothing.
+    a slow round of probes that began before the reload took effect proves nothing. Once every
+    name showed it, a few (the release marker first) are asked again a moment later: an old
+    worker that has not yet handled its signal to quit still accepts connections with the old
+    config, and a load balancer serves the new release only once none does.
     """
     deadline = time.monotonic() + timeout
     pending = dict(expected)
     last: dict[str, str] = {}
     switched: float | None = None
     failed_after_switch: set[str] = set()
+    confirmed = False
 
     def ask(name: str) -> tuple[str, float, str | None]:
         asked = time.monotonic()
@@ -74,6 +89,9 @@ def wait_served(
         return name, asked, (f"serves certificate sha256 {got[:16]}…, "
                              f"expected {pending[name][:16]}…")
 
+    # Ask again soon (a small config's reload takes effect within tens of ms), then less
+    # often, up to every 0.2 s: a slow reload needs the CPU more than the probes do.
+    pause = 0.02
     # A few probes at a time: a reloading nginx with thousands of sites needs the CPU more.
     with ThreadPoolExecutor(max_workers=min(4, max(len(expected), 1))) as pool:
         while pending:
@@ -85,11 +103,18 @@ def wait_served(
                     last[name] = problem
                     if switched is not None and asked >= switched:
                         failed_after_switch.add(name)
+            if not pending and not confirmed:
+                confirmed = True
+                time.sleep(CONFIRM_PAUSE)
+                pending = {n: expected[n] for n in _confirmation(expected)}
+                continue
             if not pending:
                 break
+            confirmed = False  # a name went back: confirm again once all are new
             if time.monotonic() >= deadline and (
                 switched is None or set(pending) <= failed_after_switch
             ):
                 return {name: last[name] for name in pending}
-            time.sleep(0.2)
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.2)
     return {}

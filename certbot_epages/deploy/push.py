@@ -36,6 +36,17 @@ class PushError(EpagesError):
     """A load balancer could not be reached, or one of its commands failed."""
 
 
+# rsync takes a file as unchanged (and with --link-dest, links the old one) when size and
+# modification time agree, by default to the second: a renewed key is as long as the old one,
+# and a deploy within a second of the last would ship the old key with the new certificate.
+# Nanoseconds count too with this (receivers of rsync >= 3.1.3).
+SAME_FILE = ("--modify-window=-1",)
+
+
+class LockBusy(PushError):
+    """Another run holds the deploy lock (raised only when told not to wait for it)."""
+
+
 @dataclass(frozen=True)
 class Result:
     """What a remote step printed, and its exit status."""
@@ -51,6 +62,9 @@ class Target:
         self.lb = lb
         self.timeout = timeout
         self.owner: str | None = None  # this run's token, once it holds the deploy lock
+        # While the lock is held: its session's output lines, and until when to wait for them.
+        self._session: tuple[queue.Queue[str | None], float] | None = None
+        self._truth_group: str | None = None
         self._ssh = [
             *ssh.command(lb.ssh_options),
             "-o", "ControlMaster=auto",
@@ -101,15 +115,20 @@ class Target:
         return Result(done.returncode, done.stdout)
 
     @contextlib.contextmanager
-    def locked(self, owner: str, timeout: float,
-               say: Callable[[str], None] = print) -> Iterator[None]:
+    def locked(self, owner: str, timeout: float, say: Callable[[str], None] = print,
+               group: str | None = None, *, wait: bool = True) -> Iterator[None]:
         """Hold the load balancer's deploy lock for the ``with`` block.
 
         The lock lives as long as a remote ``cat`` reading this process's pipe: whatever ends
         this process also ends the session and frees the lock. ``owner`` is shown to a deploy
-        that has to wait.
+        that has to wait. Once the lock is held, the same session reads what the load balancer
+        serves (:meth:`truth`; certificate versions of ``group``, see
+        :func:`parse_versions`) while the caller goes on. Without ``wait``, a lock that
+        another run holds raises :class:`LockBusy` at once.
         """
-        argv = self._argv(scripts.script_hold_lock(self.lb.root, owner, timeout))
+        argv = self._argv(scripts.script_hold_lock(self.lb.root, owner, timeout, group,
+                                                   wait=wait))
+        self._truth_group = group
         try:
             # A session of its own: Ctrl-C must not free the lock while a rollback still runs.
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -137,9 +156,12 @@ class Target:
                     raise PushError(f"no deploy lock on {self.name} within {timeout:g}s") from None
                 if line == "LOCKED":
                     self.owner = owner
+                    self._session = (lines, time.monotonic() + scripts.STEP_LOCK_TIMEOUT + 30)
                     break
                 if line is None:
                     proc.wait(timeout=10)
+                    if proc.returncode == scripts.LOCK_BUSY and not wait:
+                        raise LockBusy(f"{self.name}: another deploy holds the deploy lock")
                     if proc.returncode == scripts.LOCK_BUSY:
                         raise PushError(
                             f"another deploy has held {self.lb.root}/.deploy.lock on {self.name} "
@@ -153,6 +175,7 @@ class Target:
             yield
         finally:
             self.owner = None
+            self._session = None
             with contextlib.suppress(OSError):
                 assert proc.stdin is not None
                 proc.stdin.close()
@@ -165,6 +188,38 @@ class Target:
             if proc.stdout is not None:
                 proc.stdout.close()
 
+    def truth(self) -> Truth:
+        """What the load balancer serves, as the lock session read it once the lock was held.
+
+        Raises :class:`PushError` if the session could not read it.
+        """
+        if self._session is None:
+            raise PushError(f"{self.name}: reading what it serves without the deploy lock")
+        lines, deadline = self._session
+        sections: dict[str, list[str]] = {}
+        section: list[str] | None = None
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise PushError(f"{self.name}: no answer about what it serves within "
+                                f"{scripts.STEP_LOCK_TIMEOUT}s") from None
+            if line is None:
+                raise PushError(f"{self.name}: the session holding the deploy lock ended "
+                                "while it read what the load balancer serves")
+            if line == scripts.TRUTH_END:
+                break
+            if line == scripts.TRUTH_STEP_BUSY:
+                raise PushError(f"{self.name}: a step of another deploy holds "
+                                f"{self.lb.root}/.step.lock")
+            if line in (scripts.TRUTH_LIVE, scripts.TRUTH_VERSIONS):
+                section = sections.setdefault(line, [])
+            elif section is not None:
+                section.append(line)
+        live = _section_result(sections.get(scripts.TRUTH_LIVE))
+        versions = _section_result(sections.get(scripts.TRUTH_VERSIONS))
+        return Truth(parse_live(self, live), parse_versions(self, versions, self._truth_group))
+
     def pull(self, release_id: str, dest: Path, link_dest: Path | None) -> None:
         """Copy the load balancer's release ``release_id`` to the local directory ``dest``.
 
@@ -175,7 +230,7 @@ class Target:
         source = source_dir if self.lb.is_local else f"{_rsync_host(self.lb.ssh)}:{source_dir}"
         tmp = dest.parent / f".{dest.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        argv = ["rsync", "-a", "-s", "--delete", "--mkpath"]
+        argv = ["rsync", "-a", "-s", "--delete", "--mkpath", *SAME_FILE]
         for linked in (dest, link_dest):
             if linked is not None and linked.is_dir():
                 argv.append(f"--link-dest={linked.resolve()}")  # unchanged files: hard links
@@ -198,7 +253,9 @@ class Target:
 
         Files arrive mode 0640 with group ``group``: nginx workers, not only the root
         master, read them at handshake time. A version's content never changes (its name is
-        its fingerprint); sending it again only repairs its mode and group.
+        its fingerprint); sending it again only repairs its mode and group. That the group
+        took is checked by the phase-1 test (:func:`scripts.script_test`'s ``group_of``,
+        :func:`wrong_group`), which needs no round trip of its own.
         """
         dest_dir = f"{self.lb.root}/certs/"
         dest = dest_dir if self.lb.is_local else f"{_rsync_host(self.lb.ssh)}:{dest_dir}"
@@ -224,18 +281,6 @@ class Target:
                     f"{group!r} (deploy.load_balancers[].worker_group, the group nginx "
                     "workers run as)")
             raise PushError(f"copying certificates to {dest} failed: {_last(done.stderr)}")
-        if versions:
-            key = f"{self.lb.root}/certs/{versions[0]}/privkey.pem"
-            check = self.run(
-                f"g=$(stat -c %G {shlex.quote(key)}) || exit 1\n"
-                f'[ "$g" = {shlex.quote(group)} ] || {{ echo "$g"; exit 3; }}')
-            if check.status != 0:
-                raise PushError(
-                    f"the certificates in {dest_dir} belong to group "
-                    f"{check.output.strip() or '?'}, not {group!r} (no such group there, or the "
-                    "deploy user may not give files to it): nginx workers could not read the "
-                    "keys; make the deploy user root or a member of that group, or set "
-                    "deploy.load_balancers[].worker_group to the group nginx workers run as")
         match = re.search(r"Total bytes sent: ([\d,.]+)", done.stdout)
         return int(re.sub(r"[,.]", "", match[1])) if match else 0
 
@@ -243,7 +288,7 @@ class Target:
         """Copy a local release to ``<root>/releases/<id>/``; returns the bytes sent."""
         dest_dir = f"{self.lb.root}/releases/{release_id}/"
         dest = dest_dir if self.lb.is_local else f"{_rsync_host(self.lb.ssh)}:{dest_dir}"
-        argv = ["rsync", "-a", "-s", "--delete", "--mkpath", "--stats"]
+        argv = ["rsync", "-a", "-s", "--delete", "--mkpath", "--stats", *SAME_FILE]
         if link_dest:
             argv.append(f"--link-dest=../{link_dest}")  # relative to the destination
         if not self.lb.is_local:
@@ -273,6 +318,15 @@ class Target:
                                timeout=10, check=False, stdin=subprocess.DEVNULL)
 
 
+def wrong_group(root: str, got: str, group: str) -> str:
+    """The problem when certificates sent to ``<root>/certs`` did not get the workers' group."""
+    return (f"the certificates in {root}/certs/ belong to group {got or '?'}, not {group!r} "
+            "(no such group there, or the deploy user may not give files to it): nginx "
+            "workers could not read the keys; make the deploy user root or a member of that "
+            "group, or set deploy.load_balancers[].worker_group to the group nginx workers "
+            "run as")
+
+
 def _rsync_host(destination: str) -> str:
     """``user@host`` as rsync wants it: an IPv6 address in brackets."""
     user, at, host = destination.rpartition("@")
@@ -293,9 +347,24 @@ class Live:
     manifest_sha256: str | None = None  # of its manifest.json, if it has one
 
 
-def read_live(target: Target) -> Live:
-    """The release a load balancer serves now, and the checksum of its manifest."""
-    result = target.step(scripts.script_prepare(target.lb.root))
+@dataclass(frozen=True)
+class Truth:
+    """What a load balancer serves, read by the session that holds its deploy lock."""
+
+    live: Live
+    versions: frozenset[str]  # certificate versions it holds (see parse_versions)
+
+
+def _section_result(lines: list[str] | None) -> Result:
+    """A section of the lock session's output, as if its script had run on its own."""
+    if not lines or not lines[-1].startswith("STATUS="):
+        return Result(1, "\n".join(lines or ["no output"]))
+    status = lines[-1].removeprefix("STATUS=")
+    return Result(int(status) if status.isdigit() else 1, "".join(f"{x}\n" for x in lines[:-1]))
+
+
+def parse_live(target: Target, result: Result) -> Live:
+    """What :func:`scripts.script_prepare` said, or :class:`PushError`."""
     values = dict(line.split("=", 1) for line in result.output.splitlines() if "=" in line)
     if result.status != 0 or "CURRENT" not in values:
         raise PushError(f"{target.name}: cannot prepare {target.lb.root}: "
@@ -326,13 +395,12 @@ def read_manifest(target: Target) -> tuple[str | None, bytes | None]:
     return release_id, body.encode() if body.strip() else None
 
 
-def list_versions(target: Target, group: str | None) -> frozenset[str]:
+def parse_versions(target: Target, result: Result, group: str | None) -> frozenset[str]:
     """The certificate versions a load balancer holds (with ``group``: readable by workers).
 
-    Raises :class:`PushError` when the group is missing there or the deploy user cannot give
-    files to it, before anything is built.
+    What :func:`scripts.script_list_versions` said; :class:`PushError` when the group is
+    missing there or the deploy user cannot give files to it.
     """
-    result = target.run(scripts.script_list_versions(target.lb.root, group))
     if result.status == scripts.NO_GROUP:
         raise PushError(f"there is no group {group!r} (deploy.load_balancers[].worker_group, "
                         "the group nginx workers run as); set it to the group of nginx's "

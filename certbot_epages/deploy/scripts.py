@@ -14,6 +14,7 @@ SWITCH_FAILED = 97  # exit status of a script whose switch of `current` failed
 RESTORE_FAILED = 98  # ... whose switch back failed
 STEP_BUSY = 96  # ... that did not get the step lock
 NOT_OURS = 95  # ... whose run no longer holds the deploy lock
+WRONG_GROUP = 94  # ... whose certificate files did not get the workers' group
 LOCK_BUSY = 75  # ... of the run lock's session when the lock stayed taken
 STEP_LOCK_TIMEOUT = 60  # below Target's timeout: a step never waits longer than its caller
 
@@ -52,19 +53,43 @@ def command(argv: Sequence[str], output: str | None = None) -> str:
     return f"{shlex.join(argv)} 8>&- {target}"
 
 
-def script_hold_lock(root: str, owner: str, timeout: float) -> str:
-    """Take ``<root>/.deploy.lock`` and hold it until stdin ends; say ``LOCKED`` once held."""
+TRUTH_LIVE, TRUTH_VERSIONS, TRUTH_END = "TRUTH-LIVE", "TRUTH-VERSIONS", "TRUTH-END"
+TRUTH_STEP_BUSY = "TRUTH-STEP-BUSY"
+
+
+def script_hold_lock(root: str, owner: str, timeout: float,
+                     group: str | None = None, *, wait: bool = True) -> str:
+    """Take ``<root>/.deploy.lock`` and hold it until stdin ends; say ``LOCKED`` once held.
+
+    Once held, the session also says what the load balancer serves, so a run needs no round
+    trip of its own for that: under the step lock (a step of a killed run finishes first),
+    after ``TRUTH-LIVE`` what :func:`script_prepare` prints, after ``TRUTH-VERSIONS`` what
+    :func:`script_list_versions` prints for ``group``, each section ending in ``STATUS=<n>``,
+    and ``TRUTH-END`` last (``TRUTH-STEP-BUSY`` instead of the sections when the step lock
+    stayed taken). Without ``wait``, a lock held by another run ends the session at once with
+    ``LOCK_BUSY``.
+    """
     r = shlex.quote(root)
     return "\n".join([
         f"mkdir -p {r} || exit 1",
         f"exec 9>>{r}/.deploy.lock || exit 1",
         "if ! flock -n 9; then",
         f"  printf 'BUSY %s\\n' \"$(cat {r}/.deploy.owner.info 2>/dev/null)\"",
-        f"  flock -w {int(timeout)} 9 || exit {LOCK_BUSY}",
+        f"  flock -w {int(timeout)} 9 || exit {LOCK_BUSY}" if wait else f"  exit {LOCK_BUSY}",
         "fi",
         f"printf '%s pid %s\\n' {shlex.quote(owner)} $$ > {r}/.deploy.owner.info",
         f"printf '%s\\n' {shlex.quote(owner)} > {r}/.deploy.owner",
         "echo LOCKED",
+        f"if exec 8>>{r}/.step.lock && flock -w {STEP_LOCK_TIMEOUT} 8; then",
+        f"  echo {TRUTH_LIVE}",
+        f"  (mkdir -p {r}/releases && {{\n{script_prepare(root)}\n}})",
+        '  echo "STATUS=$?"',
+        f"  echo {TRUTH_VERSIONS}",
+        f"  (\n{script_list_versions(root, group)}\n)",
+        '  echo "STATUS=$?"',
+        f"else echo {TRUTH_STEP_BUSY}; fi",
+        "exec 8>&-",
+        f"echo {TRUTH_END}",
         "exec cat >/dev/null",
     ])
 
@@ -128,17 +153,27 @@ def script_list_versions(root: str, group: str | None) -> str:
     return "\n".join(lines)
 
 
-def script_test(root: str, candidate: str, live: str | None, test: Sequence[str]) -> str:
+def script_test(root: str, candidate: str, live: str | None, test: Sequence[str],
+                group_of: tuple[str, str] | None = None) -> str:
     """Point ``current`` at the candidate, run the test, point it back.
 
     Nothing reloads meanwhile, so the running nginx never loads the candidate unless it passes
     on every load balancer. A deploy killed meanwhile does not stop the script (hang-ups and
     broken pipes are ignored, the output waits in a file), so `current` is always put back;
     an interrupt or termination of the script itself puts it back too.
+
+    ``group_of``: (a file, its group): first check that the file has that group (a key just
+    sent for the workers), else print the group it has and exit with ``WRONG_GROUP``.
     """
     restore = switch(root, live)
     out = f"{root}/.test-output"
+    check = []
+    if group_of is not None:
+        path, group = (shlex.quote(x) for x in group_of)
+        check = [f"g=$(stat -c %G {path}) || exit {WRONG_GROUP}",
+                 f'[ "$g" = {group} ] || {{ echo "$g"; exit {WRONG_GROUP}; }}']
     return "\n".join([
+        *check,
         "trap '' HUP PIPE",
         f"trap '{restore.replace(chr(39), chr(39) + chr(92) + chr(39) + chr(39))}; exit 99' "
         "INT TERM",

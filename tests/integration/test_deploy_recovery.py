@@ -339,6 +339,45 @@ def test_a_load_balancer_unreachable_between_the_phases(
     fleet.assert_serves()
 
 
+def test_a_build_that_fails_after_another_lb_got_its_candidate_removes_that_candidate(
+    platform: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lb1's phase 1 runs while lb2's release is built; lb2's build fails: nothing stays."""
+    fleet = Fleet(platform)
+    old = fleet.fingerprints["one.test"]
+    fleet.renew("one.test", "renewal")
+    before = _current(platform)
+    releases = {lb.name: set(os.listdir(Path(lb.root) / "releases")) for lb in platform.lbs}
+    staged = threading.Event()
+    real_build, real_stage = Deployer._build, Deployer._stage
+
+    def stage(self: Deployer, lb: Any) -> Any:
+        try:
+            return real_stage(self, lb)
+        finally:
+            staged.set()
+
+    def build(self: Deployer, lb: Any, *args: Any) -> None:
+        if lb.name == "lb2":
+            assert staged.wait(timeout=60), "lb1's phase 1 never ran"
+            assert set(os.listdir(Path(platform.lbs[0].root) / "releases")) > releases["lb1"]
+            raise DeployError("lb2: injected build failure")
+        real_build(self, lb, *args)
+
+    monkeypatch.setattr(Deployer, "_build", build)
+    monkeypatch.setattr(Deployer, "_stage", stage)
+    with pytest.raises(DeployError, match="injected build failure"):
+        Deployer(epages_config.load(fleet.config), say=lambda _: None).everything()
+    assert _current(platform) == before
+    assert {lb.name: set(os.listdir(Path(lb.root) / "releases"))
+            for lb in platform.lbs} == releases  # lb1's candidate is gone again
+    assert set(served(platform, "one.test").values()) == {old}
+    monkeypatch.undo()
+    done = _deploy(fleet.config, "--all")
+    assert done.returncode == 0, done.stderr
+    fleet.assert_serves()
+
+
 def test_a_failing_reload_switches_that_lb_back_and_the_repair_ships(platform: Sandbox) -> None:
     fleet = Fleet(platform)
     flag = fleet.base / "reloaded-once"

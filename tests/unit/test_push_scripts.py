@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from certbot_epages.deploy import scripts
+from certbot_epages.config import LoadBalancerConfig
+from certbot_epages.deploy import push, scripts
 
 pytestmark = pytest.mark.unit
 
@@ -87,3 +89,89 @@ def test_the_versions_listed_are_those_the_workers_group_can_use(tmp_path: Path)
     missing = _sh(scripts.script_list_versions(str(root), "no-such-group-here"))
     assert missing.returncode == scripts.NO_GROUP
     assert _sh(scripts.script_list_versions(str(tmp_path / "none"), None)).returncode == 0
+
+
+def _local_lb(root: Path) -> LoadBalancerConfig:
+    return LoadBalancerConfig(name="lb1", ssh="local", root=str(root))
+
+
+def test_the_lock_session_reports_what_the_load_balancer_serves(tmp_path: Path) -> None:
+    import grp
+    import os
+
+    root = tmp_path / "lb"
+    live = "20260101T000000Z-abcd"
+    (root / "releases" / live).mkdir(parents=True)
+    manifest = root / "releases" / live / "manifest.json"
+    manifest.write_text('{"sites": {}}')
+    (root / "current").symlink_to(f"releases/{live}")
+    version = root / "certs" / "one.test" / "0123456789abcdef"
+    version.mkdir(parents=True)
+    for pem in ("fullchain.pem", "privkey.pem"):
+        (version / pem).write_text("")
+        (version / pem).chmod(0o640)
+    mine = grp.getgrgid(os.getgid()).gr_name
+    target = push.Target(_local_lb(root), tmp_path)
+    with target.locked("host pid 1 run ab", 10, group=mine):
+        truth = target.truth()
+    assert truth.live == push.Live(live, exists=True,
+                                   manifest_sha256=hashlib.sha256(manifest.read_bytes()).hexdigest())
+    assert truth.versions == {"one.test/0123456789abcdef"}
+    # The session ended with the block: the lock is free again, and nothing is read without it.
+    assert _sh(f"flock -n {root}/.deploy.lock true").returncode == 0
+    with pytest.raises(push.PushError, match="without the deploy lock"):
+        target.truth()
+
+
+def test_the_lock_session_names_a_missing_workers_group(tmp_path: Path) -> None:
+    target = push.Target(_local_lb(tmp_path / "lb"), tmp_path)
+    with target.locked("host pid 1 run ab", 10, group="no-such-group-here"), \
+            pytest.raises(push.PushError, match="there is no group 'no-such-group-here'"):
+        target.truth()
+
+
+def test_the_lock_session_reports_nothing_deployed_yet(tmp_path: Path) -> None:
+    target = push.Target(_local_lb(tmp_path / "lb"), tmp_path)
+    with target.locked("host pid 1 run ab", 10):
+        truth = target.truth()
+    assert truth.live == push.Live(None) and truth.versions == frozenset()
+    assert (tmp_path / "lb" / "releases").is_dir()
+
+
+def test_the_test_stops_before_switching_when_the_keys_lack_the_workers_group(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "lb"
+    (root / "releases" / "20260101T000000Z-abcd").mkdir(parents=True)
+    key = root / "certs" / "one.test" / "0123456789abcdef" / "privkey.pem"
+    key.parent.mkdir(parents=True)
+    key.write_text("")
+    script = scripts.script_test(str(root), "20260101T000000Z-abcd", None,
+                                 ["sh", "-c", f"touch {tmp_path}/tested"],
+                                 group_of=(str(key), "no-such-group-here"))
+    done = _sh(script)
+    assert done.returncode == scripts.WRONG_GROUP
+    assert done.stdout.strip() == key.group()  # the group it has, for the error message
+    assert not (tmp_path / "tested").exists() and not (root / "current").exists()
+
+
+def test_a_changed_file_of_the_same_size_and_second_is_sent_not_linked(tmp_path: Path) -> None:
+    """A renewed key is as long as the old one; a deploy within the same second must send it."""
+    import os
+
+    root = tmp_path / "lb"
+    live = root / "releases" / "20260101T000000Z-aaaa"
+    (live / "certs" / "one.test").mkdir(parents=True)
+    old_key = live / "certs" / "one.test" / "privkey.pem"
+    old_key.write_text("old key\n")
+    new = tmp_path / "spool" / "20260101T000001Z-bbbb"
+    (new / "certs" / "one.test").mkdir(parents=True)
+    new_key = new / "certs" / "one.test" / "privkey.pem"
+    new_key.write_text("new key\n")
+    second = 1_767_225_600  # the same second, different nanoseconds
+    os.utime(old_key, ns=(second * 10**9 + 100, second * 10**9 + 100))
+    os.utime(new_key, ns=(second * 10**9 + 700, second * 10**9 + 700))
+    target = push.Target(_local_lb(root), tmp_path)
+    target.rsync(new, new.name, live.name)
+    assert (root / "releases" / new.name / "certs" / "one.test" / "privkey.pem").read_text() \
+        == "new key\n"
