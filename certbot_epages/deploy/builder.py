@@ -147,10 +147,13 @@ class Builder:
             return dict(values or {})
         return {k: v for k, v in (values or {}).items() if k in used}
 
-    def _entry(self, record: SiteRecord) -> shared.Entry:
+    def _entry(self, record: SiteRecord,
+               values: Mapping[str, str | int | bool] | None = None) -> shared.Entry:
+        """The shop of a record as the maps need it (``values``: its map vars, if known)."""
         template = str(record.template)
-        return shared.Entry(record.domain, record.names, template,
-                            self._map_vars(template, record.vars), record.lineage,
+        if values is None:
+            values = self._map_vars(template, record.vars)
+        return shared.Entry(record.domain, record.names, template, values, record.lineage,
                             record.fingerprint)
 
     def _missing_vars(self, template: str, values: Mapping[str, object]) -> str | None:
@@ -246,13 +249,15 @@ class Builder:
         """
         template = record.template
         known = template is not None and template in self.template_names
-        mapped = (known and self.shared and not self.s.templates.own_server(str(template))
-                  and shared.value_problem(self._map_vars(str(template), record.vars)) is None)
+        values = (self._map_vars(str(template), record.vars)
+                  if known and self.shared and not self.s.templates.own_server(str(template))
+                  else None)
+        mapped = values is not None and shared.value_problem(values) is None
         missing = self._missing_vars(str(template), record.vars or {}) if mapped else None
         if mapped and missing is None:
             # The common case, 100,000 times in a renewal: no file system access at all.
             if self._version(record, fresh=False):
-                entries.append(self._entry(record))
+                entries.append(self._entry(record, values))
                 return None
         live = self.t.base_dir
         has_file = live is not None and (live / "sites" / site).is_file()

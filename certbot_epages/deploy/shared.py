@@ -65,6 +65,7 @@ def cert_dir(root: str, lineage: str, fingerprint: str) -> str:
     return posixpath.join(root, "certs", cert_version(lineage, fingerprint))
 
 
+@functools.lru_cache(maxsize=1024)  # a few templates and variables, asked for every shop
 def var_name(template: str, var: str) -> str:
     """The nginx variable that carries ``vars.<var>`` for shops of ``template``."""
     return f"$epages_{re.sub(r'[^a-z0-9_]', '_', template)}_{var}"
@@ -119,12 +120,14 @@ def plan(entries: Sequence[Entry], root: str,
     config = Config()
     refused: dict[str, str] = {}
     wildcard_dirs: dict[str, str] = {}
-    for entry in entries:
-        directory = cert_dir(root, entry.lineage, entry.fingerprint) + "/"
+    certs = posixpath.join(root, "certs")
+    directories = [f"{certs}/{cert_version(e.lineage, e.fingerprint)}/" for e in entries]
+    for entry, directory in zip(entries, directories, strict=True):
         for name in entry.names:
             if name.startswith("*."):
                 wildcard_dirs[base_of(name)] = directory
-    for entry in sorted(entries, key=lambda e: e.domain):
+    for entry, directory in sorted(zip(entries, directories, strict=True),
+                                   key=lambda x: x[0].domain):
         decided = fixed.get(entry.template, frozenset())
         try:
             lines = _var_lines(entry, config, decided)
@@ -133,7 +136,6 @@ def plan(entries: Sequence[Entry], root: str,
             continue
         for var, line in lines:
             config.var_maps.setdefault(var, []).extend(line)
-        directory = cert_dir(root, entry.lineage, entry.fingerprint) + "/"
         for name in entry.names:
             parent = name.split(".", 1)[1] if "." in name else ""
             if not name.startswith("*.") and wildcard_dirs.get(parent) == directory:
