@@ -157,9 +157,10 @@ class Builder:
                             record.fingerprint)
 
     def _missing_vars(self, template: str, values: Mapping[str, object]) -> str | None:
-        missing = sorted(self.s.templates.required_vars(template) - set(values))
-        if not missing:
+        required = self.s.templates.required_vars(template)
+        if all(var in values for var in required):
             return None
+        missing = sorted(required - set(values))
         return (f"template {template!r} uses {', '.join('vars.' + m for m in missing)}, which "
                 "the entry does not set")
 

@@ -150,7 +150,7 @@ def plan(entries: Sequence[Entry], root: str,
 def _var_lines(entry: Entry, config: Config,
                decided: frozenset[str]) -> list[tuple[str, list[tuple[str, str]]]]:
     out = []
-    for var, value in sorted(entry.vars.items()):
+    for var, value in sorted(entry.vars.items()) if len(entry.vars) > 1 else entry.vars.items():
         if var in decided:
             continue  # the server of its kind has the value itself
         if var == "upstream":
@@ -168,8 +168,8 @@ def _var_lines(entry: Entry, config: Config,
 
 
 def value_problem(values: Mapping[str, str | int | bool]) -> str | None:
-    """Why a shop's variables cannot go into maps, or None."""
-    for var, value in sorted(values.items()):
+    """Why a shop's variables cannot go into maps, or None (the first by name)."""
+    for var, value in sorted(values.items()) if len(values) > 1 else values.items():
         try:
             _map_value(var, value)
             if var == "upstream":
@@ -190,6 +190,9 @@ def _upstream_problem(address: str) -> str | None:
     return None
 
 
+_NEEDS_QUOTES = re.compile(r"[ \";{}#\\']")  # what ends or escapes an nginx token
+
+
 def _map_value(var: str, value: str | int | bool) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -197,7 +200,7 @@ def _map_value(var: str, value: str | int | bool) -> str:
     if "$" in text:
         raise MapValueError(f"variable {var!r}: '$' cannot go into a map in shared mode (nginx "
                           "would read it as a variable)")
-    if any(c in text for c in ' ";{}#\\\'') or not text:
+    if _NEEDS_QUOTES.search(text) or not text:
         text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if len(text) > MAX_MAP_VALUE:
         raise MapValueError(f"variable {var!r}: {len(text)} characters once quoted for a map; "
