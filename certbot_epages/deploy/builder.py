@@ -79,6 +79,7 @@ class Output:
     push: list[str] = field(default_factory=list)  # certificate versions to send first
     generation: str | None = None
     marker: str | None = None
+    manifest: Manifest | None = None  # what files[MANIFEST] holds
 
 
 class Builder:
@@ -223,6 +224,7 @@ class Builder:
         manifest = Manifest(sites=comp.sites, claims=comp.claims, generation=out.generation,
                             marker=out.marker, mode=self.s.mode)
         out.files[MANIFEST] = release.FileSpec(data=manifest.dumps())
+        out.manifest = manifest
         return out
 
     def _keep(self, site: str, record: SiteRecord, before: SiteRecord, comp: Composition,

@@ -21,7 +21,7 @@ import socket
 import ssl
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from certbot_epages.deploy import (
     builder,
     decide,
     lineages,
+    manifest_cache,
     marker,
     probe,
     push,
@@ -43,7 +44,7 @@ from certbot_epages.deploy.certstore import CertStore
 from certbot_epages.deploy.decide import Base, Composition, Selection
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.deploy.manifest import FILENAME as MANIFEST
-from certbot_epages.deploy.manifest import SiteRecord
+from certbot_epages.deploy.manifest import Manifest, SiteRecord
 from certbot_epages.deploy.render import (
     TemplateSet,
 )
@@ -120,6 +121,7 @@ class _Lb:
     marker: str | None = None
     push_versions: list[str] = field(default_factory=list)  # certificate versions to send
     connected: Future[None] | None = None  # its ssh connection, opening
+    manifest: Manifest | None = None  # of the release built for it
     on_lb: frozenset[str] = frozenset()  # certificate versions it holds (workers' group)
 
     @property
@@ -161,7 +163,8 @@ class Deployer:
         with self._connecting() as lbs:
             inventory = self.load_inventory() if inventory is None else inventory
             with self.spool.locked(self.say):
-                known = {lin.name: lin for lin in lineages.scan(self.deploy.certbot_dir)}
+                known = {lin.name: lin for lin in lineages.scan(self.deploy.certbot_dir,
+                                                                self.spool.scanned)}
                 known.update({lin.name: lin for lin in renewed})
                 return self._run(lbs, inventory, list(known.values()),
                                  renewed={lin.name for lin in renewed}, force=False, only=only)
@@ -178,7 +181,8 @@ class Deployer:
         with self._connecting() as lbs:
             inventory = self.load_inventory() if inventory is None else inventory
             with self.spool.locked(self.say):
-                return self._run(lbs, inventory, lineages.scan(self.deploy.certbot_dir),
+                return self._run(lbs, inventory,
+                                 lineages.scan(self.deploy.certbot_dir, self.spool.scanned),
                                  renewed=None, force=force)
 
     # --- the run -----------------------------------------------------------------------------
@@ -323,6 +327,12 @@ class Deployer:
             errors = [e for e in pool.map(read, lbs) if e]
         if errors:
             raise DeployError("nothing went live anywhere: " + "; ".join(errors))
+        first = next((lb.base.manifest for lb in lbs if lb.base.manifest is not None), None)
+        for lb in lbs:
+            if lb.base.manifest is not None and first is not None \
+                    and lb.base.manifest is not first:
+                lb.base = replace(
+                    lb.base, manifest=manifest_cache.shared_records(lb.base.manifest, first))
         divergence = decide.describe_divergence({lb.name: lb.base for lb in lbs})
         if divergence:
             report.note(divergence)
@@ -351,7 +361,9 @@ class Deployer:
             lb.target.pull(live.release, local, cached)
         self.spool.set_live(name, live.release)
         lb.base_dir = local
-        lb.base = readback.base_of(live.release, local)
+        kept = manifest_cache.load(self.spool.parsed(name), live.manifest_sha256)
+        lb.base = Base(live.release, kept) if kept is not None else \
+            readback.base_of(live.release, local)
         if lb.base.problem is not None:
             report.note(f"{name}: {lb.base.problem}")
 
@@ -393,12 +405,20 @@ class Deployer:
         except builder.BuildError as e:
             raise DeployError(str(e)) from None
         lb.generation, lb.marker, lb.push_versions = out.generation, out.marker, out.push
+        lb.manifest = out.manifest
         problem = decide.removal_problem(lb.base, comp, force=force)
         if problem is not None:
             raise DeployError(f"{lb.name}: {problem}")
         releases = self.spool.releases(lb.name)
         releases.mkdir(parents=True, exist_ok=True)
         lb.built = release.build(releases, lb.base_dir, out.files, keep_previous_files=False)
+
+    def _keep_parsed(self, lb: _Lb) -> None:
+        """Keep the manifest that went live parsed, for the next run (see manifest_cache)."""
+        assert lb.built is not None
+        sha = sha256_of(lb.built.path / MANIFEST)
+        if lb.manifest is not None and sha is not None:
+            manifest_cache.store(self.spool.parsed(lb.name), sha, lb.manifest)
 
     def _prune_staged(self) -> None:
         """Drop staged certificates that no release kept in the spool uses."""
@@ -489,6 +509,7 @@ class Deployer:
             outcome.went_live = True
             try:
                 self.spool.set_live(lb.name, outcome.release)
+                self._keep_parsed(lb)
                 protect = [outcome.release, *([outcome.live] if outcome.live else [])]
                 lb.target.step(scripts.script_prune(lb.lb.root, self.deploy.keep_releases, protect))
                 release.prune(self.spool.releases(lb.name), self.deploy.keep_releases,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import marshal
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +16,7 @@ from cryptography.hazmat.primitives import hashes
 
 from certbot_epages import compat
 from certbot_epages.errors import EpagesError
+from certbot_epages.files import atomic_write
 from certbot_epages.inventory import Shop
 
 LINEAGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
@@ -89,20 +93,79 @@ def from_renewed(path: str, certbot_dir: Path) -> Lineage:
     return load(live)
 
 
-def scan(certbot_dir: Path) -> list[Lineage]:
-    """Every readable lineage under ``<certbot_dir>/live``; unreadable ones are skipped."""
+def scan(certbot_dir: Path, cache: Path | None = None) -> list[Lineage]:
+    """Every readable lineage under ``<certbot_dir>/live``; unreadable ones are skipped.
+
+    ``cache``: a file that keeps what each lineage's certificate said, keyed by the file's
+    identity (device, inode, size, modification time in ns): a lineage that did not change
+    is not parsed again (10,000 lineages take a second to parse). A renewal writes a new file
+    that ``cert.pem`` points to, which is a miss.
+    """
     live = certbot_dir / "live"
-    found = []
     try:
         entries = sorted(p for p in live.iterdir() if p.is_dir())
     except OSError:
         return []
+    kept = _read_scan_cache(cache, str(live)) if cache is not None else {}
+    # A file rewritten within the file system's clock tick keeps its time: rows of files
+    # changed in the last seconds are not kept, so such a rewrite is never taken as the same.
+    settled = time.time_ns() - 2_000_000_000
+    found = []
+    rows: dict[str, _ScanRow] = {}
     for entry in entries:
-        try:
-            found.append(load(entry))
-        except LineageError:
-            continue
+        key = _identity(entry)
+        if key is None:
+            continue  # what load() would refuse: no certificate, or a key file missing
+        row = kept.get(entry.name)
+        if row is not None and row[0] == key:
+            lineage = Lineage(entry.name, entry, row[1], datetime.fromisoformat(row[2]), row[3],
+                              datetime.fromisoformat(row[4]) if row[4] else None)
+        else:
+            try:
+                lineage = load(entry)
+            except LineageError:
+                continue
+        found.append(lineage)
+        if key[3] < settled:
+            rows[entry.name] = (key, lineage.names, lineage.not_after.isoformat(),
+                                lineage.fingerprint,
+                                lineage.not_before.isoformat() if lineage.not_before else "")
+    if cache is not None and rows != kept:
+        with contextlib.suppress(OSError):
+            atomic_write(cache, marshal.dumps((_SCAN_VERSION, str(live), rows)), mode=0o600)
     return found
+
+
+_SCAN_VERSION = 1
+# identity of cert.pem, names, not_after, fingerprint, not_before ("" if unknown)
+_ScanRow = tuple[tuple[int, int, int, int], tuple[str, ...], str, str, str]
+
+
+def _identity(entry: Path) -> tuple[int, int, int, int] | None:
+    """What identifies a lineage's certificate file (None: it or a key file is missing)."""
+    try:
+        st = (entry / "cert.pem").stat()
+        if not ((entry / "fullchain.pem").is_file() and (entry / "privkey.pem").is_file()):
+            return None
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _read_scan_cache(path: Path, live: str) -> dict[str, _ScanRow]:
+    """The kept rows of a scan of ``live`` ({} if there are none or they do not read back)."""
+    try:
+        version, where, rows = marshal.loads(path.read_bytes())
+    except (OSError, ValueError, TypeError, EOFError):
+        return {}
+    if version != _SCAN_VERSION or where != live or type(rows) is not dict:
+        return {}
+    for row in rows.values():
+        if not (type(row) is tuple and len(row) == 5 and type(row[0]) is tuple
+                and type(row[1]) is tuple and all(type(n) is str for n in row[1])
+                and all(type(v) is str for v in row[2:])):
+            return {}
+    return rows
 
 
 def covering(shop: Shop, lineages: Iterable[Lineage] | Index) -> Lineage | None:

@@ -21,6 +21,7 @@ Reading never guesses: a manifest that does not parse raises :class:`ManifestErr
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -52,6 +53,14 @@ class SiteRecord:
     # Shared mode renders every release's config anew: what a kept shop is rendered with.
     template: str | None = None
     vars: Mapping[str, str | int | bool] | None = None
+
+    @functools.cached_property
+    def json_text(self) -> str:
+        """The record as compact JSON text, made once per record.
+
+        The manifests of every load balancer hold the same records (100,000 of them at scale).
+        """
+        return json.dumps(self.as_json(), sort_keys=True, separators=(",", ":"))
 
     def as_json(self) -> dict[str, Any]:
         """The record as JSON data."""
@@ -89,16 +98,16 @@ class Manifest:
 
     def dumps(self) -> bytes:
         """The manifest as written into a release (stable: same content, same bytes)."""
-        data = {
-            "format": FORMAT,
-            "generation": self.generation,
-            "marker": self.marker,
-            "mode": self.mode,
-            "sites": {name: site.as_json() for name, site in self.sites.items()},
-            "claims": dict(self.claims),
-        }
-        # Compact: indenting takes json's pure-Python encoder (0.5 s at 10,000 sites).
-        return (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        def text(value: object) -> str:
+            return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+        # Compact (indenting takes json's pure-Python encoder: 0.5 s at 10,000 sites), keys in
+        # order, each record's text made once.
+        sites = ",".join(f"{text(name)}:{self.sites[name].json_text}"
+                         for name in sorted(self.sites))
+        return (f'{{"claims":{text(dict(self.claims))},"format":{FORMAT},'
+                f'"generation":{text(self.generation)},"marker":{text(self.marker)},'
+                f'"mode":{text(self.mode)},"sites":{{{sites}}}}}\n').encode()
 
 
 def loads(data: bytes, where: str = FILENAME) -> Manifest:

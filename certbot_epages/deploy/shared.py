@@ -141,8 +141,10 @@ def plan(entries: Sequence[Entry], root: str,
             if not name.startswith("*.") and wildcard_dirs.get(parent) == directory:
                 continue  # a rider: the wildcard's line covers it
             config.cert_map.append((name, directory))
-        kind = (entry.template, tuple(sorted(entry.vars)),
-                tuple(sorted((v, repr(entry.vars[v])) for v in decided if v in entry.vars)))
+        kind = (entry.template,
+                tuple(sorted(entry.vars)) if len(entry.vars) > 1 else tuple(entry.vars),
+                tuple(sorted((v, repr(entry.vars[v])) for v in decided if v in entry.vars))
+                if decided else ())
         config.kinds.setdefault(kind, []).append(entry)
     return config, refused
 

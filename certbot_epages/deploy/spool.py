@@ -53,6 +53,15 @@ class Spool:
         """The releases of one load balancer built here or copied from it."""
         return self.lb(name) / "releases"
 
+    @property
+    def scanned(self) -> Path:
+        """What certbot's lineages said when last read (:func:`.lineages.scan`)."""
+        return self.root / "lineages.parsed"
+
+    def parsed(self, name: str) -> Path:
+        """The live manifest of one load balancer, parsed (:mod:`.manifest_cache`)."""
+        return self.lb(name) / "live-manifest.parsed"
+
     def live(self, name: str) -> Path | None:
         """The release the load balancer served after the last run, if known."""
         link = self.lb(name) / "live"

@@ -211,6 +211,24 @@ def test_a_manifest_round_trips_and_format_one_still_reads() -> None:
     assert old.claims == {"one.test": legacy_owner("one.test")}
 
 
+def test_a_manifest_is_written_as_sorted_compact_json() -> None:
+    """The bytes stay what json.dumps(sort_keys) makes (releases compare them byte for byte)."""
+    import json
+
+    shared = SiteRecord("ü.test", ("ü.test", "www.ü.test"), "42", "ü.test", FP_NEW,
+                        template="custom-domain", vars={"upstream": "10.0.0.1:80", "q": 'a"b'})
+    manifest = Manifest(sites={"z.test.conf": record("z.test", owner="7"), "ü.test.conf": shared},
+                        claims={"z.test": "7", "www.z.test": "7", "ü.test": "42",
+                                "www.ü.test": "42"},
+                        generation=None, marker=FP_OLD, mode="shared")
+    plain = {"format": 2, "generation": None, "marker": FP_OLD, "mode": "shared",
+             "sites": {n: r.as_json() for n, r in manifest.sites.items()},
+             "claims": dict(manifest.claims)}
+    expected = (json.dumps(plain, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    assert manifest.dumps() == expected
+    assert loads(manifest.dumps()) == manifest
+
+
 @pytest.mark.parametrize("data, message", [
     (b'{"format": 2, "sites": {', "not valid JSON"),
     (b"[]", "expected a JSON object"),
