@@ -122,6 +122,7 @@ class _Lb:
     push_versions: list[str] = field(default_factory=list)  # certificate versions to send
     connected: Future[None] | None = None  # its ssh connection, opening
     manifest: Manifest | None = None  # of the release built for it
+    parsed: bool = False  # its live manifest was parsed, not read back from the spool's copy
     on_lb: frozenset[str] = frozenset()  # certificate versions it holds (workers' group)
 
     @property
@@ -233,22 +234,18 @@ class Deployer:
                         self._build(lb, selection, force, report)
                         if _changed(lb):
                             staging[lb.name] = stager.submit(self._stage, lb)
-                except BaseException:
+                    if not staging:
+                        return self._unchanged(lbs, report)
+                    for lb in lbs:  # an unchanged one goes on the new release with the others
+                        if lb.name not in staging:
+                            staging[lb.name] = stager.submit(self._stage, lb)
+                    report.lbs = [staging[lb.name].result() for lb in lbs]
+                except BaseException:  # a build failed, or the run was cut off: nothing stays
                     self._discard([lb for lb in lbs if lb.name in staging], staging)
                     for lb in lbs:
                         if lb.built is not None:
                             shutil.rmtree(lb.built.path, ignore_errors=True)
                     raise
-                if not staging:
-                    for lb in lbs:
-                        assert lb.built is not None
-                        shutil.rmtree(lb.built.path, ignore_errors=True)
-                    report.unchanged = True
-                    return report
-                for lb in lbs:  # an unchanged one goes on the new release with the others
-                    if lb.name not in staging:
-                        staging[lb.name] = stager.submit(self._stage, lb)
-                report.lbs = [staging[lb.name].result() for lb in lbs]
             self._phase1(lbs, report)
             self._phase2(lbs, report)
         if self.deploy.mode == "shared":
@@ -260,6 +257,17 @@ class Deployer:
                 + (" (the other load balancers are live with the new release)"
                    if len(failed) < len(report.lbs) else "")
             )
+        return report
+
+    def _unchanged(self, lbs: list[_Lb], report: Report) -> Report:
+        """Nothing differs from what every load balancer serves: nothing is pushed."""
+        for lb in lbs:
+            assert lb.built is not None
+            shutil.rmtree(lb.built.path, ignore_errors=True)
+            if lb.parsed and lb.base.manifest is not None and lb.live.manifest_sha256:
+                manifest_cache.store(self.spool.parsed(lb.name), lb.live.manifest_sha256,
+                                     lb.base.manifest)
+        report.unchanged = True
         return report
 
     def _lock(self, lbs: list[_Lb], owner: str, stack: contextlib.ExitStack) -> None:
@@ -286,8 +294,17 @@ class Deployer:
             return held
 
         with contextlib.ExitStack() as tried:
-            with ThreadPoolExecutor(max_workers=len(lbs) or 1) as pool:
-                tries = [pool.submit(lock, lb, False) for lb in lbs]
+            pool = ThreadPoolExecutor(max_workers=len(lbs) or 1)
+            tries = [pool.submit(lock, lb, False) for lb in lbs]
+            try:
+                pool.shutdown(wait=True)
+            except BaseException:  # cut off while waiting: let go of what the tries took
+                pool.shutdown(wait=True)
+                for attempt in tries:
+                    got = attempt.result() if attempt.exception() is None else None
+                    if got is not None:
+                        got.__exit__(None, None, None)
+                raise
             for attempt in tries:
                 got = attempt.result() if attempt.exception() is None else None
                 if got is not None:
@@ -362,8 +379,11 @@ class Deployer:
         self.spool.set_live(name, live.release)
         lb.base_dir = local
         kept = manifest_cache.load(self.spool.parsed(name), live.manifest_sha256)
-        lb.base = Base(live.release, kept) if kept is not None else \
-            readback.base_of(live.release, local)
+        if kept is not None:
+            lb.base = Base(live.release, kept)
+        else:
+            lb.base = readback.base_of(live.release, local)
+            lb.parsed = lb.base.manifest is not None and live.manifest_sha256 is not None
         if lb.base.problem is not None:
             report.note(f"{name}: {lb.base.problem}")
 

@@ -97,9 +97,9 @@ def scan(certbot_dir: Path, cache: Path | None = None) -> list[Lineage]:
     """Every readable lineage under ``<certbot_dir>/live``; unreadable ones are skipped.
 
     ``cache``: a file that keeps what each lineage's certificate said, keyed by the file's
-    identity (device, inode, size, modification time in ns): a lineage that did not change
-    is not parsed again (10,000 lineages take a second to parse). A renewal writes a new file
-    that ``cert.pem`` points to, which is a miss.
+    identity (device, inode, size, modification and change times in ns): a lineage that did
+    not change is not parsed again (10,000 lineages take a second to parse). A renewal writes
+    a new file that ``cert.pem`` points to, which is a miss.
     """
     live = certbot_dir / "live"
     try:
@@ -109,7 +109,7 @@ def scan(certbot_dir: Path, cache: Path | None = None) -> list[Lineage]:
     kept = _read_scan_cache(cache, str(live)) if cache is not None else {}
     # A file rewritten within the file system's clock tick keeps its time: rows of files
     # changed in the last seconds are not kept, so such a rewrite is never taken as the same.
-    settled = time.time_ns() - 2_000_000_000
+    settled = _clock() - 2_000_000_000
     found = []
     rows: dict[str, _ScanRow] = {}
     for entry in entries:
@@ -126,7 +126,7 @@ def scan(certbot_dir: Path, cache: Path | None = None) -> list[Lineage]:
             except LineageError:
                 continue
         found.append(lineage)
-        if key[3] < settled:
+        if max(key[3], key[4]) < settled:
             rows[entry.name] = (key, lineage.names, lineage.not_after.isoformat(),
                                 lineage.fingerprint,
                                 lineage.not_before.isoformat() if lineage.not_before else "")
@@ -136,12 +136,13 @@ def scan(certbot_dir: Path, cache: Path | None = None) -> list[Lineage]:
     return found
 
 
-_SCAN_VERSION = 1
+_SCAN_VERSION = 2
+_clock = time.time_ns
 # identity of cert.pem, names, not_after, fingerprint, not_before ("" if unknown)
-_ScanRow = tuple[tuple[int, int, int, int], tuple[str, ...], str, str, str]
+_ScanRow = tuple[tuple[int, int, int, int, int], tuple[str, ...], str, str, str]
 
 
-def _identity(entry: Path) -> tuple[int, int, int, int] | None:
+def _identity(entry: Path) -> tuple[int, int, int, int, int] | None:
     """What identifies a lineage's certificate file (None: it or a key file is missing)."""
     try:
         st = (entry / "cert.pem").stat()
@@ -149,7 +150,8 @@ def _identity(entry: Path) -> tuple[int, int, int, int] | None:
             return None
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    # ctime: unlike mtime, no restore (rsync -a, tar, cp -p) can set it back.
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _read_scan_cache(path: Path, live: str) -> dict[str, _ScanRow]:

@@ -35,6 +35,7 @@ from certbot_epages.names import legacy_owner
 FILENAME = "manifest.json"
 FORMAT = 2
 _HEX = re.compile(r"[0-9a-f]{64}")
+_PLAIN = re.compile(r"[A-Za-z0-9._~-]+")  # JSON text of such a string: the string in quotes
 
 
 class ManifestError(EpagesError):
@@ -103,7 +104,10 @@ class Manifest:
 
         # Compact (indenting takes json's pure-Python encoder: 0.5 s at 10,000 sites), keys in
         # order, each record's text made once.
-        sites = ",".join(f"{text(name)}:{self.sites[name].json_text}"
+        def key(name: str) -> str:
+            return f'"{name}"' if _PLAIN.fullmatch(name) else text(name)
+
+        sites = ",".join(f"{key(name)}:{self.sites[name].json_text}"
                          for name in sorted(self.sites))
         return (f'{{"claims":{text(dict(self.claims))},"format":{FORMAT},'
                 f'"generation":{text(self.generation)},"marker":{text(self.marker)},'

@@ -1,9 +1,10 @@
 """The live manifest, parsed once: a renewal reads it back without parsing JSON again.
 
 At 100,000 shops a manifest is ~35 MB of JSON; parsing and checking it takes over a second per
-load balancer, in every deploy. A deploy that makes a release live (or parses one it found)
-keeps its records here, keyed by the manifest's sha256; the next deploy uses them only when the
-load balancer's live manifest still has that checksum, so the manifest itself stays the truth.
+load balancer, in every deploy. A deploy that makes a release live, or that parsed the live
+manifest and changed nothing, keeps its records here, keyed by the manifest's sha256 and this
+package's version; the next deploy uses them only when the load balancer's live manifest still
+has that checksum, so the manifest itself stays the truth.
 
 The file lives in the spool (root's, mode 0700, beside the keys it stages) and is written with
 :mod:`marshal`, which rebuilds plain values only and never runs code; anything that does not
@@ -16,10 +17,11 @@ import contextlib
 import marshal
 from pathlib import Path
 
+from certbot_epages import __version__
 from certbot_epages.deploy.manifest import Manifest, SiteRecord
 from certbot_epages.files import atomic_write
 
-VERSION = 1
+VERSION = f"1 {__version__}"  # what reads back must have been checked by this very code
 
 
 def load(path: Path, sha256: str | None) -> Manifest | None:
@@ -77,6 +79,14 @@ def shared_records(manifest: Manifest, like: Manifest) -> Manifest:
     sites = {}
     for site, record in manifest.sites.items():
         other = theirs.get(site)
-        sites[site] = other if other is not None and other == record else record
+        sites[site] = other if other is not None and _same(other, record) else record
     return Manifest(sites=sites, claims=manifest.claims, generation=manifest.generation,
                     marker=manifest.marker, mode=manifest.mode, format=manifest.format)
+
+
+def _same(one: SiteRecord, other: SiteRecord) -> bool:
+    """Equal, with values of the same types (``1 == True`` in Python, not in a config)."""
+    if one != other:
+        return False
+    mine, theirs = one.vars or {}, other.vars or {}
+    return all(type(value) is type(theirs[var]) for var, value in mine.items())

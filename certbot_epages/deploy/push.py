@@ -36,13 +36,6 @@ class PushError(EpagesError):
     """A load balancer could not be reached, or one of its commands failed."""
 
 
-# rsync takes a file as unchanged (and with --link-dest, links the old one) when size and
-# modification time agree, by default to the second: a renewed key is as long as the old one,
-# and a deploy within a second of the last would ship the old key with the new certificate.
-# Nanoseconds count too with this (receivers of rsync >= 3.1.3).
-SAME_FILE = ("--modify-window=-1",)
-
-
 class LockBusy(PushError):
     """Another run holds the deploy lock (raised only when told not to wait for it)."""
 
@@ -198,6 +191,7 @@ class Target:
         lines, deadline = self._session
         sections: dict[str, list[str]] = {}
         section: list[str] | None = None
+        said: list[str] = []  # lines before any section: why the session could not go on
         while True:
             try:
                 line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
@@ -206,16 +200,19 @@ class Target:
                                 f"{scripts.STEP_LOCK_TIMEOUT}s") from None
             if line is None:
                 raise PushError(f"{self.name}: the session holding the deploy lock ended "
-                                "while it read what the load balancer serves")
+                                "while it read what the load balancer serves"
+                                + (f": {_last(chr(10).join(said))}" if said else ""))
             if line == scripts.TRUTH_END:
                 break
             if line == scripts.TRUTH_STEP_BUSY:
-                raise PushError(f"{self.name}: a step of another deploy holds "
-                                f"{self.lb.root}/.step.lock")
+                why = _last("\n".join(said)) if said else "a step of another deploy holds it"
+                raise PushError(f"{self.name}: cannot take {self.lb.root}/.step.lock: {why}")
             if line in (scripts.TRUTH_LIVE, scripts.TRUTH_VERSIONS):
                 section = sections.setdefault(line, [])
             elif section is not None:
                 section.append(line)
+            else:
+                said.append(line)
         live = _section_result(sections.get(scripts.TRUTH_LIVE))
         versions = _section_result(sections.get(scripts.TRUTH_VERSIONS))
         return Truth(parse_live(self, live), parse_versions(self, versions, self._truth_group))
@@ -230,7 +227,7 @@ class Target:
         source = source_dir if self.lb.is_local else f"{_rsync_host(self.lb.ssh)}:{source_dir}"
         tmp = dest.parent / f".{dest.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        argv = ["rsync", "-a", "-s", "--delete", "--mkpath", *SAME_FILE]
+        argv = ["rsync", "-a", "-s", "--delete", "--mkpath"]
         for linked in (dest, link_dest):
             if linked is not None and linked.is_dir():
                 argv.append(f"--link-dest={linked.resolve()}")  # unchanged files: hard links
@@ -288,7 +285,7 @@ class Target:
         """Copy a local release to ``<root>/releases/<id>/``; returns the bytes sent."""
         dest_dir = f"{self.lb.root}/releases/{release_id}/"
         dest = dest_dir if self.lb.is_local else f"{_rsync_host(self.lb.ssh)}:{dest_dir}"
-        argv = ["rsync", "-a", "-s", "--delete", "--mkpath", "--stats", *SAME_FILE]
+        argv = ["rsync", "-a", "-s", "--delete", "--mkpath", "--stats"]
         if link_dest:
             argv.append(f"--link-dest=../{link_dest}")  # relative to the destination
         if not self.lb.is_local:

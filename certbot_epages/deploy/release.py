@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -118,6 +119,8 @@ def build(
                 os.link(prev, dest)
                 continue
             _write(dest, data, spec.mode)
+            if prev is not None:
+                _later_than(dest, prev)
             built.changed.add(rel)
         for directory in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
             directory.chmod(0o755)
@@ -138,6 +141,24 @@ def _same(path: Path, data: bytes, mode: int) -> bool:
         return same_meta and path.read_bytes() == data
     except OSError:
         return False
+
+
+def _later_than(path: Path, prev: Path) -> None:
+    """Give a changed file a modification time in a later second than the file it replaces.
+
+    rsync takes a file whose size and time (to the second, with receivers before 3.1.3 or file
+    systems without nanoseconds) match the ``--link-dest`` one as unchanged and links the old
+    one: a renewed key is as long as the old one, and written within the same second as the
+    previous release's it would not be sent. Never earlier than now, at most a second ahead.
+    """
+    try:
+        before = prev.stat().st_mtime_ns // 1_000_000_000
+    except OSError:
+        return
+    now = time.time_ns()
+    if now // 1_000_000_000 <= before:
+        stamp = (before + 1) * 1_000_000_000
+        os.utime(path, ns=(stamp, stamp))
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

@@ -74,13 +74,15 @@ def script_hold_lock(root: str, owner: str, timeout: float,
         f"mkdir -p {r} || exit 1",
         f"exec 9>>{r}/.deploy.lock || exit 1",
         "if ! flock -n 9; then",
-        f"  printf 'BUSY %s\\n' \"$(cat {r}/.deploy.owner.info 2>/dev/null)\"",
-        f"  flock -w {int(timeout)} 9 || exit {LOCK_BUSY}" if wait else f"  exit {LOCK_BUSY}",
+        *([f"  printf 'BUSY %s\\n' \"$(cat {r}/.deploy.owner.info 2>/dev/null)\"",
+           f"  flock -w {int(timeout)} 9 || exit {LOCK_BUSY}"] if wait
+          else [f"  exit {LOCK_BUSY}"]),
         "fi",
         f"printf '%s pid %s\\n' {shlex.quote(owner)} $$ > {r}/.deploy.owner.info",
         f"printf '%s\\n' {shlex.quote(owner)} > {r}/.deploy.owner",
         "echo LOCKED",
-        f"if exec 8>>{r}/.step.lock && flock -w {STEP_LOCK_TIMEOUT} 8; then",
+        # `command`: a failing redirection of a plain `exec` would end the shell, and the lock.
+        f"if command exec 8>>{r}/.step.lock && flock -w {STEP_LOCK_TIMEOUT} 8; then",
         f"  echo {TRUTH_LIVE}",
         f"  (mkdir -p {r}/releases && {{\n{script_prepare(root)}\n}})",
         '  echo "STATUS=$?"',
@@ -170,7 +172,7 @@ def script_test(root: str, candidate: str, live: str | None, test: Sequence[str]
     check = []
     if group_of is not None:
         path, group = (shlex.quote(x) for x in group_of)
-        check = [f"g=$(stat -c %G {path}) || exit {WRONG_GROUP}",
+        check = [f"g=$(stat -c %G {path} 2>/dev/null) || {{ echo '?'; exit {WRONG_GROUP}; }}",
                  f'[ "$g" = {group} ] || {{ echo "$g"; exit {WRONG_GROUP}; }}']
     return "\n".join([
         *check,

@@ -46,7 +46,7 @@ def test_a_kept_manifest_reads_back_equal_for_its_checksum_only(tmp_path: Path) 
 @pytest.mark.parametrize("damage", [
     lambda data: data[: len(data) // 2],  # cut short
     lambda data: b"not marshal at all",
-    lambda data: marshal.dumps((manifest_cache.VERSION + 1, *marshal.loads(data)[1:])),
+    lambda data: marshal.dumps(("0 older", *marshal.loads(data)[1:])),  # another version
     # a record whose domain is no text: a miss, never a record
     lambda data: marshal.dumps((*marshal.loads(data)[:4],
                                 [(r[0], 42, *r[2:]) for r in marshal.loads(data)[4]])),
@@ -65,3 +65,13 @@ def test_equal_records_of_two_manifests_become_the_same_objects() -> None:
     shared = manifest_cache.shared_records(second, first)
     assert shared == second
     assert all(shared.sites[s] is first.sites[s] for s in first.sites)
+
+
+def test_records_whose_values_differ_in_type_stay_apart() -> None:
+    """1 == True in Python, but the map value of one is 1 and of the other on."""
+    one = SiteRecord("a.test", ("a.test",), "7", "a.test", FP, "custom-domain", {"flag": 1})
+    on = SiteRecord("a.test", ("a.test",), "7", "a.test", FP, "custom-domain", {"flag": True})
+    first = Manifest(sites={"a.test.conf": one}, claims={"a.test": "7"})
+    second = Manifest(sites={"a.test.conf": on}, claims={"a.test": "7"})
+    shared = manifest_cache.shared_records(second, first)
+    assert shared.sites["a.test.conf"] is on and '"flag":true' in shared.dumps().decode()

@@ -158,20 +158,46 @@ def test_the_test_stops_before_switching_when_the_keys_lack_the_workers_group(
 def test_a_changed_file_of_the_same_size_and_second_is_sent_not_linked(tmp_path: Path) -> None:
     """A renewed key is as long as the old one; a deploy within the same second must send it."""
     import os
+    import time
 
+    from certbot_epages.deploy import release
+
+    spool = tmp_path / "spool"
+    first = release.build(spool, None, {"certs/one.test/privkey.pem": release.FileSpec(
+        data=b"old key\n", mode=0o600)}, keep_previous_files=False)
+    old_key = first.path / "certs" / "one.test" / "privkey.pem"
+    now = time.time_ns()
+    os.utime(old_key, ns=(now, now))  # written this very second
     root = tmp_path / "lb"
-    live = root / "releases" / "20260101T000000Z-aaaa"
-    (live / "certs" / "one.test").mkdir(parents=True)
-    old_key = live / "certs" / "one.test" / "privkey.pem"
-    old_key.write_text("old key\n")
-    new = tmp_path / "spool" / "20260101T000001Z-bbbb"
-    (new / "certs" / "one.test").mkdir(parents=True)
-    new_key = new / "certs" / "one.test" / "privkey.pem"
-    new_key.write_text("new key\n")
-    second = 1_767_225_600  # the same second, different nanoseconds
-    os.utime(old_key, ns=(second * 10**9 + 100, second * 10**9 + 100))
-    os.utime(new_key, ns=(second * 10**9 + 700, second * 10**9 + 700))
     target = push.Target(_local_lb(root), tmp_path)
-    target.rsync(new, new.name, live.name)
-    assert (root / "releases" / new.name / "certs" / "one.test" / "privkey.pem").read_text() \
+    target.rsync(first.path, first.id, None)
+    second = release.build(spool, first.path, {"certs/one.test/privkey.pem": release.FileSpec(
+        data=b"new key\n", mode=0o600)}, keep_previous_files=False)
+    new_key = second.path / "certs" / "one.test" / "privkey.pem"
+    assert new_key.stat().st_mtime_ns // 10**9 > old_key.stat().st_mtime_ns // 10**9
+    target.rsync(second.path, second.id, first.id)  # rsync compares times to the second
+    assert (root / "releases" / second.id / "certs" / "one.test" / "privkey.pem").read_text() \
         == "new key\n"
+
+
+def test_a_step_lock_that_cannot_be_opened_is_named_and_ends_nothing_silently(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "lb"
+    (root / ".step.lock").mkdir(parents=True)  # cannot be opened for writing
+    target = push.Target(_local_lb(root), tmp_path)
+    with target.locked("host pid 1 run ab", 10), \
+            pytest.raises(push.PushError, match=r"\.step\.lock: .*[Ii]s a directory"):
+        target.truth()
+
+
+def test_without_waiting_a_taken_lock_is_busy_at_once_and_says_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "lb"
+    holder = push.Target(_local_lb(root), tmp_path)
+    said: list[str] = []
+    with holder.locked("first run", 10):
+        other = push.Target(_local_lb(root), tmp_path)
+        with pytest.raises(push.LockBusy), other.locked("second run", 10, said.append,
+                                                        wait=False):
+            pass
+    assert said == []
