@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from epages_testlib import poll
 
 from certbot_epages.config import LoadBalancerConfig
 from certbot_epages.deploy import push, scripts
@@ -201,3 +202,40 @@ def test_without_waiting_a_taken_lock_is_busy_at_once_and_says_nothing(tmp_path:
                                                         wait=False):
             pass
     assert said == []
+
+
+def test_a_run_that_finds_one_lock_taken_lets_go_and_waits_in_order(tmp_path: Path) -> None:
+    """The all-at-once try gets lb1 but not lb2: it lets go, then waits for both in order."""
+    import contextlib
+    import threading
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from certbot_epages.deploy import deployer
+
+    roots = [tmp_path / "lb1", tmp_path / "lb2"]
+    lbs = []
+    for index, root in enumerate(roots):
+        lb = deployer._Lb(push.Target(
+            LoadBalancerConfig(name=f"lb{index + 1}", ssh="local", root=str(root)), tmp_path))
+        lb.connected = Future()
+        lb.connected.set_result(None)
+        lbs.append(lb)
+    other = push.Target(_local_lb(roots[1]), tmp_path)
+    said: list[str] = []
+    run = deployer.Deployer.__new__(deployer.Deployer)
+    run.deploy = SimpleNamespace(mode="sites")  # type: ignore[assignment]
+    run.say = said.append
+    with contextlib.ExitStack() as stack:
+        with other.locked("another run", 10):
+            waiter = threading.Thread(target=run._lock, args=(lbs, "this run", stack))
+            waiter.start()
+            poll("the run to wait for lb2", lambda: said or None, timeout=20)
+            assert "waiting for another deploy" in said[0] and "another run" in said[0]
+            # Waiting for lb2, in order, it holds lb1 (taken again after letting go).
+            assert _sh(f"flock -n {roots[0]}/.deploy.lock true").returncode != 0
+        waiter.join(timeout=20)
+        assert not waiter.is_alive()
+        assert all((r / ".deploy.owner").read_text().strip() == "this run" for r in roots)
+        assert all(_sh(f"flock -n {r}/.deploy.lock true").returncode != 0 for r in roots)
+    assert all(_sh(f"flock -n {r}/.deploy.lock true").returncode == 0 for r in roots)
