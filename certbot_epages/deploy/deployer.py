@@ -13,6 +13,7 @@ balancer whose reload or probe fails is switched back and reloaded.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -122,6 +123,7 @@ class _Lb:
     push_versions: list[str] = field(default_factory=list)  # certificate versions to send
     connected: Future[None] | None = None  # its ssh connection, opening
     manifest: Manifest | None = None  # of the release built for it
+    manifest_sha256: str | None = None  # of its bytes
     parsed: bool = False  # its live manifest was parsed, not read back from the spool's copy
     on_lb: frozenset[str] = frozenset()  # certificate versions it holds (workers' group)
 
@@ -293,22 +295,17 @@ class Deployer:
                 return None
             return held
 
-        with contextlib.ExitStack() as tried:
+        with contextlib.ExitStack() as tried:  # lets go of what the tries took, unless all
             pool = ThreadPoolExecutor(max_workers=len(lbs) or 1)
             tries = [pool.submit(lock, lb, False) for lb in lbs]
             try:
                 pool.shutdown(wait=True)
-            except BaseException:  # cut off while waiting: let go of what the tries took
-                pool.shutdown(wait=True)
+            finally:
+                pool.shutdown(wait=True)  # cut off while waiting: the tries still end first
                 for attempt in tries:
                     got = attempt.result() if attempt.exception() is None else None
                     if got is not None:
-                        got.__exit__(None, None, None)
-                raise
-            for attempt in tries:
-                got = attempt.result() if attempt.exception() is None else None
-                if got is not None:
-                    tried.push(got)
+                        tried.push(got)
             failed = next((t.exception() for t in tries if t.exception() is not None), None)
             if failed is not None:
                 raise failed
@@ -426,6 +423,7 @@ class Deployer:
             raise DeployError(str(e)) from None
         lb.generation, lb.marker, lb.push_versions = out.generation, out.marker, out.push
         lb.manifest = out.manifest
+        lb.manifest_sha256 = hashlib.sha256(out.files[MANIFEST].read()).hexdigest()
         problem = decide.removal_problem(lb.base, comp, force=force)
         if problem is not None:
             raise DeployError(f"{lb.name}: {problem}")
@@ -435,10 +433,8 @@ class Deployer:
 
     def _keep_parsed(self, lb: _Lb) -> None:
         """Keep the manifest that went live parsed, for the next run (see manifest_cache)."""
-        assert lb.built is not None
-        sha = sha256_of(lb.built.path / MANIFEST)
-        if lb.manifest is not None and sha is not None:
-            manifest_cache.store(self.spool.parsed(lb.name), sha, lb.manifest)
+        if lb.manifest is not None and lb.manifest_sha256 is not None:
+            manifest_cache.store(self.spool.parsed(lb.name), lb.manifest_sha256, lb.manifest)
 
     def _prune_staged(self) -> None:
         """Drop staged certificates that no release kept in the spool uses."""

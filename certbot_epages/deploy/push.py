@@ -201,7 +201,7 @@ class Target:
             if line is None:
                 raise PushError(f"{self.name}: the session holding the deploy lock ended "
                                 "while it read what the load balancer serves"
-                                + (f": {_last(chr(10).join(said))}" if said else ""))
+                                + (": " + _last("\n".join(said)) if said else ""))
             if line == scripts.TRUTH_END:
                 break
             if line == scripts.TRUTH_STEP_BUSY:
