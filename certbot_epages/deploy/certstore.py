@@ -107,15 +107,20 @@ class CertStore:
 
     def default(self) -> str:
         """The certificate unknown names get (made once, self-signed, for a name no shop has)."""
-        found = sorted(v for v in (f"{shared.DEFAULT_LINEAGE}/{p.parent.name}" for p in
-                                   (self.root / shared.DEFAULT_LINEAGE).glob("*/fullchain.pem"))
-                       if _VERSION.fullmatch(v) and self.has(v))
-        if found:
-            return found[-1]
+        found = self.current_default()
+        if found is not None:
+            return found
         from certbot_epages.deploy import marker
 
         pem, key, _ = marker.make("default", name="epages-default.invalid")
         return self.stage(shared.DEFAULT_LINEAGE, pem, key, ["epages-default.invalid"])
+
+    def current_default(self) -> str | None:
+        """The default certificate's version, if one was made (see :meth:`default`)."""
+        found = sorted(v for v in (f"{shared.DEFAULT_LINEAGE}/{p.parent.name}" for p in
+                                   (self.root / shared.DEFAULT_LINEAGE).glob("*/fullchain.pem"))
+                       if _VERSION.fullmatch(v) and self.has(v))
+        return found[-1] if found else None
 
     def prune(self, keep: set[str]) -> None:
         """Remove staged versions not in ``keep`` (the default certificate always stays)."""

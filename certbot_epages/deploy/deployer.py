@@ -34,6 +34,7 @@ from certbot_epages.deploy import (
     lineages,
     manifest_cache,
     marker,
+    patch,
     probe,
     push,
     readback,
@@ -41,17 +42,17 @@ from certbot_epages.deploy import (
     scripts,
     shared,
 )
-from certbot_epages.deploy.certstore import CertStore
+from certbot_epages.deploy.certstore import CertificateError, CertStore
 from certbot_epages.deploy.decide import Base, Composition, Selection
 from certbot_epages.deploy.lineages import Lineage
 from certbot_epages.deploy.manifest import FILENAME as MANIFEST
-from certbot_epages.deploy.manifest import Manifest, SiteRecord
+from certbot_epages.deploy.manifest import Manifest
 from certbot_epages.deploy.render import (
     TemplateSet,
 )
 from certbot_epages.deploy.spool import Spool, control_dir, sha256_of
 from certbot_epages.errors import ConfigError, EpagesError
-from certbot_epages.inventory import Inventory, load_configured
+from certbot_epages.inventory import Inventory, Source, read_configured
 from certbot_epages.resources import jinja_env
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     lbs: list[LbOutcome] = field(default_factory=list)
     unchanged: bool = False  # nothing differed from the live releases: nothing was pushed
+    patched: int = 0  # lineages shipped by patching the live releases (shared mode)
 
     def note(self, line: str) -> None:
         """Add a line for the operator (once, however many load balancers say it)."""
@@ -99,6 +101,9 @@ class Report:
             lines = [f"{self.shops} shop(s) checked: the live releases are up to date"]
         else:
             lines = [f"deployed {self.shops} shop(s)"]
+        if self.patched:
+            lines[0] += (f" (renewal fast path: {self.patched} lineage(s) patched into the live "
+                         "releases)")
         for lb in self.lbs:
             state = "live" if lb.went_live else f"NOT live: {lb.error}"
             lines.append(f"  {lb.name}: release {lb.release} {state} ({lb.changed} file(s) "
@@ -126,6 +131,9 @@ class _Lb:
     manifest_sha256: str | None = None  # of its bytes
     parsed: bool = False  # its live manifest was parsed, not read back from the spool's copy
     on_lb: frozenset[str] = frozenset()  # certificate versions it holds (workers' group)
+    truth: push.Truth | None = None  # as the session holding its lock read it
+    expected: dict[str, str] | None = None  # names to probe, if not those _expected() says
+    sites: dict[str, str] | None = None  # a patched release's site files' checksums
 
     @property
     def lb(self) -> LoadBalancerConfig:  # noqa: D102
@@ -154,7 +162,11 @@ class Deployer:
 
     def load_inventory(self) -> Inventory:
         """The inventory, fetched within the configured deadline (before any lock is taken)."""
-        return load_configured(self.settings, self.templates, "deploys")
+        return self.read_inventory().inventory()
+
+    def read_inventory(self) -> Source:
+        """The inventory's bytes, fetched within the configured deadline, not yet checked."""
+        return read_configured(self.settings, self.templates, "deploys")
 
     def lineages(self, renewed: Sequence[Lineage], *, inventory: Inventory | None = None,
                  only: Collection[str] | None = None) -> Report:
@@ -164,13 +176,26 @@ class Deployer:
         lineages' other shops keep what they serve, with the lineage's new certificate.
         """
         with self._connecting() as lbs:
-            inventory = self.load_inventory() if inventory is None else inventory
-            with self.spool.locked(self.say):
-                known = {lin.name: lin for lin in lineages.scan(self.deploy.certbot_dir,
+            source: Inventory | Source
+            base: patch.PatchBase | None = None
+            if inventory is None:
+                source = self.read_inventory()
+                base = self._patch_base(source) if only is None else None
+                if base is None:
+                    source.inventory()  # checked before any lock is taken
+            else:
+                source = inventory
+
+            def known() -> list[Lineage]:
+                found = {lin.name: lin for lin in lineages.scan(self.deploy.certbot_dir,
                                                                 self.spool.scanned)}
-                known.update({lin.name: lin for lin in renewed})
-                return self._run(lbs, inventory, list(known.values()),
-                                 renewed={lin.name for lin in renewed}, force=False, only=only)
+                found.update({lin.name: lin for lin in renewed})
+                return list(found.values())
+
+            with self.spool.locked(self.say):
+                return self._run(lbs, source, known, renewed={lin.name for lin in renewed},
+                                 force=False, only=only,
+                                 patch_from=None if base is None else (base, list(renewed)))
 
     def everything(self, *, force: bool = False, inventory: Inventory | None = None) -> Report:
         """Render the whole inventory: first deploys, template changes, removed shops, repairs.
@@ -182,11 +207,14 @@ class Deployer:
         see the same shops.
         """
         with self._connecting() as lbs:
-            inventory = self.load_inventory() if inventory is None else inventory
+            source = self.read_inventory() if inventory is None else inventory
+            if isinstance(source, Source):
+                source.inventory()  # checked before any lock is taken
             with self.spool.locked(self.say):
-                return self._run(lbs, inventory,
-                                 lineages.scan(self.deploy.certbot_dir, self.spool.scanned),
-                                 renewed=None, force=force)
+                return self._run(
+                    lbs, source,
+                    lambda: lineages.scan(self.deploy.certbot_dir, self.spool.scanned),
+                    renewed=None, force=force)
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -205,12 +233,10 @@ class Deployer:
                 stack.callback(lb.target.close)  # after the pool waited for the connection
             yield lbs
 
-    def _run(self, lbs: list[_Lb], inventory: Inventory, known: list[Lineage], *,
-             renewed: set[str] | None, force: bool,
-             only: Collection[str] | None = None) -> Report:
-        report = Report()
-        for problem in inventory.problems:
-            report.note(str(problem))
+    def _run(self, lbs: list[_Lb], source: Inventory | Source,
+             known: Callable[[], list[Lineage]], *, renewed: set[str] | None, force: bool,
+             only: Collection[str] | None = None,
+             patch_from: tuple[patch.PatchBase, list[Lineage]] | None = None) -> Report:
         owner = (f"{socket.gethostname()} pid {os.getpid()} since "
                  f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} run {secrets.token_hex(4)}")
         with contextlib.ExitStack() as stack:
@@ -218,11 +244,20 @@ class Deployer:
                 self._lock(lbs, owner, stack)
             except push.PushError as e:
                 raise DeployError(f"nothing went live anywhere: {e}") from None
+            self._take_truths(lbs)
+            if patch_from is not None:
+                patched = self._patch(lbs, *patch_from)
+                if patched is not None:
+                    return patched
+            inventory = source if isinstance(source, Inventory) else source.inventory()
+            report = Report()
+            for problem in inventory.problems:
+                report.note(str(problem))
             self._read_truth(lbs, report)
             # Who may have which name, against what every load balancer records.
             resolution = ownership.resolve(inventory, [lb.base.known.claims for lb in lbs],
                                            self.rules)
-            selection = decide.select(resolution, known, renewed=renewed, only=only,
+            selection = decide.select(resolution, known(), renewed=renewed, only=only,
                                       certbot_dir=str(self.deploy.certbot_dir))
             report.shops = len(selection.candidates)
             for line in selection.notes:
@@ -237,6 +272,10 @@ class Deployer:
                         if _changed(lb):
                             staging[lb.name] = stager.submit(self._stage, lb)
                     if not staging:
+                        if self._clean(lbs, selection, report) and isinstance(source, Source):
+                            self._keep_patch_base(lbs, selection, source, {
+                                lb.name: (lb.live.release, lb.base_dir, lb.live.manifest_sha256)
+                                for lb in lbs})
                         return self._unchanged(lbs, report)
                     for lb in lbs:  # an unchanged one goes on the new release with the others
                         if lb.name not in staging:
@@ -252,6 +291,16 @@ class Deployer:
             self._phase2(lbs, report)
         if self.deploy.mode == "shared":
             self._prune_staged()
+        if all(o.went_live for o in report.lbs) and isinstance(source, Source) \
+                and self._clean(lbs, selection, report):
+            self._keep_patch_base(lbs, selection, source, {
+                o.name: (o.release, self.spool.releases(o.name) / o.release, lb.manifest_sha256)
+                for o, lb in zip(report.lbs, lbs, strict=True)})
+        return self._outcome(report)
+
+    @staticmethod
+    def _outcome(report: Report) -> Report:
+        """The report of a run that went live somewhere; DeployError unless everywhere."""
         failed = [o for o in report.lbs if not o.went_live]
         if failed:
             raise DeployError(
@@ -260,6 +309,203 @@ class Deployer:
                    if len(failed) < len(report.lbs) else "")
             )
         return report
+
+    # --- shared mode's renewal fast path (see patch) -------------------------------------------
+
+    def _inputs(self, source: Source) -> str:
+        """The digest of everything a release is built from, but the shops' certificates."""
+        deploy = self.deploy
+        return patch.inputs_digest({
+            "inventory": source.key,
+            "templates": patch.tree_digest(self.templates.search_path),
+            "mode": deploy.mode,
+            "challenge_service": str(deploy.challenge_service or ""),
+            "acme_snippet": self.acme_snippet,
+            "certbot_dir": str(deploy.certbot_dir),
+            "rules": repr(self.rules),
+            "default": self.certs.current_default(),
+            "lbs": [(lb.name, lb.root, lb.listen, lb.worker_group, lb.ssh)
+                    for lb in deploy.load_balancers],
+        })
+
+    def _patch_base(self, source: Source) -> patch.PatchBase | None:
+        """The kept base, if a renewal built from ``source`` may be patched onto it."""
+        if self.deploy.mode != "shared":
+            return None
+        base = patch.load(self.spool.patch_base)
+        if base is None:
+            return None
+        try:
+            inputs = self._inputs(source)
+        except (OSError, CertificateError) as e:
+            logger.info("renewal fast path not taken: %s", e)
+            return None
+        if base.inputs != inputs:
+            logger.info("renewal fast path not taken: the inventory, the templates or the "
+                        "settings changed since the last clean deploy")
+            return None
+        return base
+
+    def _patch(self, lbs: list[_Lb], base: patch.PatchBase,
+               renewed: list[Lineage]) -> Report | None:
+        """Ship a renewal by patching the live releases; None: the full path must run.
+
+        Nothing is pushed before every check passed; from then on it is a deploy like any
+        other (phase 1 everywhere, then phase 2).
+        """
+        try:
+            changes = self._patch_checks(lbs, base, renewed)
+        except patch.NoPatch as e:
+            logger.info("renewal fast path not taken: %s", e)
+            return None
+        report = Report(shops=sum(info.records for _, info in changes)
+                        or sum(base.lineages[lin.name].records for lin in renewed))
+        if not changes:
+            report.unchanged = True
+            return report
+        report.patched = len(changes)
+        try:
+            for lb in lbs:
+                self._patch_build(lb, base, changes)
+        except (patch.NoPatch, OSError) as e:
+            logger.info("renewal fast path not taken: %s", e)
+            for lb in lbs:
+                if lb.built is not None:
+                    shutil.rmtree(lb.built.path, ignore_errors=True)
+                lb.built, lb.expected, lb.sites, lb.push_versions = None, None, None, []
+            return None
+        with ThreadPoolExecutor(max_workers=len(lbs) or 1) as stager:
+            staging = {lb.name: stager.submit(self._stage, lb) for lb in lbs}
+            try:
+                report.lbs = [staging[lb.name].result() for lb in lbs]
+            except BaseException:
+                self._discard(lbs, staging)
+                raise
+        self._phase1(lbs, report)
+        self._phase2(lbs, report)
+        self._prune_staged()
+        if all(o.went_live for o in report.lbs):
+            fingerprints = set(base.fingerprints)
+            infos = dict(base.lineages)
+            for lineage, info in changes:
+                fingerprints.discard(info.fingerprint)
+                fingerprints.add(lineage.fingerprint)
+                infos[lineage.name] = replace(info, fingerprint=lineage.fingerprint)
+            states = {}
+            for lb, outcome in zip(lbs, report.lbs, strict=True):
+                assert lb.manifest_sha256 and lb.generation and lb.marker and lb.sites
+                states[lb.name] = patch.LbState(outcome.release, lb.manifest_sha256,
+                                                lb.generation, lb.marker, lb.sites)
+            patch.store(self.spool.patch_base, patch.PatchBase(
+                base.inputs, states, infos, base.contested, frozenset(fingerprints)))
+        else:
+            patch.forget(self.spool.patch_base)
+        return self._outcome(report)
+
+    def _patch_checks(self, lbs: list[_Lb], base: patch.PatchBase,
+                      renewed: list[Lineage]) -> list[tuple[Lineage, patch.LineageInfo]]:
+        """The changes to patch in; NoPatch unless every load balancer serves the base."""
+        if sorted(base.lbs) != sorted(lb.name for lb in lbs):
+            raise patch.NoPatch("the load balancers changed since the last clean deploy")
+        changes = base.changes(renewed)
+        for lb in lbs:
+            state, truth = base.lbs[lb.name], lb.truth
+            assert truth is not None
+            live = truth.live
+            if live.release != state.release or not live.exists \
+                    or live.manifest_sha256 != state.manifest_sha256:
+                raise patch.NoPatch(f"{lb.name} serves {live.release or 'nothing'}, not "
+                                    f"{state.release} of the last clean deploy")
+            local = self.spool.live(lb.name)
+            if local is None or local.name != state.release:
+                raise patch.NoPatch(f"the spool has no copy of {lb.name}'s live release")
+            if lb.lb.probe is not None:
+                try:
+                    served = probe.served_fingerprint(lb.lb.probe, marker.NAME)
+                except (OSError, ssl.SSLError) as e:
+                    raise patch.NoPatch(f"cannot ask {lb.lb.probe} which release it runs: "
+                                        f"{e}") from None
+                if served != state.marker:
+                    raise patch.NoPatch(f"{lb.name}: nginx does not run the live release")
+            lb.live, lb.on_lb, lb.base_dir = live, truth.versions, local
+            lb.base = Base(live.release, None)
+        for lineage, info in changes:
+            version = shared.cert_version(lineage.name, lineage.fingerprint)
+            if all(version in lb.on_lb for lb in lbs) or self.certs.has(version):
+                continue
+            try:
+                staged = self.certs.stage(lineage.name, lineage.fullchain.read_bytes(),
+                                          lineage.privkey.read_bytes(), info.served)
+            except (OSError, CertificateError) as e:
+                raise patch.NoPatch(f"the certificate of {lineage.name}: {e}") from None
+            if staged != version:
+                raise patch.NoPatch(f"the certificate of {lineage.name} changed while read")
+        return changes
+
+    def _patch_build(self, lb: _Lb, base: patch.PatchBase,
+                     changes: list[tuple[Lineage, patch.LineageInfo]]) -> None:
+        """Build one load balancer's patched release (see patch.patch)."""
+        assert lb.base_dir is not None
+        state = base.lbs[lb.name]
+        out = patch.patch(lb.base_dir, state, base, lb.lb.root, changes)
+        lb.generation, lb.marker, lb.sites = out.generation, out.marker, out.sites
+        lb.manifest_sha256 = out.manifest_sha256
+        lb.push_versions = [v for v in (shared.cert_version(lin.name, lin.fingerprint)
+                                        for lin, _ in changes) if v not in lb.on_lb]
+        expected = {}
+        for lineage, info in changes:
+            expected.update(dict.fromkeys(info.probe, lineage.fingerprint))
+        if lb.marker != state.marker:
+            expected[marker.NAME] = lb.marker
+        lb.expected = expected
+        lb.built = release.build(self.spool.releases(lb.name), lb.base_dir, out.files,
+                                 keep_previous_files=False)
+
+    def _clean(self, lbs: list[_Lb], selection: Selection, report: Report) -> bool:
+        """Whether a full run shipped the inventory as it is: nothing noted, kept or refused."""
+        return (self.deploy.mode == "shared" and selection.full and not report.skipped
+                and not selection.unready and all(
+                    lb.comp is not None and not lb.comp.kept and not lb.comp.notes
+                    for lb in lbs))
+
+    def _keep_patch_base(self, lbs: list[_Lb], selection: Selection, source: Source,
+                         served: Mapping[str, tuple[str | None, Path | None, str | None]]
+                         ) -> None:
+        """Keep what a renewal may patch (see patch): the releases now live, all clean."""
+        try:
+            first = lbs[0]
+            assert first.comp is not None
+            sites = first.comp.sites
+            if any(lb.comp is None or lb.comp.sites != sites for lb in lbs[1:]):
+                raise patch.NoPatch("the load balancers serve different shops")
+            states = {}
+            for lb in lbs:
+                release_id, directory, sha = served[lb.name]
+                if release_id is None or directory is None or sha is None \
+                        or lb.generation is None or lb.marker is None:
+                    raise patch.NoPatch(f"{lb.name}: the release is not fully known")
+                states[lb.name] = patch.LbState(release_id, sha, lb.generation, lb.marker, {
+                    f"sites/{f.name}": hashlib.sha256(f.read_bytes()).hexdigest()
+                    for f in (directory / "sites").iterdir()})
+            directory = served[first.name][1]
+            assert directory is not None
+            own = {f.name for f in (directory / "sites").iterdir()} - {shared.SITE, marker.SITE}
+            infos = patch.describe_lineages(
+                sites, own, selection.known, (directory / "sites" / shared.SITE).read_bytes(),
+                first.lb.root)
+            index = lineages.Index(selection.known.values())
+            contested: set[str] = set()
+            for shop in selection.inventory.active():
+                covering = index.coverers(shop)
+                if len(covering) > 1:
+                    contested.update(lin.name for lin in covering)
+            base = patch.PatchBase(self._inputs(source), states, infos, frozenset(contested),
+                                   frozenset(r.fingerprint for r in sites.values()))
+        except (patch.NoPatch, OSError, CertificateError) as e:
+            logger.info("no base for the renewal fast path: %s", e)
+            patch.forget(self.spool.patch_base)
+            return
+        patch.store(self.spool.patch_base, base)
 
     def _unchanged(self, lbs: list[_Lb], report: Report) -> Report:
         """Nothing differs from what every load balancer serves: nothing is pushed."""
@@ -318,6 +564,23 @@ class Deployer:
             assert got is not None
             stack.push(got)
 
+    def _take_truths(self, lbs: list[_Lb]) -> None:
+        """What every load balancer serves, as the session holding its lock read it.
+
+        Any load balancer that cannot be reached stops the run before anything is built.
+        """
+        def take(lb: _Lb) -> str | None:
+            try:
+                lb.truth = lb.target.truth()
+            except push.PushError as e:
+                return f"{lb.name}: {e}"
+            return None
+
+        with ThreadPoolExecutor(max_workers=len(lbs) or 1) as pool:
+            errors = [e for e in pool.map(take, lbs) if e]
+        if errors:
+            raise DeployError("nothing went live anywhere: " + "; ".join(errors))
+
     def _read_truth(self, lbs: list[_Lb], report: Report) -> None:
         """Read what every load balancer serves and mirror it into the spool.
 
@@ -327,7 +590,8 @@ class Deployer:
 
         def read(lb: _Lb) -> str | None:
             try:
-                truth = lb.target.truth()  # read by the session that took the lock
+                truth = lb.truth
+                assert truth is not None
                 lb.live = truth.live
                 self._mirror(lb, report)
                 self._check_running_generation(lb, report)
@@ -546,7 +810,7 @@ class Deployer:
             return f"cannot switch {root}/current: {done.output.strip()}"
         if done.status != 0:
             return f"'{' '.join(lb.lb.reload)}' failed: {done.output.strip()}"
-        expected = _expected(lb)
+        expected = _expected(lb) if lb.expected is None else lb.expected
         if lb.lb.probe is not None and expected:
             wrong = probe.wait_served(lb.lb.probe, expected, self.deploy.probe_timeout)
             outcome.probed = len(expected)
@@ -603,12 +867,13 @@ def _expected(lb: _Lb) -> dict[str, str]:
     in_map = f"sites/{shared.SITE}" in changed or f"sites/{shared.SITE}" in rel.files
     old = before.sites if before is not None and before.mode == "shared" else {}
     out = {}
-    wildcards = _wildcards(comp)
+    wildcards = patch.wildcards(comp.sites.values())
     for site, record in comp.sites.items():
         if in_map and f"sites/{site}" not in rel.files:
             was = old.get(site)
             if was is None or was.fingerprint != record.fingerprint:
-                out.update(dict.fromkeys(_probe_names(record, wildcards), record.fingerprint))
+                out.update(dict.fromkeys(patch.probe_names(record, wildcards),
+                                         record.fingerprint))
         elif (f"sites/{site}" in changed
                 or f"certs/{record.lineage}/fullchain.pem" in changed
                 or f"certs/{record.lineage}/privkey.pem" in changed
@@ -618,26 +883,6 @@ def _expected(lb: _Lb) -> dict[str, str]:
     if lb.marker is not None and (lb.generation != generation or lb.stale_config
                                   or any(p.startswith("sites/") for p in rel.removed)):
         out[marker.NAME] = lb.marker
-    return out
-
-
-def _probe_names(record: SiteRecord, wildcards: Mapping[str, set[str]]) -> list[str]:
-    """A record's names that have a line of their own in the certificate map.
-
-    ``wildcards``: per lineage, the bases of the wildcards its sites serve (riders of one of
-    them are probed through it).
-    """
-    bases = wildcards.get(record.lineage, set())
-    return [n for n in record.names
-            if n.startswith("*.") or n.split(".", 1)[-1] not in bases]
-
-
-def _wildcards(comp: Composition) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for record in comp.sites.values():
-        for name in record.names:
-            if name.startswith("*."):
-                out.setdefault(record.lineage, set()).add(name[2:])
     return out
 
 

@@ -193,14 +193,18 @@ class Index:
 
     def covering(self, shop: Shop) -> Lineage | None:
         """See :func:`covering`."""
-        domain = shop.domain
-        found = list(self.by_name.get(domain, ()))
-        if not domain.startswith("*.") and "." in domain:
-            found += self.by_name.get(f"*.{domain.split('.', 1)[1]}", ())
-        candidates = sorted((lin for lin in dict.fromkeys(found)
-                             if all(lin.covers(n) for n in shop.server_names)),
-                            key=self.position.__getitem__)
+        candidates = self.coverers(shop)
         if not candidates:
             return None
         candidates.sort(key=lambda lin: (lin.name == shop.domain, lin.not_after), reverse=True)
         return candidates[0]
+
+    def coverers(self, shop: Shop) -> list[Lineage]:
+        """Every lineage that covers all of a shop's names, in the order they were given."""
+        domain = shop.domain
+        found = list(self.by_name.get(domain, ()))
+        if not domain.startswith("*.") and "." in domain:
+            found += self.by_name.get(f"*.{domain.split('.', 1)[1]}", ())
+        return sorted((lin for lin in dict.fromkeys(found)
+                       if all(lin.covers(n) for n in shop.server_names)),
+                      key=self.position.__getitem__)

@@ -30,9 +30,15 @@ def generation(sites: Iterable[tuple[str, bytes]], certificates: Iterable[str]) 
     A sha256 over every site file's name and content and the fingerprints of the
     certificates the sites use.
     """
+    return generation_of_digests(((name, hashlib.sha256(data).digest()) for name, data in sites),
+                                 certificates)
+
+
+def generation_of_digests(sites: Iterable[tuple[str, bytes]], certificates: Iterable[str]) -> str:
+    """:func:`generation` from each site file's sha256 digest instead of its content."""
     digest = hashlib.sha256()
-    for name, data in sorted(sites):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    for name, file_digest in sorted(sites):
+        digest.update(name.encode() + b"\0" + file_digest)
     for fingerprint in sorted(set(certificates)):
         digest.update(b"cert\0" + fingerprint.encode())
     return digest.hexdigest()

@@ -58,6 +58,11 @@ class Spool:
         """What certbot's lineages said when last read (:func:`.lineages.scan`)."""
         return self.root / "lineages.parsed"
 
+    @property
+    def patch_base(self) -> Path:
+        """What a renewal in shared mode may patch (:mod:`.patch`)."""
+        return self.root / "patch-base"
+
     def parsed(self, name: str) -> Path:
         """The live manifest of one load balancer, parsed (:mod:`.manifest_cache`)."""
         return self.lb(name) / "live-manifest.parsed"

@@ -45,10 +45,11 @@ from certbot_epages.inventory.entries import (
     parse_inventory,
     validate_var,
 )
-from certbot_epages.inventory.load import load_configured, load_inventory
+from certbot_epages.inventory.load import Source, load_configured, load_inventory, read_configured
 from certbot_epages.inventory.model import Inventory, InventoryError, Problem, Shop, VarValue
 from certbot_epages.names import printable, site_file, validate_domain
 
 __all__ = ["ENTRY_KEYS", "STATUSES", "TEMPLATE_NAME_RE", "VAR_NAME_RE", "Inventory",
-           "InventoryError", "Problem", "Shop", "VarValue", "load_configured", "load_inventory",
-           "parse_inventory", "printable", "site_file", "validate_domain", "validate_var"]
+           "InventoryError", "Problem", "Shop", "Source", "VarValue", "load_configured",
+           "load_inventory", "parse_inventory", "printable", "read_configured", "site_file",
+           "validate_domain", "validate_var"]
