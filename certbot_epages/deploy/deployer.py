@@ -195,7 +195,8 @@ class Deployer:
             with self.spool.locked(self.say):
                 return self._run(lbs, source, known, renewed={lin.name for lin in renewed},
                                  force=False, only=only,
-                                 patch_from=None if base is None else (base, list(renewed)))
+                                 patch_from=None if base is None else (
+                                     base, list({lin.name: lin for lin in renewed}.values())))
 
     def everything(self, *, force: bool = False, inventory: Inventory | None = None) -> Report:
         """Render the whole inventory: first deploys, template changes, removed shops, repairs.
@@ -364,22 +365,31 @@ class Deployer:
             report.unchanged = True
             return report
         report.patched = len(changes)
-        try:
-            for lb in lbs:
-                self._patch_build(lb, base, changes)
-        except (patch.NoPatch, OSError) as e:
-            logger.info("renewal fast path not taken: %s", e)
-            for lb in lbs:
-                if lb.built is not None:
-                    shutil.rmtree(lb.built.path, ignore_errors=True)
-                lb.built, lb.expected, lb.sites, lb.push_versions = None, None, None, []
-            return None
         with ThreadPoolExecutor(max_workers=len(lbs) or 1) as stager:
-            staging = {lb.name: stager.submit(self._stage, lb) for lb in lbs}
+            # The releases are patched side by side (reading, hashing and writing them lets
+            # the others run); each one's phase 1 starts as soon as it is built.
+            staging: dict[str, Future[LbOutcome]] = {}
             try:
+                with ThreadPoolExecutor(max_workers=len(lbs) or 1) as building:
+                    builds = [(lb, building.submit(self._patch_build, lb, base, changes))
+                              for lb in lbs]
+                    for lb, build in builds:
+                        build.result()
+                        staging[lb.name] = stager.submit(self._stage, lb)
                 report.lbs = [staging[lb.name].result() for lb in lbs]
+            except (patch.NoPatch, OSError) as e:
+                logger.info("renewal fast path not taken: %s", e)
+                self._discard([lb for lb in lbs if lb.name in staging], staging)
+                for lb in lbs:
+                    if lb.built is not None:
+                        shutil.rmtree(lb.built.path, ignore_errors=True)
+                    lb.built, lb.expected, lb.sites, lb.push_versions = None, None, None, []
+                return None
             except BaseException:
-                self._discard(lbs, staging)
+                self._discard([lb for lb in lbs if lb.name in staging], staging)
+                for lb in lbs:
+                    if lb.built is not None:
+                        shutil.rmtree(lb.built.path, ignore_errors=True)
                 raise
         self._phase1(lbs, report)
         self._phase2(lbs, report)

@@ -277,22 +277,15 @@ def patch(base_dir: Path, state: LbState, base: PatchBase, root: str,
     if hashlib.sha256(conf).hexdigest() != state.sites.get(conf_path):
         raise NoPatch(f"the spool's {conf_path} of release {state.release} changed")
     start, end = cert_map_block(conf)
-    block = conf[start:end]
     versions = set(_read(base_dir / shared.VERSIONS).decode().split())
     fingerprints = set(base.fingerprints)
+    directories: dict[bytes, bytes] = {}  # a map line's value: old -> new
+    swaps: dict[bytes, bytes] = {}  # fingerprint: old -> new
     for lineage, info in changes:
         old = shared.cert_dir(root, lineage.name, info.fingerprint)
         new = shared.cert_dir(root, lineage.name, lineage.fingerprint)
-        old_line, new_line = f" {old}/;\n".encode(), f" {new}/;\n".encode()
-        if block.count(old_line) != info.map_lines or not info.map_lines:
-            raise NoPatch(f"the certificate map holds {lineage.name}'s directory "
-                          f"{block.count(old_line)} times, not {info.map_lines}")
-        block = block.replace(old_line, new_line)
-        old_fp, new_fp = f'"{info.fingerprint}"'.encode(), f'"{lineage.fingerprint}"'.encode()
-        if manifest.count(old_fp) != info.records:
-            raise NoPatch(f"the manifest names {lineage.name}'s fingerprint "
-                          f"{manifest.count(old_fp)} times, not {info.records}")
-        manifest = manifest.replace(old_fp, new_fp)
+        directories[f"{old}/;".encode()] = f"{new}/;".encode()
+        swaps[info.fingerprint.encode()] = lineage.fingerprint.encode()
         version = shared.cert_version(lineage.name, info.fingerprint)
         if version not in versions:
             raise NoPatch(f"the live {shared.VERSIONS} lacks {version}")
@@ -300,6 +293,18 @@ def patch(base_dir: Path, state: LbState, base: PatchBase, root: str,
         versions.add(shared.cert_version(lineage.name, lineage.fingerprint))
         fingerprints.discard(info.fingerprint)
         fingerprints.add(lineage.fingerprint)
+    # One pass over each file, however many lineages renewed.
+    block, moved = _swap_map_values(conf[start:end], directories)
+    manifest, swapped = _swap_fingerprints(manifest, swaps)
+    for lineage, info in changes:
+        lines = moved.get(f"{shared.cert_dir(root, lineage.name, info.fingerprint)}/;".encode())
+        if not info.map_lines or lines != info.map_lines:
+            raise NoPatch(f"the certificate map holds {lineage.name}'s directory "
+                          f"{lines or 0} times, not {info.map_lines}")
+        records = swapped.get(info.fingerprint.encode())
+        if records != info.records:
+            raise NoPatch(f"the manifest names {lineage.name}'s fingerprint "
+                          f"{records or 0} times, not {info.records}")
     conf = conf[:start] + block + conf[end:]
     sites = dict(state.sites)
     sites[conf_path] = hashlib.sha256(conf).hexdigest()
@@ -323,6 +328,57 @@ def patch(base_dir: Path, state: LbState, base: PatchBase, root: str,
     files[f"certs/{marker.CERT_DIR}/fullchain.pem"] = release.FileSpec(data=pem)
     files[f"certs/{marker.CERT_DIR}/privkey.pem"] = release.FileSpec(data=key_pem, mode=0o600)
     return Patched(files, generation, marker_fp, hashlib.sha256(manifest).hexdigest(), sites)
+
+
+def _swap_map_values(block: bytes, new: Mapping[bytes, bytes]) -> tuple[bytes, dict[bytes, int]]:
+    """The certificate map with the values in ``new`` replaced; how often each one was.
+
+    Only a line's value (after its last space) is looked at: a name never holds a space.
+    """
+    counts: dict[bytes, int] = {}
+    if len(new) <= _FEW:  # a pass per value is quicker than splitting 100,000 lines
+        for value, replacement in new.items():
+            old_text, new_text = b" " + value + b"\n", b" " + replacement + b"\n"
+            counts[value] = block.count(old_text)
+            block = block.replace(old_text, new_text)
+        return block, counts
+    lines = block.split(b"\n")
+    for i, line in enumerate(lines):
+        name, space, value = line.rpartition(b" ")
+        swap = new.get(value) if space else None
+        if swap is not None:
+            lines[i] = name + space + swap
+            counts[value] = counts.get(value, 0) + 1
+    return b"\n".join(lines), counts
+
+
+_FINGERPRINT_KEY = b'"fingerprint":"'
+_FEW = 4  # renewed lineages up to which a pass per lineage is quicker than one split
+
+
+def _swap_fingerprints(manifest: bytes,
+                       new: Mapping[bytes, bytes]) -> tuple[bytes, dict[bytes, int]]:
+    """The manifest with each ``"fingerprint"`` value in ``new`` replaced; how often each was.
+
+    A JSON string cannot hold the key's text unescaped, so every occurrence is a key: a
+    record's, or one of a shop's ``vars`` (counted too, so the caller refuses the patch).
+    """
+    counts: dict[bytes, int] = {}
+    if len(new) <= _FEW:
+        for value, replacement in new.items():
+            old_text = _FINGERPRINT_KEY + value + b'"'
+            counts[value] = manifest.count(old_text)
+            manifest = manifest.replace(old_text, _FINGERPRINT_KEY + replacement + b'"')
+        return manifest, counts
+    parts = manifest.split(_FINGERPRINT_KEY)
+    for i in range(1, len(parts)):
+        part = parts[i]
+        old = part[:64]
+        swap = new.get(old)
+        if swap is not None and part[64:65] == b'"':
+            parts[i] = swap + part[64:]
+            counts[old] = counts.get(old, 0) + 1
+    return _FINGERPRINT_KEY.join(parts), counts
 
 
 def _read(path: Path) -> bytes:

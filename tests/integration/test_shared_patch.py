@@ -58,9 +58,17 @@ def test_a_renewal_patches_the_live_releases_into_what_a_full_build_makes(
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{FAST}: 1 lineage(s) patched" in done.stdout, done.stdout
     fleet.assert_serves()
+    # Several at once (deploy --pending after deferred hooks, say).
+    for domain, tag in (("one.test", "p"), ("two.test", "q"), ("three.test", "r")):
+        fleet.renew(domain, tag)
+    done = deploy(fleet.config, "--lineage", "one.test", "--lineage", "two.test",
+                  "--lineage", "three.test")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{FAST}: 3 lineage(s) patched" in done.stdout, done.stdout
+    fleet.assert_serves()
     # The same renewal again: nothing to do, nothing pushed.
     before = _current(platform)
-    done = deploy(fleet.config, "--lineage", "wildcard_.platform.test")
+    done = deploy(fleet.config, "--lineage", "three.test")
     assert done.returncode == 0 and "up to date" in done.stdout, done.stdout + done.stderr
     assert _current(platform) == before
     # A full build from the same inventory finds every file as the patches left it (manifest,

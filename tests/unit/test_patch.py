@@ -33,7 +33,7 @@ def _sha(data: bytes) -> str:
 class Live:
     """A live shared-mode release in a directory, and the base a clean deploy kept of it."""
 
-    def __init__(self, tmp: Path, note: str = OLD_DIR) -> None:
+    def __init__(self, tmp: Path, note: str = OLD_DIR, key: str = "note") -> None:
         self.dir = tmp / "release"
         (self.dir / "sites").mkdir(parents=True)
         self.records = {
@@ -41,7 +41,7 @@ class Live:
                                         "one.test", OLD, "custom-domain", {"upstream": "u:80"}),
             # A tenant's value that happens to hold one.test's certificate directory.
             "two.test.conf": SiteRecord("two.test", ("two.test",), "id-2", "two.test", OTHER,
-                                        "custom-domain", {"upstream": "u:80", "note": note}),
+                                        "custom-domain", {"upstream": "u:80", key: note}),
         }
         entries = [shared.Entry(r.domain, r.names, "custom-domain", dict(r.vars or {}),
                                 r.lineage, r.fingerprint) for r in self.records.values()]
@@ -98,10 +98,15 @@ def test_a_patch_changes_only_the_renewed_lineage_and_leaves_tenant_values_alone
     assert _sha(out.files[manifest_module.FILENAME].read()) == out.manifest_sha256
 
 
-def test_a_tenant_value_that_holds_the_quoted_fingerprint_refuses_the_patch(
-    tmp_path: Path,
-) -> None:
+def test_a_tenant_value_that_holds_the_fingerprint_stays_as_it_is(tmp_path: Path) -> None:
     live = Live(tmp_path, note=OLD)
+    out = patch.patch(live.dir, live.state, live.base, ROOT, live.renewal())
+    manifest = manifest_module.loads(out.files[manifest_module.FILENAME].read())
+    assert manifest.sites["one.test.conf"].fingerprint == NEW
+    assert manifest.sites["two.test.conf"] == live.records["two.test.conf"]
+    assert f"    two.test {OLD};\n" in out.files[f"sites/{shared.SITE}"].read().decode()
+    # A variable named like the record's key is counted with the records: no patch.
+    live = Live(tmp_path / "again", note=OLD, key="fingerprint")
     with pytest.raises(patch.NoPatch, match="fingerprint 2 times, not 1"):
         patch.patch(live.dir, live.state, live.base, ROOT, live.renewal())
 
@@ -151,3 +156,28 @@ def test_the_base_reads_back_only_as_written(tmp_path: Path) -> None:
     assert patch.load(path) is None
     patch.forget(path)
     assert not path.exists() and patch.load(path) is None
+
+
+def test_one_pass_for_many_lineages_swaps_what_a_pass_per_lineage_swaps() -> None:
+    fingerprints = [f"{i:x}" * 64 for i in range(8)]
+    manifest = "".join(f'{{"fingerprint":"{fp}","vars":{{"x":"{fp}"}}}},' for fp in
+                       fingerprints * 3).encode()
+    block = "".join(f"    n{i}.test {ROOT}/certs/l{i % 8}/{fingerprints[i % 8][:16]}/;\n"
+                    for i in range(24)).encode()
+    swaps = {fp.encode(): fp[::-1].upper().encode() for fp in fingerprints[:6]}
+    values = {f"{ROOT}/certs/l{i}/{fp[:16]}/;".encode(): f"{ROOT}/certs/l{i}/new/;".encode()
+              for i, fp in enumerate(fingerprints[:6])}
+    one_pass = (patch._swap_fingerprints(manifest, swaps),
+                patch._swap_map_values(block, values))
+    each: list[tuple[bytes, dict[bytes, int]]] = []
+    for data, table, swap in ((manifest, swaps, patch._swap_fingerprints),
+                              (block, values, patch._swap_map_values)):
+        counts: dict[bytes, int] = {}
+        for old, new in table.items():
+            data, found = swap(data, {old: new})
+            counts.update(found)
+        each.append((data, counts))
+    assert list(one_pass) == each
+    assert one_pass[0][1] == dict.fromkeys(swaps, 3)
+    assert one_pass[1][1] == dict.fromkeys(values, 3)
+    assert fingerprints[0].encode() in one_pass[0][0]  # the tenant's value stays
