@@ -55,6 +55,7 @@ shared = _module("certbot_epages.deploy.shared")
 manifest = _module("certbot_epages.deploy.manifest")
 sync = _module("certbot_epages.fleet.sync")
 preflight = _module("certbot_epages.fleet.preflight")
+inventory_load = _module("certbot_epages.inventory.load")
 
 IMPORTED = time.monotonic()
 _phases: dict[str, dict[str, list[float]]] = {}
@@ -132,14 +133,21 @@ def install() -> None:
     deploy_cls = getattr(deployer, "Deployer", None)
     target = getattr(push, "Target", None)
     target_lb: Callable[[tuple[Any, ...]], str] = lambda args: args[0].name  # noqa: E731
-    _wrap(deploy_cls, "load_inventory", "inventory")
+    source_cls = getattr(inventory_load, "Source", None)
+    if source_cls is not None:  # every way to the checked inventory goes through it
+        _wrap(source_cls, "inventory", "inventory")
+    else:
+        _wrap(deploy_cls, "load_inventory", "inventory")
     _wrap(lineages, "scan", "lineages_scan")
     _wrap(deployer, "_connect", "connect", lambda args: args[0].name)
     _wrap(target, "truth", "truth_wait", target_lb)
+    _wrap(deploy_cls, "_take_truths", "take_truths")  # waits for the lock sessions' answers
     _wrap(deploy_cls, "_read_truth", "read_truth")
     _wrap(ownership, "resolve", "ownership_resolve")
     _wrap(decide, "select", "select")
     _per_lb(deploy_cls, "_build", "build")
+    _wrap(deploy_cls, "_patch_checks", "read_truth")  # the renewal fast path's truth
+    _per_lb(deploy_cls, "_patch_build", "build")
     _wrap(builder, "render_site", "render_sites")
     _wrap(builder, "render_shared", "render_shared_servers")
     _wrap(decide, "compose", "compose")

@@ -8,6 +8,9 @@ balancer: rsync the release next to the live one (unchanged files hard-linked) a
 nothing goes live anywhere. Phase 2, on each: switch ``current``, ``reload``, and probe every
 changed name with a TLS handshake, and the release marker when nginx's config changed; a load
 balancer whose reload or probe fails is switched back and reloaded.
+
+In shared mode a renewal whose inputs are those of the last clean full deploy patches the live
+releases instead of building them (:mod:`.patch`); phase 1 and phase 2 are the same.
 """
 
 from __future__ import annotations
@@ -251,6 +254,11 @@ class Deployer:
                 if patched is not None:
                     return patched
             inventory = source if isinstance(source, Inventory) else source.inventory()
+            # What the release is built from, taken before it is (see _keep_patch_base).
+            inputs = None
+            if renewed is None and isinstance(source, Source) and self.deploy.mode == "shared":
+                self.certs.default()  # made now if need be, as the build would
+                inputs = self._inputs(source)
             report = Report()
             for problem in inventory.problems:
                 report.note(str(problem))
@@ -274,7 +282,7 @@ class Deployer:
                             staging[lb.name] = stager.submit(self._stage, lb)
                     if not staging:
                         if self._clean(lbs, selection, report) and isinstance(source, Source):
-                            self._keep_patch_base(lbs, selection, source, {
+                            self._keep_patch_base(lbs, selection, source, inputs, {
                                 lb.name: (lb.live.release, lb.base_dir, lb.live.manifest_sha256)
                                 for lb in lbs})
                         return self._unchanged(lbs, report)
@@ -283,10 +291,7 @@ class Deployer:
                             staging[lb.name] = stager.submit(self._stage, lb)
                     report.lbs = [staging[lb.name].result() for lb in lbs]
                 except BaseException:  # a build failed, or the run was cut off: nothing stays
-                    self._discard([lb for lb in lbs if lb.name in staging], staging)
-                    for lb in lbs:
-                        if lb.built is not None:
-                            shutil.rmtree(lb.built.path, ignore_errors=True)
+                    self._drop(lbs, staging)
                     raise
             self._phase1(lbs, report)
             self._phase2(lbs, report)
@@ -294,7 +299,7 @@ class Deployer:
             self._prune_staged()
         if all(o.went_live for o in report.lbs) and isinstance(source, Source) \
                 and self._clean(lbs, selection, report):
-            self._keep_patch_base(lbs, selection, source, {
+            self._keep_patch_base(lbs, selection, source, inputs, {
                 o.name: (o.release, self.spool.releases(o.name) / o.release, lb.manifest_sha256)
                 for o, lb in zip(report.lbs, lbs, strict=True)})
         return self._outcome(report)
@@ -379,27 +384,21 @@ class Deployer:
                 report.lbs = [staging[lb.name].result() for lb in lbs]
             except (patch.NoPatch, OSError) as e:
                 logger.info("renewal fast path not taken: %s", e)
-                self._discard([lb for lb in lbs if lb.name in staging], staging)
+                self._drop(lbs, staging)
                 for lb in lbs:
-                    if lb.built is not None:
-                        shutil.rmtree(lb.built.path, ignore_errors=True)
                     lb.built, lb.expected, lb.sites, lb.push_versions = None, None, None, []
                 return None
             except BaseException:
-                self._discard([lb for lb in lbs if lb.name in staging], staging)
-                for lb in lbs:
-                    if lb.built is not None:
-                        shutil.rmtree(lb.built.path, ignore_errors=True)
+                self._drop(lbs, staging)
                 raise
         self._phase1(lbs, report)
         self._phase2(lbs, report)
         self._prune_staged()
         if all(o.went_live for o in report.lbs):
-            fingerprints = set(base.fingerprints)
+            fingerprints = (set(base.fingerprints) - {info.fingerprint for _, info in changes}
+                            | {lineage.fingerprint for lineage, _ in changes})
             infos = dict(base.lineages)
             for lineage, info in changes:
-                fingerprints.discard(info.fingerprint)
-                fingerprints.add(lineage.fingerprint)
                 infos[lineage.name] = replace(info, fingerprint=lineage.fingerprint)
             states = {}
             for lb, outcome in zip(lbs, report.lbs, strict=True):
@@ -437,6 +436,16 @@ class Deployer:
                                         f"{e}") from None
                 if served != state.marker:
                     raise patch.NoPatch(f"{lb.name}: nginx does not run the live release")
+            renewed_versions = {shared.cert_version(lin.name, info.fingerprint)
+                                for lin, info in changes}
+            # A version the load balancer lost (or its workers cannot read) is sent again, as
+            # the full path does; one that is not here either is the full path's to recover.
+            missing = sorted(readback.versions_of(local) - renewed_versions - truth.versions)
+            for version in missing:
+                if not self.certs.has(version):
+                    raise patch.NoPatch(f"{lb.name} lacks the certificate {version} (or its "
+                                        "workers cannot read it)")
+            lb.push_versions = missing
             lb.live, lb.on_lb, lb.base_dir = live, truth.versions, local
             lb.base = Base(live.release, None)
         for lineage, info in changes:
@@ -460,8 +469,9 @@ class Deployer:
         out = patch.patch(lb.base_dir, state, base, lb.lb.root, changes)
         lb.generation, lb.marker, lb.sites = out.generation, out.marker, out.sites
         lb.manifest_sha256 = out.manifest_sha256
-        lb.push_versions = [v for v in (shared.cert_version(lin.name, lin.fingerprint)
-                                        for lin, _ in changes) if v not in lb.on_lb]
+        lb.push_versions = [*lb.push_versions, *(
+            v for v in (shared.cert_version(lin.name, lin.fingerprint) for lin, _ in changes)
+            if v not in lb.on_lb and v not in lb.push_versions)]
         expected = {}
         for lineage, info in changes:
             expected.update(dict.fromkeys(info.probe, lineage.fingerprint))
@@ -479,10 +489,17 @@ class Deployer:
                     for lb in lbs))
 
     def _keep_patch_base(self, lbs: list[_Lb], selection: Selection, source: Source,
+                         inputs: str | None,
                          served: Mapping[str, tuple[str | None, Path | None, str | None]]
                          ) -> None:
-        """Keep what a renewal may patch (see patch): the releases now live, all clean."""
+        """Keep what a renewal may patch (see patch): the releases now live, all clean.
+
+        ``inputs``: their digest taken before the releases were built; a template or setting
+        changed since then leaves no base.
+        """
         try:
+            if inputs is None or self._inputs(source) != inputs:
+                raise patch.NoPatch("the templates or settings changed during the run")
             first = lbs[0]
             assert first.comp is not None
             sites = first.comp.sites
@@ -509,7 +526,7 @@ class Deployer:
                 covering = index.coverers(shop)
                 if len(covering) > 1:
                     contested.update(lin.name for lin in covering)
-            base = patch.PatchBase(self._inputs(source), states, infos, frozenset(contested),
+            base = patch.PatchBase(inputs, states, infos, frozenset(contested),
                                    frozenset(r.fingerprint for r in sites.values()))
         except (patch.NoPatch, OSError, CertificateError) as e:
             logger.info("no base for the renewal fast path: %s", e)
@@ -750,6 +767,13 @@ class Deployer:
         except push.PushError as e:
             outcome.error = str(e)
         return outcome
+
+    def _drop(self, lbs: list[_Lb], staging: Mapping[str, Future[LbOutcome]]) -> None:
+        """Remove the candidates sent (once their phase 1 ended) and every release built here."""
+        self._discard([lb for lb in lbs if lb.name in staging], staging)
+        for lb in lbs:
+            if lb.built is not None:
+                shutil.rmtree(lb.built.path, ignore_errors=True)
 
     def _discard(self, lbs: list[_Lb], staging: Mapping[str, Future[LbOutcome]]) -> None:
         """Remove the candidates of these load balancers again (their phase 1 ends first)."""

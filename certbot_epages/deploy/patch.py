@@ -156,15 +156,33 @@ def forget(path: Path) -> None:
 
 def inputs_digest(material: Mapping[str, object]) -> str:
     """A digest of everything a release is built from (JSON-able ``material``)."""
-    text = json.dumps({"code": VERSION, **material}, sort_keys=True, default=repr)
+    text = json.dumps({"code": _code(), **material}, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _code() -> list[str]:
+    """The package's version, the source of the code that builds releases, jinja2's version."""
+    import jinja2
+
+    here = Path(__file__).parent.parent
+    source = hashlib.sha256()
+    for path in sorted([*here.glob("deploy/*.py"), *here.glob("*.py")]):
+        with contextlib.suppress(OSError):
+            source.update(path.name.encode() + b"\0" + path.read_bytes())
+    return [VERSION, source.hexdigest(), jinja2.__version__]
 
 
 def tree_digest(folders: Iterable[Path]) -> list[tuple[str, str]]:
     """Every file below ``folders``, with the sha256 of its content (templates)."""
     out = []
+    seen: set[str] = set()
     for folder in folders:
-        for dirpath, _dirs, names in os.walk(folder):
+        for dirpath, dirs, names in os.walk(folder, followlinks=True):  # as jinja2 does
+            real = os.path.realpath(dirpath)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
             for name in sorted(names):
                 path = Path(dirpath) / name
                 try:
@@ -276,8 +294,13 @@ def patch(base_dir: Path, state: LbState, base: PatchBase, root: str,
     conf = _read(base_dir / conf_path)
     if hashlib.sha256(conf).hexdigest() != state.sites.get(conf_path):
         raise NoPatch(f"the spool's {conf_path} of release {state.release} changed")
+    for rel, digest in state.sites.items():
+        if rel != conf_path and hashlib.sha256(_read(base_dir / rel)).hexdigest() != digest:
+            raise NoPatch(f"the spool's {rel} of release {state.release} changed")
+    if {f"sites/{p.name}" for p in (base_dir / "sites").iterdir()} != set(state.sites):
+        raise NoPatch(f"the spool's sites/ of release {state.release} changed")
     start, end = cert_map_block(conf)
-    versions = set(_read(base_dir / shared.VERSIONS).decode().split())
+    versions = set(_read(base_dir / shared.VERSIONS).decode("ascii", "replace").split())
     fingerprints = set(base.fingerprints)
     directories: dict[bytes, bytes] = {}  # a map line's value: old -> new
     swaps: dict[bytes, bytes] = {}  # fingerprint: old -> new
@@ -291,8 +314,8 @@ def patch(base_dir: Path, state: LbState, base: PatchBase, root: str,
             raise NoPatch(f"the live {shared.VERSIONS} lacks {version}")
         versions.discard(version)
         versions.add(shared.cert_version(lineage.name, lineage.fingerprint))
-        fingerprints.discard(info.fingerprint)
-        fingerprints.add(lineage.fingerprint)
+    fingerprints -= {info.fingerprint for _, info in changes}
+    fingerprints |= {lineage.fingerprint for lineage, _ in changes}
     # One pass over each file, however many lineages renewed.
     block, moved = _swap_map_values(conf[start:end], directories)
     manifest, swapped = _swap_fingerprints(manifest, swaps)

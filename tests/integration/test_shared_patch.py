@@ -7,6 +7,7 @@ proof here is that a full build (``deploy --all``) right after it finds nothing 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +128,13 @@ def test_a_renewal_takes_the_full_path_whenever_a_patch_is_not_provably_right(
     assert FAST not in done.stdout
     fleet.assert_serves()
     assert len(set(served(platform, "three.test").values())) == 1
+    # A load balancer lost another lineage's certificate version (a rebuilt box): the
+    # renewal sends it again, as a full build would.
+    assert deploy(fleet.config, "--all").returncode == 0
+    lost = Path(platform.lbs[1].root) / "certs" / "one.test" / fleet.fingerprints["one.test"][:16]
+    shutil.rmtree(lost)
+    fleet.renew("two.test", "v")
+    done = deploy(fleet.config, "--lineage", "two.test")
+    assert done.returncode == 0, done.stdout + done.stderr
+    fleet.assert_serves()
+    assert (lost / "privkey.pem").is_file()

@@ -40,7 +40,7 @@ def breakdown(run: dict[str, Any]) -> dict[str, float]:
         "start": run.get("import_seconds") or 0.0,
         "inventory": phase(run, "inventory"),
         "lineages": phase(run, "lineages_scan"),
-        "truth": phase(run, "read_truth"),
+        "truth": phase(run, "take_truths", "read_truth"),
         "decide": phase(run, "ownership_resolve", "select"),
         "build": phase(run, "build", how="sum"),
         "certbot": phase(run, "certbot"),
