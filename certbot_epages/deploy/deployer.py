@@ -147,6 +147,17 @@ class _Lb:
         return self.target.lb.name
 
 
+@dataclass
+class _PatchPlan:
+    """A renewal on the fast path: the base, what changes, each load balancer's build."""
+
+    base: patch.PatchBase
+    renewed: list[Lineage]
+    changes: list[tuple[Lineage, patch.LineageInfo]]
+    dirs: dict[str, Path]  # the spool's copy of each load balancer's live release
+    builds: dict[str, Future[tuple[patch.Patched, release.Built]]]  # until sent or removed
+
+
 class Deployer:
     """Deploys to every load balancer of ``settings.deploy``."""
 
@@ -244,15 +255,24 @@ class Deployer:
         owner = (f"{socket.gethostname()} pid {os.getpid()} since "
                  f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} run {secrets.token_hex(4)}")
         with contextlib.ExitStack() as stack:
+            plan = None
+            if patch_from is not None:
+                # The patched releases are built while the locks are taken and the load
+                # balancers say what they serve; the checks of that come before any is used.
+                building = stack.enter_context(ThreadPoolExecutor(max_workers=len(lbs) or 1))
+                plan = self._patch_start(lbs, *patch_from, building)
+                if plan is not None:
+                    stack.callback(self._patch_abandon, plan)
             try:
                 self._lock(lbs, owner, stack)
             except push.PushError as e:
                 raise DeployError(f"nothing went live anywhere: {e}") from None
             self._take_truths(lbs)
-            if patch_from is not None:
-                patched = self._patch(lbs, *patch_from)
+            if plan is not None:
+                patched = self._patch(lbs, plan)
                 if patched is not None:
                     return patched
+                self._patch_abandon(plan)
             inventory = source if isinstance(source, Inventory) else source.inventory()
             # What the release is built from, taken before it is (see _keep_patch_base).
             inputs = None
@@ -352,35 +372,70 @@ class Deployer:
             return None
         return base
 
-    def _patch(self, lbs: list[_Lb], base: patch.PatchBase,
-               renewed: list[Lineage]) -> Report | None:
+    def _patch_start(self, lbs: list[_Lb], base: patch.PatchBase, renewed: list[Lineage],
+                     pool: ThreadPoolExecutor) -> _PatchPlan | None:
+        """Start building the patched releases; None: the full path must run.
+
+        Only the spool is read (its lock is held): whether the load balancers serve what
+        the builds start from is checked by :meth:`_patch_checks` once their locks are held.
+        """
+        try:
+            if sorted(base.lbs) != sorted(lb.name for lb in lbs):
+                raise patch.NoPatch("the load balancers changed since the last clean deploy")
+            changes = base.changes(renewed)
+            dirs = {}
+            for lb in lbs:
+                local = self.spool.live(lb.name)
+                if local is None or local.name != base.lbs[lb.name].release:
+                    raise patch.NoPatch(f"the spool has no copy of {lb.name}'s live release")
+                dirs[lb.name] = local
+        except patch.NoPatch as e:
+            logger.info("renewal fast path not taken: %s", e)
+            return None
+        builds = {lb.name: pool.submit(self._patch_build, lb, base, dirs[lb.name], changes)
+                  for lb in lbs} if changes else {}
+        return _PatchPlan(base, renewed, changes, dirs, builds)
+
+    @staticmethod
+    def _patch_abandon(plan: _PatchPlan) -> None:
+        """Remove the patched releases built here that no load balancer was sent."""
+        while plan.builds:
+            _, build = plan.builds.popitem()
+            with contextlib.suppress(Exception):
+                shutil.rmtree(build.result()[1].path, ignore_errors=True)
+
+    def _patch(self, lbs: list[_Lb], plan: _PatchPlan) -> Report | None:
         """Ship a renewal by patching the live releases; None: the full path must run.
 
         Nothing is pushed before every check passed; from then on it is a deploy like any
         other (phase 1 everywhere, then phase 2).
         """
+        base, changes = plan.base, plan.changes
         try:
-            changes = self._patch_checks(lbs, base, renewed)
+            missing = self._patch_checks(lbs, plan)
         except patch.NoPatch as e:
             logger.info("renewal fast path not taken: %s", e)
             return None
         report = Report(shops=sum(info.records for _, info in changes)
-                        or sum(base.lineages[lin.name].records for lin in renewed))
+                        or sum(base.lineages[lin.name].records for lin in plan.renewed))
         if not changes:
             report.unchanged = True
             return report
         report.patched = len(changes)
+        renewed_versions = [shared.cert_version(lin.name, lin.fingerprint) for lin, _ in changes]
         with ThreadPoolExecutor(max_workers=len(lbs) or 1) as stager:
-            # The releases are patched side by side (reading, hashing and writing them lets
-            # the others run); each one's phase 1 starts as soon as it is built.
+            # Each load balancer's phase 1 starts as soon as its release is built.
             staging: dict[str, Future[LbOutcome]] = {}
             try:
-                with ThreadPoolExecutor(max_workers=len(lbs) or 1) as building:
-                    builds = [(lb, building.submit(self._patch_build, lb, base, changes))
-                              for lb in lbs]
-                    for lb, build in builds:
-                        build.result()
-                        staging[lb.name] = stager.submit(self._stage, lb)
+                for lb in lbs:
+                    out, lb.built = plan.builds.pop(lb.name).result()
+                    lb.generation, lb.marker, lb.sites = out.generation, out.marker, out.sites
+                    lb.manifest_sha256 = out.manifest_sha256
+                    lb.push_versions = [*missing[lb.name], *(
+                        v for v in renewed_versions
+                        if v not in lb.on_lb and v not in missing[lb.name])]
+                    lb.expected = self._patch_expected(base.lbs[lb.name], changes, lb.marker)
+                    staging[lb.name] = stager.submit(self._stage, lb)
                 report.lbs = [staging[lb.name].result() for lb in lbs]
             except (patch.NoPatch, OSError) as e:
                 logger.info("renewal fast path not taken: %s", e)
@@ -411,23 +466,19 @@ class Deployer:
             patch.forget(self.spool.patch_base)
         return self._outcome(report)
 
-    def _patch_checks(self, lbs: list[_Lb], base: patch.PatchBase,
-                      renewed: list[Lineage]) -> list[tuple[Lineage, patch.LineageInfo]]:
-        """The changes to patch in; NoPatch unless every load balancer serves the base."""
-        if sorted(base.lbs) != sorted(lb.name for lb in lbs):
-            raise patch.NoPatch("the load balancers changed since the last clean deploy")
-        changes = base.changes(renewed)
+    def _patch_checks(self, lbs: list[_Lb], plan: _PatchPlan) -> dict[str, list[str]]:
+        """NoPatch unless every load balancer serves the base; the versions each one lacks."""
+        missing_on: dict[str, list[str]] = {}
+        renewed_versions = {shared.cert_version(lin.name, info.fingerprint)
+                            for lin, info in plan.changes}
         for lb in lbs:
-            state, truth = base.lbs[lb.name], lb.truth
+            state, truth = plan.base.lbs[lb.name], lb.truth
             assert truth is not None
             live = truth.live
             if live.release != state.release or not live.exists \
                     or live.manifest_sha256 != state.manifest_sha256:
                 raise patch.NoPatch(f"{lb.name} serves {live.release or 'nothing'}, not "
                                     f"{state.release} of the last clean deploy")
-            local = self.spool.live(lb.name)
-            if local is None or local.name != state.release:
-                raise patch.NoPatch(f"the spool has no copy of {lb.name}'s live release")
             if lb.lb.probe is not None:
                 try:
                     served = probe.served_fingerprint(lb.lb.probe, marker.NAME)
@@ -436,8 +487,7 @@ class Deployer:
                                         f"{e}") from None
                 if served != state.marker:
                     raise patch.NoPatch(f"{lb.name}: nginx does not run the live release")
-            renewed_versions = {shared.cert_version(lin.name, info.fingerprint)
-                                for lin, info in changes}
+            local = plan.dirs[lb.name]
             # A version the load balancer lost (or its workers cannot read) is sent again, as
             # the full path does; one that is not here either is the full path's to recover.
             missing = sorted(readback.versions_of(local) - renewed_versions - truth.versions)
@@ -445,10 +495,10 @@ class Deployer:
                 if not self.certs.has(version):
                     raise patch.NoPatch(f"{lb.name} lacks the certificate {version} (or its "
                                         "workers cannot read it)")
-            lb.push_versions = missing
+            missing_on[lb.name] = missing
             lb.live, lb.on_lb, lb.base_dir = live, truth.versions, local
             lb.base = Base(live.release, None)
-        for lineage, info in changes:
+        for lineage, info in plan.changes:
             version = shared.cert_version(lineage.name, lineage.fingerprint)
             if all(version in lb.on_lb for lb in lbs) or self.certs.has(version):
                 continue
@@ -459,27 +509,26 @@ class Deployer:
                 raise patch.NoPatch(f"the certificate of {lineage.name}: {e}") from None
             if staged != version:
                 raise patch.NoPatch(f"the certificate of {lineage.name} changed while read")
-        return changes
+        return missing_on
 
-    def _patch_build(self, lb: _Lb, base: patch.PatchBase,
-                     changes: list[tuple[Lineage, patch.LineageInfo]]) -> None:
-        """Build one load balancer's patched release (see patch.patch)."""
-        assert lb.base_dir is not None
-        state = base.lbs[lb.name]
-        out = patch.patch(lb.base_dir, state, base, lb.lb.root, changes)
-        lb.generation, lb.marker, lb.sites = out.generation, out.marker, out.sites
-        lb.manifest_sha256 = out.manifest_sha256
-        lb.push_versions = [*lb.push_versions, *(
-            v for v in (shared.cert_version(lin.name, lin.fingerprint) for lin, _ in changes)
-            if v not in lb.on_lb and v not in lb.push_versions)]
+    def _patch_build(self, lb: _Lb, base: patch.PatchBase, base_dir: Path,
+                     changes: list[tuple[Lineage, patch.LineageInfo]],
+                     ) -> tuple[patch.Patched, release.Built]:
+        """Build one load balancer's patched release (see patch.patch); ``lb`` is only read."""
+        out = patch.patch(base_dir, base.lbs[lb.name], base, lb.lb.root, changes)
+        return out, release.build(self.spool.releases(lb.name), base_dir, out.files,
+                                  keep_previous_files=False)
+
+    @staticmethod
+    def _patch_expected(state: patch.LbState, changes: list[tuple[Lineage, patch.LineageInfo]],
+                        new_marker: str) -> dict[str, str]:
+        """The names to probe after a patch, and the fingerprint each must be served with."""
         expected = {}
         for lineage, info in changes:
             expected.update(dict.fromkeys(info.probe, lineage.fingerprint))
-        if lb.marker != state.marker:
-            expected[marker.NAME] = lb.marker
-        lb.expected = expected
-        lb.built = release.build(self.spool.releases(lb.name), lb.base_dir, out.files,
-                                 keep_previous_files=False)
+        if new_marker != state.marker:
+            expected[marker.NAME] = new_marker
+        return expected
 
     def _clean(self, lbs: list[_Lb], selection: Selection, report: Report) -> bool:
         """Whether a full run shipped the inventory as it is: nothing noted, kept or refused."""
@@ -839,7 +888,8 @@ class Deployer:
     def _switch_and_probe(self, lb: _Lb, outcome: LbOutcome) -> str | None:
         """Switch, reload, probe; the problem if any (the caller switches back)."""
         root = lb.lb.root
-        done = lb.target.step(scripts.script_go_live(root, outcome.release, lb.lb.reload))
+        done = lb.target.step(scripts.script_go_live(root, outcome.release, lb.lb.reload,
+                                                     lb.manifest_sha256))
         if done.status in (scripts.SWITCH_FAILED, scripts.STEP_BUSY, scripts.NOT_OURS):
             return f"cannot switch {root}/current: {done.output.strip()}"
         if done.status != 0:

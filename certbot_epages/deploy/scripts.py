@@ -96,9 +96,19 @@ def script_hold_lock(root: str, owner: str, timeout: float,
     ])
 
 
+MANIFEST_SUM = ".manifest.sum"  # below the root: "<release>|<manifest's stat>|<sha256>"
+_STAT_KEY = "stat -L -c '%d:%i:%s:%z'"  # device, inode, size, change time (ns): any write moves it
+
+
 def script_prepare(root: str) -> str:
-    """Print ``CURRENT=<live release id>`` and, if it has one, ``MANIFEST=<its sha256>``."""
+    """Print ``CURRENT=<live release id>`` and, if it has one, ``MANIFEST=<its sha256>``.
+
+    The checksum comes from ``<root>/.manifest.sum`` when that names the live release and the
+    manifest's inode, size and change time are still those it recorded (see
+    :func:`script_go_live`); else the manifest is hashed, and the result kept there.
+    """
     r = shlex.quote(root)
+    sums = shlex.quote(f"{root}/{MANIFEST_SUM}")
     return "\n".join([
         f"target=$(readlink {r}/current 2>/dev/null) || target=",
         'id=${target##*/}',
@@ -107,10 +117,29 @@ def script_prepare(root: str) -> str:
         "  echo EXISTS=1",
         f'  m={r}/releases/"$id"/manifest.json',
         '  if [ -f "$m" ]; then',
-        '    sum=$(sha256sum < "$m") && printf "MANIFEST=%s\\n" "${sum%% *}"',
+        f'    key=$({_STAT_KEY} "$m" 2>/dev/null) || key=',
+        "    sum= line=",
+        f'    [ -n "$key" ] && [ -f {sums} ] && IFS= read -r line < {sums}',
+        '    case "$line" in "$id|$key|"*) sum=${line##*|} ;; esac',
+        '    case "$sum" in *[!0-9a-f]*) sum= ;; esac',
+        '    if [ "${#sum}" != 64 ]; then',
+        '      sum=$(sha256sum < "$m") && sum=${sum%% *} || sum=',
+        f'      [ -n "$sum" ] && [ -n "$key" ] && printf "%s|%s|%s\\n" "$id" "$key" "$sum" '
+        f"> {sums}.new 2>/dev/null && mv -f {sums}.new {sums}",
+        "    fi",
+        '    [ -n "$sum" ] && printf "MANIFEST=%s\\n" "$sum"',
         "  fi",
         "fi",
     ])
+
+
+def _remember_manifest_sum(root: str, release: str, sha256: str) -> str:
+    """Record a release's manifest checksum (computed where it was built) for script_prepare."""
+    sums = shlex.quote(f"{root}/{MANIFEST_SUM}")
+    m = shlex.quote(f"{root}/releases/{release}/manifest.json")
+    return (f"key=$({_STAT_KEY} {m} 2>/dev/null) && printf '%s|%s|%s\\n' "
+            f"{shlex.quote(release)} \"$key\" {shlex.quote(sha256)} > {sums}.new "
+            f"&& mv -f {sums}.new {sums} || rm -f {sums}.new {sums}")
 
 
 def script_read_manifest(root: str) -> str:
@@ -189,9 +218,18 @@ def script_test(root: str, candidate: str, live: str | None, test: Sequence[str]
     ])
 
 
-def script_go_live(root: str, candidate: str, reload: Sequence[str]) -> str:
-    """Switch ``current`` to the candidate and reload."""
-    return f"{switch(root, candidate)} || exit {SWITCH_FAILED}\n{command(reload)}"
+def script_go_live(root: str, candidate: str, reload: Sequence[str],
+                   manifest_sha256: str | None = None) -> str:
+    """Switch ``current`` to the candidate and reload.
+
+    With ``manifest_sha256`` (of the candidate's manifest, as built) the next lock session
+    need not hash the manifest (see :func:`script_prepare`).
+    """
+    remember = ([_remember_manifest_sum(root, candidate, manifest_sha256)]
+                if manifest_sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", manifest_sha256)
+                else [])
+    return "\n".join([f"{switch(root, candidate)} || exit {SWITCH_FAILED}",
+                      *remember, command(reload)])
 
 
 def script_roll_back(root: str, live: str | None, reload: Sequence[str]) -> str:

@@ -16,6 +16,8 @@ import yaml
 from epages_testlib import fresh_sandbox, make_lineage, served
 from shared_fleet import Fleet, deploy
 
+from certbot_epages.deploy.release import is_release_id
+from certbot_epages.deploy.spool import Spool
 from certbot_epages.sandbox.pki import SandboxCA
 from certbot_epages.sandbox.platform import Sandbox
 
@@ -128,6 +130,11 @@ def test_a_renewal_takes_the_full_path_whenever_a_patch_is_not_provably_right(
     assert FAST not in done.stdout
     fleet.assert_serves()
     assert len(set(served(platform, "three.test").values())) == 1
+    # The patched releases built while the locks were taken were never sent: none is left.
+    spool = Spool(Path(yaml.safe_load(fleet.config.read_text())["deploy"]["spool"]))
+    for lb in platform.lbs:
+        built = {p.name for p in spool.releases(lb.name).iterdir() if is_release_id(p.name)}
+        assert built <= {p.name for p in (Path(lb.root) / "releases").iterdir()}, lb.name
     # A load balancer lost another lineage's certificate version (a rebuilt box): the
     # renewal sends it again, as a full build would.
     assert deploy(fleet.config, "--all").returncode == 0

@@ -124,6 +124,45 @@ def test_the_lock_session_reports_what_the_load_balancer_serves(tmp_path: Path) 
         target.truth()
 
 
+def test_the_manifest_checksum_recorded_at_go_live_holds_until_the_manifest_changes(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "lb"
+    live = "20260101T000000Z-abcd"
+    (root / "releases" / live).mkdir(parents=True)
+    manifest = root / "releases" / live / "manifest.json"
+    manifest.write_text('{"sites": {}}')
+    target = push.Target(_local_lb(root), tmp_path)
+
+    def reported() -> str | None:
+        with target.locked("host pid 1 run ab", 10):
+            return target.truth().live.manifest_sha256
+
+    recorded = "ab" * 32  # not the manifest's: shows the record is what the session reads
+    assert _sh(scripts.script_go_live(str(root), live, ["true"], recorded)).returncode == 0
+    assert (root / "current").resolve() == (root / "releases" / live).resolve()
+    assert reported() == recorded
+    # Changed in place (same size, even the same modification time): hashed again, and kept.
+    stat = manifest.stat()
+    manifest.write_text('{"sites": []}')
+    import os
+    os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    real = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert reported() == real
+    assert (root / scripts.MANIFEST_SUM).read_text().endswith(f"|{real}\n")
+    # A record of another release, or a damaged one, is not believed either.
+    (root / scripts.MANIFEST_SUM).write_text(
+        (root / scripts.MANIFEST_SUM).read_text().replace(live, "20260101T000000Z-ffff"))
+    assert reported() == real
+    (root / scripts.MANIFEST_SUM).write_text(
+        (root / scripts.MANIFEST_SUM).read_text().replace("ffff|", "abcd|").replace(real, "z" * 64))
+    assert reported() == real
+    # A checksum that is not one is never recorded.
+    (root / scripts.MANIFEST_SUM).unlink()
+    assert _sh(scripts.script_go_live(str(root), live, ["true"], "'; touch pwned")).returncode == 0
+    assert not (root / scripts.MANIFEST_SUM).exists() and not (root / "pwned").exists()
+
+
 def test_the_lock_session_names_a_missing_workers_group(tmp_path: Path) -> None:
     target = push.Target(_local_lb(tmp_path / "lb"), tmp_path)
     with target.locked("host pid 1 run ab", 10, group="no-such-group-here"), \
