@@ -458,8 +458,9 @@ class Deployer:
             states = {}
             for lb, outcome in zip(lbs, report.lbs, strict=True):
                 assert lb.manifest_sha256 and lb.generation and lb.marker and lb.sites
-                states[lb.name] = patch.LbState(outcome.release, lb.manifest_sha256,
-                                                lb.generation, lb.marker, lb.sites)
+                states[lb.name] = patch.LbState(
+                    outcome.release, lb.manifest_sha256, lb.generation, lb.marker, lb.sites,
+                    patch.file_stats(self.spool.releases(lb.name) / outcome.release))
             patch.store(self.spool.patch_base, patch.PatchBase(
                 base.inputs, states, infos, base.contested, frozenset(fingerprints)))
         else:
@@ -560,9 +561,12 @@ class Deployer:
                 if release_id is None or directory is None or sha is None \
                         or lb.generation is None or lb.marker is None:
                     raise patch.NoPatch(f"{lb.name}: the release is not fully known")
+                stats = patch.file_stats(directory)  # before the files are read
+                if hashlib.sha256((directory / MANIFEST).read_bytes()).hexdigest() != sha:
+                    raise patch.NoPatch(f"{lb.name}: the spool's manifest is not what went live")
                 states[lb.name] = patch.LbState(release_id, sha, lb.generation, lb.marker, {
                     f"sites/{f.name}": hashlib.sha256(f.read_bytes()).hexdigest()
-                    for f in (directory / "sites").iterdir()})
+                    for f in (directory / "sites").iterdir()}, stats)
             directory = served[first.name][1]
             assert directory is not None
             own = {f.name for f in (directory / "sites").iterdir()} - {shared.SITE, marker.SITE}

@@ -45,7 +45,7 @@ from certbot_epages.deploy.manifest import FORMAT, SiteRecord
 from certbot_epages.files import atomic_write
 
 FILENAME = "patch-base"  # in the spool
-VERSION = f"1 {__version__}"
+VERSION = f"2 {__version__}"
 CERT_MAP_START = f"map $ssl_server_name {shared.CERT_VAR} {{\n".encode()
 
 
@@ -75,6 +75,10 @@ class LbState:
     generation: str
     marker: str
     sites: Mapping[str, str]  # "sites/<file>" -> sha256 of its content, hex
+    # The spool's copies as they were when the base was kept: "manifest.json" and each
+    # "sites/<file>" -> (device, inode, size, change time in ns; any write moves that): while
+    # those are unchanged, the copy is not hashed again.
+    stats: Mapping[str, tuple[int, int, int, int]]
 
 
 @dataclass(frozen=True)
@@ -120,8 +124,10 @@ def load(path: Path) -> PatchBase | None:
         version, inputs, lbs, lineages, contested, fingerprints = marshal.loads(data)
         if version != VERSION or type(inputs) is not str:
             return None
-        states = {name: LbState(rel, sha, gen, mark, dict(sites))
-                  for name, (rel, sha, gen, mark, sites) in lbs.items()}
+        states = {name: LbState(rel, sha, gen, mark, dict(sites),
+                                {k: (int(a), int(b), int(c), int(d))
+                                 for k, (a, b, c, d) in stats.items()})
+                  for name, (rel, sha, gen, mark, sites, stats) in lbs.items()}
         infos = {name: LineageInfo(fp, tuple(names), tuple(served), int(records),
                                    int(lines), tuple(probe), bool(own))
                  for name, (fp, names, served, records, lines, probe, own) in lineages.items()}
@@ -139,13 +145,23 @@ def store(path: Path, base: PatchBase) -> None:
     """Keep ``base`` at ``path`` (mode 0600); a failure only costs the next renewal time."""
     data = marshal.dumps((
         VERSION, base.inputs,
-        {name: (s.release, s.manifest_sha256, s.generation, s.marker, dict(s.sites))
+        {name: (s.release, s.manifest_sha256, s.generation, s.marker, dict(s.sites),
+                dict(s.stats))
          for name, s in base.lbs.items()},
         {name: (i.fingerprint, i.names, i.served, i.records, i.map_lines, i.probe, i.own_server)
          for name, i in base.lineages.items()},
         sorted(base.contested), sorted(base.fingerprints)))
     with contextlib.suppress(OSError):
         atomic_write(path, data, mode=0o600)
+
+
+def file_stats(release_dir: Path) -> dict[str, tuple[int, int, int, int]]:
+    """What :attr:`LbState.stats` records of a release in the spool."""
+    out = {}
+    for rel in (MANIFEST, *(f"sites/{p.name}" for p in (release_dir / "sites").iterdir())):
+        st = (release_dir / rel).stat()
+        out[rel] = (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
+    return out
 
 
 def forget(path: Path) -> None:
@@ -287,16 +303,12 @@ def patch(base_dir: Path, state: LbState, base: PatchBase, root: str,
 
     Raises :class:`NoPatch` when the live files are not what the base says.
     """
-    manifest = _read(base_dir / MANIFEST)
-    if hashlib.sha256(manifest).hexdigest() != state.manifest_sha256:
-        raise NoPatch(f"the spool's copy of release {state.release} is not what went live")
+    manifest = _checked(base_dir, MANIFEST, state.manifest_sha256, state)
     conf_path = f"sites/{shared.SITE}"
-    conf = _read(base_dir / conf_path)
-    if hashlib.sha256(conf).hexdigest() != state.sites.get(conf_path):
-        raise NoPatch(f"the spool's {conf_path} of release {state.release} changed")
+    conf = _checked(base_dir, conf_path, state.sites.get(conf_path), state)
     for rel, digest in state.sites.items():
-        if rel != conf_path and hashlib.sha256(_read(base_dir / rel)).hexdigest() != digest:
-            raise NoPatch(f"the spool's {rel} of release {state.release} changed")
+        if rel != conf_path:
+            _checked(base_dir, rel, digest, state)
     if {f"sites/{p.name}" for p in (base_dir / "sites").iterdir()} != set(state.sites):
         raise NoPatch(f"the spool's sites/ of release {state.release} changed")
     start, end = cert_map_block(conf)
@@ -344,10 +356,11 @@ def patch(base_dir: Path, state: LbState, base: PatchBase, root: str,
     files = {rel: release.FileSpec(source=base_dir / rel,
                                    mode=(base_dir / rel).stat().st_mode & 0o777)
              for rel in release.files_of(base_dir)}
-    files[conf_path] = release.FileSpec(data=conf)
+    # Each of these holds a value that changed (counted above): no need to compare them.
+    files[conf_path] = release.FileSpec(data=conf, new=True)
     files[shared.VERSIONS] = release.FileSpec(
-        data="".join(f"{v}\n" for v in sorted(versions)).encode())
-    files[MANIFEST] = release.FileSpec(data=manifest)
+        data="".join(f"{v}\n" for v in sorted(versions)).encode(), new=True)
+    files[MANIFEST] = release.FileSpec(data=manifest, new=True)
     files[f"certs/{marker.CERT_DIR}/fullchain.pem"] = release.FileSpec(data=pem)
     files[f"certs/{marker.CERT_DIR}/privkey.pem"] = release.FileSpec(data=key_pem, mode=0o600)
     return Patched(files, generation, marker_fp, hashlib.sha256(manifest).hexdigest(), sites)
@@ -402,6 +415,23 @@ def _swap_fingerprints(manifest: bytes,
             parts[i] = swap + part[64:]
             counts[old] = counts.get(old, 0) + 1
     return _FINGERPRINT_KEY.join(parts), counts
+
+
+def _checked(base_dir: Path, rel: str, digest: str | None, state: LbState) -> bytes:
+    """The spool's copy of a live file, NoPatch unless it is what went live.
+
+    Hashed only if it is not the very file the base recorded (same inode, size, change time).
+    """
+    path = base_dir / rel
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise NoPatch(f"cannot read {path}: {e.strerror or e}") from None
+    data = _read(path)
+    if state.stats.get(rel) != (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns) \
+            and hashlib.sha256(data).hexdigest() != digest:
+        raise NoPatch(f"the spool's {rel} of release {state.release} is not what went live")
+    return data
 
 
 def _read(path: Path) -> bytes:

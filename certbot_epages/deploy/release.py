@@ -48,6 +48,7 @@ class FileSpec:
     data: bytes | None = None
     source: Path | None = None
     mode: int = 0o644
+    new: bool = False  # known to differ from the previous release's file: not compared
 
     def read(self) -> bytes:
         """The file's bytes."""
@@ -115,7 +116,7 @@ def build(
                 os.link(prev, dest)  # the very same file: no need to compare contents
                 continue
             data = spec.read()
-            if prev is not None and _same(prev, data, spec.mode):
+            if prev is not None and not spec.new and _same(prev, data, spec.mode):
                 os.link(prev, dest)
                 continue
             _write(dest, data, spec.mode)

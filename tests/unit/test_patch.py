@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -60,7 +61,8 @@ class Live:
         for rel, data in files.items():
             (self.dir / rel).write_bytes(data)
         self.state = patch.LbState("r1", _sha(self.manifest), generation, "e" * 64, {
-            rel: _sha(data) for rel, data in files.items() if rel.startswith("sites/")})
+            rel: _sha(data) for rel, data in files.items() if rel.startswith("sites/")},
+            patch.file_stats(self.dir))
         certs = {"one.test": _lineage("one.test", ("one.test", "www.one.test"), OLD),
                  "two.test": _lineage("two.test", ("two.test",), OTHER)}
         self.base = patch.PatchBase(
@@ -120,7 +122,16 @@ def test_live_files_that_are_not_what_the_base_says_refuse_the_patch(tmp_path: P
     live = Live(tmp_path / "again")
     conf = live.dir / "sites" / shared.SITE
     conf.write_bytes(conf.read_bytes() + b"# edited\n")
-    with pytest.raises(patch.NoPatch, match="changed"):
+    with pytest.raises(patch.NoPatch, match="not what went live"):
+        patch.patch(live.dir, live.state, live.base, ROOT, live.renewal())
+    # The files the base recorded are not hashed again; an edit of the same size that even
+    # puts the modification time back still moves the change time, and is caught.
+    live = Live(tmp_path / "third")
+    manifest = live.dir / manifest_module.FILENAME
+    before = manifest.stat()
+    manifest.write_bytes(manifest.read_bytes().replace(b"id-2", b"id-3"))
+    os.utime(manifest, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(patch.NoPatch, match="not what went live"):
         patch.patch(live.dir, live.state, live.base, ROOT, live.renewal())
 
 
