@@ -8,9 +8,6 @@ from epbench.parts import DNS_PARTS
 
 # Parts whose results sit at the top level of results.json (the mode parts live under "modes").
 TOP_LEVEL_PARTS = (*DNS_PARTS, "deploy", "sync")
-# The key suffix of mode parts measured (on 2026-12-04) with a stand-in in bench/timed.py for
-# the lineage index and probe list the package now has; kept to report those runs.
-INDEXED = "+indexed"
 def kept_from(previous: dict[str, Any], parts: set[str], modes_now: set[str]) -> dict[str, Any]:
     """What to keep of an earlier results.json: the parts not run now, with that run's facts.
 
