@@ -260,9 +260,10 @@ class Deployer:
                 # The patched releases are built while the locks are taken and the load
                 # balancers say what they serve; the checks of that come before any is used.
                 building = stack.enter_context(ThreadPoolExecutor(max_workers=len(lbs) or 1))
-                plan = self._patch_start(lbs, *patch_from, building)
+                plan = self._patch_start(lbs, *patch_from)
                 if plan is not None:
-                    stack.callback(self._patch_abandon, plan)
+                    stack.callback(self._patch_abandon, plan)  # before any build can start
+                    self._patch_submit(lbs, plan, building)
             try:
                 self._lock(lbs, owner, stack)
             except push.PushError as e:
@@ -301,11 +302,15 @@ class Deployer:
                         if _changed(lb):
                             staging[lb.name] = stager.submit(self._stage, lb)
                     if not staging:
-                        if self._clean(lbs, selection, report) and isinstance(source, Source):
+                        clean = self._clean(lbs, selection, report)
+                        # The unsent releases go first: they hard-link the live files, and
+                        # removing a link moves the change time the base records.
+                        unchanged = self._unchanged(lbs, report)
+                        if clean and isinstance(source, Source):
                             self._keep_patch_base(lbs, selection, source, inputs, {
                                 lb.name: (lb.live.release, lb.base_dir, lb.live.manifest_sha256)
                                 for lb in lbs})
-                        return self._unchanged(lbs, report)
+                        return unchanged
                     for lb in lbs:  # an unchanged one goes on the new release with the others
                         if lb.name not in staging:
                             staging[lb.name] = stager.submit(self._stage, lb)
@@ -372,9 +377,9 @@ class Deployer:
             return None
         return base
 
-    def _patch_start(self, lbs: list[_Lb], base: patch.PatchBase, renewed: list[Lineage],
-                     pool: ThreadPoolExecutor) -> _PatchPlan | None:
-        """Start building the patched releases; None: the full path must run.
+    def _patch_start(self, lbs: list[_Lb], base: patch.PatchBase,
+                     renewed: list[Lineage]) -> _PatchPlan | None:
+        """What a renewal would patch, from the spool alone; None: the full path must run.
 
         Only the spool is read (its lock is held): whether the load balancers serve what
         the builds start from is checked by :meth:`_patch_checks` once their locks are held.
@@ -392,17 +397,25 @@ class Deployer:
         except patch.NoPatch as e:
             logger.info("renewal fast path not taken: %s", e)
             return None
-        builds = {lb.name: pool.submit(self._patch_build, lb, base, dirs[lb.name], changes)
-                  for lb in lbs} if changes else {}
-        return _PatchPlan(base, renewed, changes, dirs, builds)
+        return _PatchPlan(base, renewed, changes, dirs, {})
+
+    def _patch_submit(self, lbs: list[_Lb], plan: _PatchPlan, pool: ThreadPoolExecutor) -> None:
+        """Start building each load balancer's patched release."""
+        if plan.changes:
+            for lb in lbs:
+                plan.builds[lb.name] = pool.submit(self._patch_build, lb, plan.base,
+                                                   plan.dirs[lb.name], plan.changes)
 
     @staticmethod
     def _patch_abandon(plan: _PatchPlan) -> None:
-        """Remove the patched releases built here that no load balancer was sent."""
+        """Remove the patched releases that no load balancer was sent, once each is built.
+
+        Nothing waits here: a build still running removes its release when it ends (an
+        interrupted run leaves none behind).
+        """
         while plan.builds:
             _, build = plan.builds.popitem()
-            with contextlib.suppress(Exception):
-                shutil.rmtree(build.result()[1].path, ignore_errors=True)
+            build.add_done_callback(_remove_built)
 
     def _patch(self, lbs: list[_Lb], plan: _PatchPlan) -> Report | None:
         """Ship a renewal by patching the live releases; None: the full path must run.
@@ -428,7 +441,8 @@ class Deployer:
             staging: dict[str, Future[LbOutcome]] = {}
             try:
                 for lb in lbs:
-                    out, lb.built = plan.builds.pop(lb.name).result()
+                    out, lb.built = plan.builds[lb.name].result()
+                    del plan.builds[lb.name]  # lb.built is removed with the candidates now
                     lb.generation, lb.marker, lb.sites = out.generation, out.marker, out.sites
                     lb.manifest_sha256 = out.manifest_sha256
                     lb.push_versions = [*missing[lb.name], *(
@@ -456,11 +470,16 @@ class Deployer:
             for lineage, info in changes:
                 infos[lineage.name] = replace(info, fingerprint=lineage.fingerprint)
             states = {}
-            for lb, outcome in zip(lbs, report.lbs, strict=True):
-                assert lb.manifest_sha256 and lb.generation and lb.marker and lb.sites
-                states[lb.name] = patch.LbState(
-                    outcome.release, lb.manifest_sha256, lb.generation, lb.marker, lb.sites,
-                    patch.file_stats(self.spool.releases(lb.name) / outcome.release))
+            try:
+                for lb, outcome in zip(lbs, report.lbs, strict=True):
+                    assert lb.manifest_sha256 and lb.generation and lb.marker and lb.sites
+                    states[lb.name] = patch.LbState(
+                        outcome.release, lb.manifest_sha256, lb.generation, lb.marker, lb.sites,
+                        patch.file_stats(self.spool.releases(lb.name) / outcome.release))
+            except OSError as e:  # live everywhere all the same: only the next renewal is slower
+                logger.warning("no base for the renewal fast path: %s", e)
+                patch.forget(self.spool.patch_base)
+                return self._outcome(report)
             patch.store(self.spool.patch_base, patch.PatchBase(
                 base.inputs, states, infos, base.contested, frozenset(fingerprints)))
         else:
@@ -939,6 +958,12 @@ def _connect(lb: _Lb) -> None:
         lb.target.run("true")
     except push.PushError as e:
         raise push.PushError(f"{lb.name}: {e}") from None
+
+
+def _remove_built(build: Future[tuple[patch.Patched, release.Built]]) -> None:
+    """Remove a patched release that was built but is not to be sent."""
+    if not build.cancelled() and build.exception() is None:
+        shutil.rmtree(build.result()[1].path, ignore_errors=True)
 
 
 def _expected(lb: _Lb) -> dict[str, str]:

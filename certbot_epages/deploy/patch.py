@@ -424,10 +424,11 @@ def _checked(base_dir: Path, rel: str, digest: str | None, state: LbState) -> by
     """
     path = base_dir / rel
     try:
-        st = path.stat()
+        with path.open("rb") as f:
+            data = f.read()
+            st = os.fstat(f.fileno())  # of the bytes read: a write since moved the change time
     except OSError as e:
         raise NoPatch(f"cannot read {path}: {e.strerror or e}") from None
-    data = _read(path)
     if state.stats.get(rel) != (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns) \
             and hashlib.sha256(data).hexdigest() != digest:
         raise NoPatch(f"the spool's {rel} of release {state.release} is not what went live")

@@ -125,7 +125,7 @@ def script_prepare(root: str) -> str:
         '    if [ "${#sum}" != 64 ]; then',
         '      sum=$(sha256sum < "$m") && sum=${sum%% *} || sum=',
         f'      [ -n "$sum" ] && [ -n "$key" ] && printf "%s|%s|%s\\n" "$id" "$key" "$sum" '
-        f"> {sums}.new 2>/dev/null && mv -f {sums}.new {sums}",
+        f"2>/dev/null > {sums}.new && mv -f {sums}.new {sums} 2>/dev/null",
         "    fi",
         '    [ -n "$sum" ] && printf "MANIFEST=%s\\n" "$sum"',
         "  fi",
@@ -138,8 +138,8 @@ def _remember_manifest_sum(root: str, release: str, sha256: str) -> str:
     sums = shlex.quote(f"{root}/{MANIFEST_SUM}")
     m = shlex.quote(f"{root}/releases/{release}/manifest.json")
     return (f"key=$({_STAT_KEY} {m} 2>/dev/null) && printf '%s|%s|%s\\n' "
-            f"{shlex.quote(release)} \"$key\" {shlex.quote(sha256)} > {sums}.new "
-            f"&& mv -f {sums}.new {sums} || rm -f {sums}.new {sums}")
+            f"{shlex.quote(release)} \"$key\" {shlex.quote(sha256)} 2>/dev/null > {sums}.new "
+            f"&& mv -f {sums}.new {sums} 2>/dev/null || rm -f {sums}.new {sums}")
 
 
 def script_read_manifest(root: str) -> str:

@@ -16,6 +16,7 @@ import yaml
 from epages_testlib import fresh_sandbox, make_lineage, served
 from shared_fleet import Fleet, deploy
 
+from certbot_epages.deploy import patch
 from certbot_epages.deploy.release import is_release_id
 from certbot_epages.deploy.spool import Spool
 from certbot_epages.sandbox.pki import SandboxCA
@@ -80,6 +81,14 @@ def test_a_renewal_patches_the_live_releases_into_what_a_full_build_makes(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "up to date" in done.stdout, done.stdout
     assert _current(platform) == before
+    # The base it kept records the spool's live files as they now are, so the next renewal
+    # need not hash them again.
+    base = patch.load(_patch_base(fleet))
+    assert base is not None
+    spool = Spool(_patch_base(fleet).parent)
+    for lb in platform.lbs:
+        live = spool.live(lb.name)
+        assert live is not None and patch.file_stats(live) == base.lbs[lb.name].stats
 
 
 def test_a_renewal_takes_the_full_path_whenever_a_patch_is_not_provably_right(

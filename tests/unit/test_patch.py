@@ -7,6 +7,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -192,3 +193,28 @@ def test_one_pass_for_many_lineages_swaps_what_a_pass_per_lineage_swaps() -> Non
     assert one_pass[0][1] == dict.fromkeys(swaps, 3)
     assert one_pass[1][1] == dict.fromkeys(values, 3)
     assert fingerprints[0].encode() in one_pass[0][0]  # the tenant's value stays
+
+
+def test_a_patched_release_never_sent_is_removed_once_built_and_nothing_waits(
+    tmp_path: Path,
+) -> None:
+    from concurrent.futures import Future
+
+    from certbot_epages.deploy import release
+    from certbot_epages.deploy.deployer import Deployer, _PatchPlan
+
+    def built(name: str) -> tuple[patch.Patched, release.Built]:
+        (tmp_path / name).mkdir()
+        return cast(patch.Patched, None), release.Built(name, tmp_path / name)
+
+    running: Future[tuple[patch.Patched, release.Built]] = Future()
+    finished: Future[tuple[patch.Patched, release.Built]] = Future()
+    finished.set_result(built("finished"))
+    refused: Future[tuple[patch.Patched, release.Built]] = Future()
+    refused.set_exception(patch.NoPatch("the spool's copy changed"))
+    plan = _PatchPlan(Live(tmp_path / "live").base, [], [], {},
+                      {"lb1": running, "lb2": finished, "lb3": refused})
+    Deployer._patch_abandon(plan)  # returns at once, although lb1's build still runs
+    assert not plan.builds and not (tmp_path / "finished").exists()
+    running.set_result(built("late"))  # the build ends after the run gave up on it
+    assert not (tmp_path / "late").exists()
